@@ -1,0 +1,83 @@
+"""Hugging Face transformers backend with the eager (plain PyTorch matmul + softmax) attention.
+
+Decoding is an explicit greedy KV-cache loop (one prefill forward, then one forward per token with
+the cache), in the spirit of gpt-fast's generate.py: what is timed is the model, not
+`model.generate`'s logits processors and stopping criteria.
+"""
+from __future__ import annotations
+
+from typing import Callable, Literal
+
+from backends.base import Backend, BackendOptions, TokenBatch, require
+
+
+class HFOptions(BackendOptions):
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    compile: bool = False  # torch.compile the forward (mode="default")
+
+
+class HFEager(Backend):
+    name = "hf-eager"
+    extra = "hf"
+    Options = HFOptions
+    attn_implementation = "eager"
+
+    def mechanism(self) -> str:
+        return "transformers attn_implementation='eager' (explicit matmul + softmax attention)"
+
+    def load(self, model_path: str) -> None:
+        torch = require("torch", self.extra, self.name)
+        transformers = require("transformers", self.extra, self.name)
+        self.model_path = model_path
+        self._torch = torch
+        torch.set_num_threads(self.threads)
+        self.model = transformers.AutoModelForCausalLM.from_pretrained(
+            model_path, dtype=getattr(torch, self.options.dtype), attn_implementation=self.attn_implementation
+        ).to(self.device).eval()
+        self._forward = torch.compile(self.model) if self.options.compile else self.model
+
+    def _argmax_next(self, logits):
+        return logits[:, -1, :].argmax(dim=-1, keepdim=True)
+
+    def prefill(self, batch: TokenBatch):
+        with self._torch.inference_mode():
+            ids = self._torch.tensor(batch, device=self.device)
+            return self._forward(input_ids=ids, use_cache=True, logits_to_keep=1)
+
+    def generate(self, batch: TokenBatch, new_tokens: int, on_token: Callable[[], None]) -> TokenBatch:
+        torch = self._torch
+        with torch.inference_mode():
+            out = self.prefill(batch)
+            token = self._argmax_next(out.logits)
+            on_token()
+            produced = [token]
+            cache = out.past_key_values
+            for _ in range(new_tokens - 1):
+                out = self._forward(input_ids=token, past_key_values=cache, use_cache=True)
+                token = self._argmax_next(out.logits)
+                on_token()
+                produced.append(token)
+                cache = out.past_key_values
+            return torch.cat(produced, dim=1).tolist()
+
+    def token_logits(self, ids: list[int]):
+        torch = self._torch
+        with torch.inference_mode():
+            logits = self._forward(input_ids=torch.tensor([ids], device=self.device)).logits[0]
+            return logits.float().cpu().numpy()
+
+    def describe(self) -> dict:
+        torch, model = self._torch, self.model
+        tensors = list(model.parameters()) + list(model.buffers())
+        return {
+            "mechanism": self.mechanism() + (" + torch.compile" if self.options.compile else ""),
+            "attn_implementation": model.config._attn_implementation,
+            "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+            "device": self.device,
+            "n_parameters": sum(p.numel() for p in model.parameters()),
+            "model_size_bytes": sum(t.numel() * t.element_size() for t in tensors),
+            "decode_loop": "bench greedy KV-cache loop (prefill forward, then one forward per token)",
+            "torch_version": torch.__version__,
+            "transformers_version": require("transformers", self.extra, self.name).__version__,
+            "torch_threads": torch.get_num_threads(),
+        }

@@ -1,0 +1,62 @@
+"""Sliding-window perplexity over token ids, streamed one window at a time.
+
+Windows of `window` tokens start every `stride` tokens. Each window scores only the tokens no
+earlier window scored, so with stride < window every token after the first is scored exactly
+once, with between window-stride and window-1 tokens of context (with stride == window, each
+window's first token has no context and is skipped; `scored_tokens` says how many counted). Memory is one window's logits, O(window x vocab).
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import numpy as np
+from scipy.special import log_softmax
+
+from bench.timing import Clock
+
+
+def windows(n_tokens: int, window: int, stride: int) -> Iterator[tuple[int, int, int]]:
+    """(begin, end, first_scored) triples; targets are ids[first_scored:end]."""
+    scored_until = 1  # token 0 has no context and is never scored
+    for begin in range(0, n_tokens, stride):
+        end = min(begin + window, n_tokens)
+        first_scored = max(scored_until, begin + 1)  # a window's first token has no context in it
+        if end > first_scored:
+            yield begin, end, first_scored
+            scored_until = end
+        if end == n_tokens:
+            return
+
+
+def target_logprobs(logits: np.ndarray, ids: list[int], begin: int, first_scored: int) -> np.ndarray:
+    """Log-probabilities the window's logits give to its scored tokens (float64)."""
+    rows = np.arange(first_scored - 1, begin + len(logits) - 1) - begin  # position predicting each target
+    logprobs = log_softmax(logits[rows].astype(np.float64), axis=-1)
+    return logprobs[np.arange(len(rows)), ids[first_scored: begin + len(logits)]]
+
+
+def perplexity(token_logits: Callable[[list[int]], np.ndarray], ids: list[int], window: int, stride: int,
+               clock: Clock | None = None) -> dict:
+    """Perplexity of `ids` under `token_logits`, with the evaluation's own throughput."""
+    clock = clock or Clock()
+    nll_sum, scored, fed, busy_ns, n_windows = 0.0, 0, 0, 0, 0
+    for begin, end, first_scored in windows(len(ids), window, stride):
+        elapsed_ns, logits = clock.time_ns(lambda: token_logits(ids[begin:end]))
+        nll_sum -= float(target_logprobs(np.asarray(logits), ids, begin, first_scored).sum())
+        scored += end - first_scored
+        fed += end - begin
+        busy_ns += elapsed_ns
+        n_windows += 1
+    nll_mean = nll_sum / scored
+    return {
+        "perplexity": float(np.exp(nll_mean)),
+        "nll_mean": nll_mean,
+        "nll_sum": nll_sum,
+        "scored_tokens": scored,
+        "fed_tokens": fed,
+        "windows": n_windows,
+        "window": window,
+        "stride": stride,
+        "logits_seconds": busy_ns / 1e9,
+        "eval_tok_s": fed / (busy_ns / 1e9) if busy_ns else None,
+    }

@@ -1,0 +1,124 @@
+"""Runs a suite's cases, each in a fresh child process, and records every outcome.
+
+A case that crashes, is killed (e.g. by the OOM killer) or outlives its timeout is recorded as
+failed with the reason and the tail of its output, and the run goes on. Ctrl-C stops the child,
+keeps every finished case, and tells how to resume.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from bench import environment
+from bench.results import RunDir, write_json_atomic
+from bench.suite import Case
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+STDERR_TAIL_LINES = 25
+
+
+def _child_env(case: Case) -> dict:
+    env = dict(os.environ)
+    threads = str(case.threads)
+    env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads,
+               TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def _tail(path: Path, lines: int = STDERR_TAIL_LINES) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _exit_reason(returncode: int) -> str:
+    if returncode < 0:
+        sig = signal.Signals(-returncode)
+        hint = " (likely the out-of-memory killer)" if sig == signal.SIGKILL else ""
+        return f"worker killed by {sig.name}{hint}"
+    return f"worker exited with code {returncode} without writing a result"
+
+
+def run_case_process(case: Case, run: RunDir) -> tuple[dict, dict | None]:
+    """Run one case in a child process; return (record for cases.jsonl, raw samples or None)."""
+    case_file, result_file, log_file = run.case_path(case.id), run.path / "tmp" / f"{case.id}.json", run.log_path(case.id)
+    write_json_atomic(case_file, case.to_dict())
+    result_file.unlink(missing_ok=True)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    command = [case.interpreter or sys.executable, "-m", "bench.worker", str(case_file), str(result_file)]
+    started = time.time()
+    with open(log_file, "wb") as log:
+        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=_child_env(case),
+                                 start_new_session=True)
+        try:
+            returncode = child.wait(timeout=case.timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+            returncode = None
+        except BaseException:  # Ctrl-C: take the child down with us, record nothing for it
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+            raise
+    record = {**case.to_dict(), "started_at": started, "wall_seconds": time.time() - started}
+    if returncode is None:
+        record.update(status="failed", reason=f"timeout: still running after {case.timeout_s:g} s; killed")
+    elif result_file.exists():
+        result = json.loads(result_file.read_text())
+        raw = result.pop("raw", None)
+        record.update(result)
+        if result["status"] == "ok":
+            return record, raw
+    else:
+        record.update(status="failed", reason=_exit_reason(returncode))
+    record["output_tail"] = _tail(log_file)
+    return record, None
+
+
+def run_cases(cases: list[Case], run: RunDir, retry_failed: bool = False) -> list[dict]:
+    """Run every case that has no record yet (and failed ones if retry_failed)."""
+    done = {r["id"]: r for r in run.records()}
+    todo = [c for c in cases if c.id not in done or (retry_failed and done[c.id]["status"] == "failed")]
+    if len(todo) < len(cases):
+        print(f"resuming {run.run_id}: {len(cases) - len(todo)} of {len(cases)} cases already finished",
+              file=sys.stderr)
+    bar = tqdm(total=len(cases), initial=len(cases) - len(todo), unit="case", file=sys.stderr,
+               disable=not sys.stderr.isatty(), bar_format="{l_bar}{bar:20}| {n_fmt}/{total_fmt} cases [{elapsed}]")
+    try:
+        for n, case in enumerate(todo, len(cases) - len(todo) + 1):
+            bar.set_description(case.id[:60])
+            record, raw = run_case_process(case, run)
+            if raw is not None:
+                write_json_atomic(run.samples_path(case.id), raw)
+            run.append_case(record)
+            outcome = record["status"] + (f": {record['reason']}" if record.get("reason") else "")
+            bar.write(f"[{n}/{len(cases)}] {case.id}: {outcome} ({record['wall_seconds']:.1f} s)", file=sys.stderr)
+            bar.update()
+    finally:
+        bar.close()
+    return run.records()
+
+
+def start_run(suite_path: Path, suite_name: str, cases: list[Case], run: RunDir) -> None:
+    """Create the run directory with its metadata and a snapshot of the suite (what --resume reads)."""
+    run.create({
+        "run_id": run.run_id,
+        "suite_name": suite_name,
+        "suite_path": str(suite_path),
+        "created_at": time.time(),
+        "environment": environment.fingerprint(),
+        "case_ids": [c.id for c in cases],
+        "command": sys.argv,
+        "cwd": os.getcwd(),
+    })
+    shutil.copyfile(suite_path, run.suite_snapshot)

@@ -1,0 +1,39 @@
+"""Shared fixtures: offline mode, the built-in model, and a helper to run the CLI as a user does."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach a hub
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+KNOWN_ANSWER = "tests.known_answer_backend:KnownAnswerBackend"
+
+
+@pytest.fixture(scope="session")
+def tiny_llama() -> str:
+    """Path of the built-in model (built once, then cached under BENCH_CACHE)."""
+    from bench.models import build_builtin
+
+    return str(build_builtin("tiny-llama"))
+
+
+def run_bench(*args: str, cwd: Path, timeout: float = 600, check_exit: int | None = 0) -> subprocess.CompletedProcess:
+    """`python -m bench ARGS` in `cwd`, as a user would run it; checks the exit code if given."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "bench", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    if check_exit is not None:
+        assert proc.returncode == check_exit, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    return proc
+
+
+def write_suite(path: Path, body: str) -> Path:
+    path.write_text(textwrap.dedent(body).lstrip())
+    return path

@@ -1,0 +1,79 @@
+"""A model-free backend for known-answer tests of the harness: exact injected delays and failures.
+
+Each token step waits exactly `token_delay_s` (busy-wait on perf_counter, so the delay is known to
+microseconds), the prompt step additionally `prefill_delay_s`. Logits come from a fixed bigram
+table, so perplexity has a closed form. `fail` makes the case crash, hang, raise or run out of
+memory, to check that the runner records it and goes on. Suites name it by import path:
+`backend: tests.known_answer_backend:KnownAnswerBackend`.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable, Literal
+
+import numpy as np
+
+from backends.base import Backend, BackendOptions, TokenBatch, require
+
+VOCAB = 8
+
+
+def bigram_logits() -> np.ndarray:
+    """logits[prev, next]: a fixed, non-uniform table."""
+    return np.log(np.arange(1, VOCAB * VOCAB + 1, dtype=np.float64).reshape(VOCAB, VOCAB) % 7 + 1)
+
+
+def wait_ns(duration_ns: int) -> None:
+    deadline = time.perf_counter_ns() + duration_ns
+    while time.perf_counter_ns() < deadline:
+        pass
+
+
+class KnownAnswerOptions(BackendOptions):
+    token_delay_s: float = 0.01
+    prefill_delay_s: float = 0.0
+    fail: Literal["none", "abort", "raise", "hang", "memory", "missing-package"] = "none"
+    fail_marker: str | None = None  # fail only while this file does not exist (to test retries)
+
+
+class KnownAnswerBackend(Backend):
+    name = "known-answer"
+    extra = "test"
+    Options = KnownAnswerOptions
+
+    def load(self, model_path: str) -> None:
+        self.model_path = model_path
+        fail = self.options.fail
+        if self.options.fail_marker and os.path.exists(self.options.fail_marker):
+            fail = "none"
+        if fail == "abort":
+            os.abort()
+        if fail == "raise":
+            raise RuntimeError("injected failure")
+        if fail == "hang":
+            time.sleep(3600)
+        if fail == "memory":
+            raise MemoryError("injected allocation failure")
+        if fail == "missing-package":
+            require("package_that_does_not_exist", "known-answer", self.name)
+
+    def tokenize(self, text: str) -> list[int]:
+        return [ord(ch) % VOCAB for ch in text]
+
+    def prefill(self, batch: TokenBatch) -> None:
+        wait_ns(int(self.options.prefill_delay_s * 1e9))
+
+    def generate(self, batch: TokenBatch, new_tokens: int, on_token: Callable[[], None]) -> TokenBatch:
+        self.prefill(batch)
+        for _ in range(new_tokens):
+            wait_ns(int(self.options.token_delay_s * 1e9))
+            on_token()
+        return [[0] * new_tokens for _ in batch]
+
+    def token_logits(self, ids: list[int]) -> np.ndarray:
+        return bigram_logits()[ids]
+
+    def describe(self) -> dict:
+        return {"mechanism": "known-answer test backend (busy-wait delays, bigram logits)",
+                "dtype": "float64", "device": "cpu", "model_size_bytes": VOCAB * VOCAB * 8}

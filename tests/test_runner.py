@@ -1,0 +1,119 @@
+"""The runner end to end through the CLI: isolated cases, recorded failures, resume after a kill."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from tests.conftest import KNOWN_ANSWER, ROOT, run_bench, write_suite
+
+FAILURES_SUITE = f"""
+name: failures
+models: [synthetic]
+backends:
+  - {{backend: "{KNOWN_ANSWER}", label: fine}}
+  - {{backend: "{KNOWN_ANSWER}", label: aborts, options: {{fail: abort}}}}
+  - {{backend: "{KNOWN_ANSWER}", label: raises, options: {{fail: raise}}}}
+  - {{backend: "{KNOWN_ANSWER}", label: hangs, options: {{fail: hang}}}}
+  - {{backend: "{KNOWN_ANSWER}", label: no-memory, options: {{fail: memory}}}}
+  - {{backend: "{KNOWN_ANSWER}", label: no-package, options: {{fail: missing-package}}}}
+  - {{backend: "{KNOWN_ANSWER}", label: fine-too, options: {{token_delay_s: 0.001}}}}
+workloads: [{{batch_size: 1, prompt_tokens: 8, new_tokens: 4}}]
+tasks: [latency]
+repetitions: {{warmup: 0, min: 6, max: 6}}
+perplexity: {{text: eval.txt, window: 16, stride: 8}}
+timeout_s: 8
+"""
+
+
+def _records(results):
+    run_dir = next(results.iterdir())
+    lines = (run_dir / "cases.jsonl").read_text().splitlines()
+    return run_dir, [json.loads(line) for line in lines]
+
+
+def test_each_failure_is_recorded_with_its_reason_and_the_other_cases_run(tmp_path):
+    (tmp_path / "eval.txt").write_text("some evaluation text " * 20)
+    write_suite(tmp_path / "suite.yaml", FAILURES_SUITE)
+    proc = run_bench("run", "suite.yaml", cwd=tmp_path, check_exit=3)
+    run_dir, records = _records(tmp_path / "results")
+    by_label = {r["variant"]: r for r in records}
+    assert len(records) == 7
+    assert by_label["fine"]["status"] == by_label["fine-too"]["status"] == "ok"
+    assert by_label["fine-too"]["metrics"]["tpot_ms"]["median"] > 0.9  # 1 ms injected delay
+    assert by_label["aborts"]["status"] == "failed" and "SIGABRT" in by_label["aborts"]["reason"]
+    assert by_label["raises"]["reason"] == "RuntimeError: injected failure"
+    assert "injected failure" in by_label["raises"]["output_tail"]  # the traceback's last lines are kept
+    assert by_label["hangs"]["reason"].startswith("timeout: still running after 8 s")
+    assert by_label["no-memory"]["reason"].startswith("out of memory")
+    assert by_label["no-package"]["status"] == "skipped"
+    assert "pip install 'bench[known-answer]'" in by_label["no-package"]["reason"]
+    # raw samples exist for the cases that finished, and the report lists every problem with its reason
+    assert len(json.loads((run_dir / "samples" / f"{by_label['fine']['id']}.json").read_text())["stamps_ns"]) == 6
+    report = (tmp_path / "reports" / run_dir.name / "report.md").read_text()
+    for label in ["aborts", "raises", "hangs", "no-memory", "no-package"]:
+        assert by_label[label]["id"] in report
+    assert "report:" in proc.stdout
+
+
+RESUME_SUITE = f"""
+name: resume
+models: [synthetic]
+backends:
+  - backend: "{KNOWN_ANSWER}"
+    options: {{token_delay_s: [0.0101, 0.0102, 0.0103, 0.0104]}}
+workloads: [{{batch_size: 1, prompt_tokens: 8, new_tokens: 10}}]
+tasks: [latency]
+repetitions: {{warmup: 0, min: 6, max: 6}}
+perplexity: {{text: eval.txt}}
+"""
+
+
+def test_a_killed_run_resumes_without_redoing_or_losing_finished_cases(tmp_path):
+    (tmp_path / "eval.txt").write_text("evaluation text " * 20)
+    write_suite(tmp_path / "suite.yaml", RESUME_SUITE)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = subprocess.Popen([sys.executable, "-m", "bench", "run", "suite.yaml", "--run-id", "r1"], cwd=tmp_path,
+                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    cases_file = tmp_path / "results" / "r1" / "cases.jsonl"
+    deadline = time.monotonic() + 120
+    while not (cases_file.exists() and cases_file.read_text().count("\n") >= 2):
+        assert time.monotonic() < deadline and run.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(run.pid, signal.SIGKILL)  # the whole process group: runner and the case in flight
+    run.wait()
+    before = cases_file.read_text().splitlines()
+    assert 2 <= len(before) < 4
+
+    proc = run_bench("run", "--resume", "r1", cwd=tmp_path)
+    after = cases_file.read_text().splitlines()
+    assert after[: len(before)] == before  # finished cases untouched
+    ids = [json.loads(line)["id"] for line in after]
+    assert len(ids) == len(set(ids)) == 4  # nothing redone, nothing lost
+    assert f"{len(before)} of 4 cases already finished" in proc.stderr
+    # a second resume has nothing left to do
+    assert run_bench("run", "--resume", "r1", cwd=tmp_path).returncode == 0
+    assert len(cases_file.read_text().splitlines()) == 4
+
+
+def test_retry_failed_reruns_only_the_failed_case(tmp_path):
+    (tmp_path / "eval.txt").write_text("evaluation text " * 20)
+    write_suite(tmp_path / "suite.yaml", f"""
+        name: retry
+        models: [synthetic]
+        backends:
+          - {{backend: "{KNOWN_ANSWER}", label: ok}}
+          - {{backend: "{KNOWN_ANSWER}", label: flaky, options: {{fail: raise, fail_marker: fixed}}}}
+        workloads: [{{batch_size: 1, prompt_tokens: 8, new_tokens: 4}}]
+        tasks: [latency]
+        repetitions: {{warmup: 0, min: 6, max: 6}}
+        perplexity: {{text: eval.txt}}
+        """)
+    run_bench("run", "suite.yaml", "--run-id", "r", cwd=tmp_path, check_exit=3)
+    (tmp_path / "fixed").touch()
+    run_bench("run", "--resume", "r", cwd=tmp_path, check_exit=3)  # plain resume keeps the failure
+    run_bench("run", "--resume", "r", "--retry-failed", cwd=tmp_path, check_exit=0)
+    _, records = _records(tmp_path / "results")
+    assert [r["variant"] for r in records] == ["ok", "flaky", "flaky"]
+    assert [r["status"] for r in records] == ["ok", "failed", "ok"]
