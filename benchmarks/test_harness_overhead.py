@@ -16,8 +16,8 @@ from bench.models import build_builtin
 from bench.models.corpus import heldout_text
 from bench.timing import Clock
 
-NEW_TOKENS, PROMPT_TOKENS, ROUNDS = 64, 64, 15
-POLICY = {"warmup": 0, "min": 3, "max": 3, "max_time_s": 60, "ci_target": 1.0, "ci_level": 0.95}
+NEW_TOKENS, PROMPT_TOKENS, ROUNDS = 64, 64, 30
+POLICY = {"warmup": 0, "min": 8, "max": 8, "max_time_s": 60, "ci_target": 1.0, "ci_level": 0.95}
 
 
 def hand_written_decode_seconds(model, prompt: list[int]) -> float:
