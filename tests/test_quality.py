@@ -1,0 +1,212 @@
+"""Quality against a reference (KL, top-1, paired delta perplexity) and MBU, on known answers.
+
+The end-to-end checks go through the real runner: the reference's perplexity case writes its
+log-probabilities to the run directory and the other cases stream them back.
+"""
+import gc
+import json
+import math
+import weakref
+
+import numpy as np
+import pytest
+
+from bench import bandwidth, quality
+from bench.suite import Case
+from tests.conftest import KNOWN_ANSWER, run_bench, write_suite
+
+
+def test_kl_divergence_matches_the_hand_computed_value():
+    p, q = np.array([[0.5, 0.25, 0.25]]), np.array([[0.25, 0.5, 0.25]])
+    expected = 0.5 * math.log(0.5 / 0.25) + 0.25 * math.log(0.25 / 0.5) + 0.25 * math.log(1.0)  # = 0.25 ln 2
+    assert quality.kl_divergence(np.log(p), np.log(q))[0] == pytest.approx(expected, rel=1e-12)
+    assert quality.kl_divergence(np.log(q), np.log(p))[0] == pytest.approx(0.25 * math.log(2), rel=1e-12)
+    assert quality.kl_divergence(np.log(p), np.log(p))[0] == 0.0
+
+
+def test_comparison_known_answers_and_the_reference_against_itself_is_exactly_zero():
+    rng = np.random.default_rng(0)
+    ref = np.log(rng.dirichlet(np.ones(5), size=40))
+    targets = rng.integers(0, 5, size=40)
+    same = quality.compare(iter([ref[:20], ref[20:]]), iter([(ref[:20], targets[:20]), (ref[20:], targets[20:])]))
+    assert same["kld_mean"] == same["kld_p99"] == same["delta_nll"] == same["delta_ppl"] == 0.0
+    assert same["top1_agreement"] == 1.0 and same["quality_tokens"] == 40
+    # a case whose distribution at one position puts its mass elsewhere: known KL, top-1 and NLL shift
+    case = ref.copy()
+    case[7] = np.log(np.array([0.96, 0.01, 0.01, 0.01, 0.01]))
+    other = quality.compare([ref], [(case, targets)])
+    p32 = np.exp(ref[7].astype(np.float32).astype(np.float64))
+    p32 /= p32.sum()
+    kl7 = float((p32 * (np.log(p32) - np.log([0.96, 0.01, 0.01, 0.01, 0.01]))).sum())
+    assert other["kld_mean"] == pytest.approx(kl7 / 40, rel=1e-5)
+    assert other["kld_max"] == pytest.approx(kl7, rel=1e-5)
+    assert other["top1_agreement"] == (39 + (ref[7].argmax() == 0)) / 40
+    d7 = ref[7, targets[7]] - case[7, targets[7]]  # NLL difference at the one changed position
+    assert other["delta_nll"] == pytest.approx(d7 / 40, rel=1e-5)
+    low, high = other["delta_ppl_ci"]
+    assert low <= other["delta_ppl"] <= high
+
+
+def test_delta_ppl_ci_is_the_paired_t_interval_of_per_token_nll_differences():
+    ref = np.log(np.full((4, 2), 0.5))
+    case = np.log(np.array([[0.25, 0.75], [0.5, 0.5], [0.8, 0.2], [0.5, 0.5]]))
+    targets = np.array([0, 0, 1, 1])
+    result = quality.compare([ref], [(case, targets)])
+    diff = np.array([math.log(0.5 / 0.25), 0.0, math.log(0.5 / 0.2), 0.0])
+    half = 3.182446305284263 * diff.std(ddof=1) / 2  # t(0.975, 3) * s / sqrt(4)
+    assert result["delta_nll"] == pytest.approx(diff.mean(), rel=1e-6)
+    assert result["delta_nll_ci"] == pytest.approx([diff.mean() - half, diff.mean() + half], rel=1e-6)
+    assert result["delta_ppl"] == pytest.approx(2 * math.expm1(diff.mean()), rel=1e-6)  # reference PPL is 2
+
+
+def test_streaming_holds_one_reference_window_at_a_time():
+    """compare() takes iterators and lets each window go before asking for the next."""
+    rng = np.random.default_rng(1)
+    alive: list[weakref.ref] = []
+
+    def new_window():
+        gc.collect()
+        assert all(ref() is None for ref in alive), "an earlier window is still held"
+        window = np.log(rng.dirichlet(np.ones(8), size=16))
+        alive.append(weakref.ref(window))
+        return window
+
+    def windows():
+        for _ in range(5):
+            yield new_window()
+
+    pulled = []
+    def case_windows():
+        for i in range(5):
+            pulled.append(i)
+            yield np.log(np.full((16, 8), 1 / 8)), np.zeros(16, dtype=int)
+
+    result = quality.compare(windows(), case_windows())
+    assert result["quality_tokens"] == 80 and pulled == list(range(5))
+
+
+def test_reference_windows_round_trip_as_float32_memory_maps(tmp_path):
+    rows = [np.log(np.random.default_rng(i).dirichlet(np.ones(6), size=3)) for i in range(3)]
+    for i, window in enumerate(rows):
+        quality.write_window(tmp_path, i, window)
+    read = quality.read_windows(tmp_path, 3)
+    assert not isinstance(read, list)  # a generator: nothing is read before it is asked for
+    for window, stored in zip(rows, read):
+        assert isinstance(stored, np.memmap) and stored.dtype == np.float32
+        np.testing.assert_array_equal(stored, window.astype(np.float32))
+
+
+def _case(variant: str, task: str, model: str = "m") -> Case:
+    return Case(id=f"{variant}.{model}.{task}", suite="s", model=model, backend="b", variant=variant, options={},
+                task=task, workload=None, repetitions={}, perplexity={}, threads=1, timeout_s=1,
+                extra={"reference": "ref"})
+
+
+def test_the_reference_perplexity_case_is_moved_before_the_others_of_its_model():
+    cases = [_case("a", "latency"), _case("a", "perplexity"), _case("ref", "latency"), _case("ref", "perplexity"),
+             _case("a", "perplexity", model="n"), _case("ref", "perplexity", model="n")]
+    order = [c.id for c in quality.reference_first(cases)]
+    assert order == ["a.m.latency", "ref.m.perplexity", "a.m.perplexity", "ref.m.latency",
+                     "ref.n.perplexity", "a.n.perplexity"]
+
+
+def test_mbu_from_known_numbers():
+    # 8 GB of weights read in 20 ms per decode step = 400 GB/s; against a 2000 GB/s peak, MBU 0.2
+    metrics, not_applicable = bandwidth.mbu(8_000_000_000, 20.0, 2000.0, "stated")
+    assert metrics["achieved_bandwidth_gbs"] == pytest.approx(400.0)
+    assert metrics["mbu"] == pytest.approx(0.2) and not not_applicable
+    metrics, not_applicable = bandwidth.mbu(8_000_000_000, 20.0, None, "peak unknown")
+    assert "mbu" not in metrics and not_applicable == {"mbu": "peak unknown"}
+
+
+def test_peak_bandwidth_comes_from_the_suite_or_the_gpu_table():
+    assert bandwidth.peak_bandwidth("cpu", 51.2) == (51.2, "suite peak_memory_bandwidth_gbs")
+    peak, reason = bandwidth.peak_bandwidth("cpu", None)
+    assert peak is None and "peak_memory_bandwidth_gbs" in reason
+    assert bandwidth.gpu_peak_gbs("NVIDIA A100-SXM4-80GB") == 2039
+    assert bandwidth.gpu_peak_gbs("NVIDIA H100 80GB HBM3") == 3350
+    assert bandwidth.gpu_peak_gbs("Tesla T4") == 320
+    assert bandwidth.gpu_peak_gbs("NVIDIA GeForce RTX 4090") == 1008
+    assert bandwidth.gpu_peak_gbs("Some Future GPU") is None
+
+
+KNOWN_ANSWER_QUALITY_SUITE = f"""
+name: quality
+models: [synthetic]
+backends:
+  - {{backend: "{KNOWN_ANSWER}", label: base}}
+  - {{backend: "{KNOWN_ANSWER}", label: same, options: {{token_delay_s: 0.001}}}}
+reference: same
+workloads: [{{batch_size: 1, prompt_tokens: 8, new_tokens: 4}}]
+tasks: [latency, perplexity]
+repetitions: {{warmup: 0, min: 6, max: 6}}
+perplexity: {{text: eval.txt, window: 16, stride: 8}}
+peak_memory_bandwidth_gbs: 0.001
+timeout_s: 60
+"""
+
+
+def _records(tmp_path):
+    run_dir = next((tmp_path / "results").iterdir())
+    return run_dir, {(r["variant"], r["task"]): r for r in map(json.loads, (run_dir / "cases.jsonl").read_text().splitlines())}
+
+
+def test_quality_and_mbu_through_the_runner_with_the_known_answer_backend(tmp_path):
+    (tmp_path / "eval.txt").write_text("some evaluation text for the bigram model " * 10)
+    write_suite(tmp_path / "suite.yaml", KNOWN_ANSWER_QUALITY_SUITE)
+    run_bench("run", "suite.yaml", cwd=tmp_path)
+    run_dir, records = _records(tmp_path)
+    order = [json.loads(line)["variant"] + "/" + json.loads(line)["task"]
+             for line in (run_dir / "cases.jsonl").read_text().splitlines()]
+    assert order.index("same/perplexity") < order.index("base/perplexity")  # the reference ran first
+    for variant in ["base", "same"]:  # the same bigram model: identical distributions
+        m = records[(variant, "perplexity")]["metrics"]
+        assert m["kld_mean"] == m["kld_p99"] == m["delta_ppl"] == 0.0 and m["top1_agreement"] == 1.0
+        assert m["quality_tokens"] == m["scored_tokens"] and m["quality_reference"] == "same"
+    assert len(list((run_dir / "reference").glob("*/window-*.npy"))) == records[("same", "perplexity")]["metrics"]["windows"]
+    # MBU: 512 weight bytes per 1 ms decode step = 5.12e-4 GB/s; the stated peak is 1e-3 GB/s
+    latency = records[("same", "latency")]["metrics"]
+    expected = 512 / (latency["tpot_ms"]["median"] / 1e3) / 1e9
+    assert latency["achieved_bandwidth_gbs"] == pytest.approx(expected, rel=1e-9)
+    assert latency["mbu"] == pytest.approx(expected / 0.001, rel=1e-9)
+    assert latency["mbu"] < 0.512  # at least the injected 1 ms per token
+    report = (tmp_path / "reports" / run_dir.name / "report.md").read_text()
+    assert "KLD mean" in report and "MBU" in report
+
+
+def test_quality_is_not_applicable_when_the_reference_failed(tmp_path):
+    (tmp_path / "eval.txt").write_text("some evaluation text for the bigram model " * 10)
+    suite = KNOWN_ANSWER_QUALITY_SUITE.replace("options: {token_delay_s: 0.001}", "options: {fail: raise}")
+    write_suite(tmp_path / "suite.yaml", suite.replace("tasks: [latency, perplexity]", "tasks: [perplexity]"))
+    run_bench("run", "suite.yaml", cwd=tmp_path, check_exit=3)
+    run_dir, records = _records(tmp_path)
+    base = records[("base", "perplexity")]
+    assert base["status"] == "ok" and "kld_mean" not in base["metrics"]
+    assert base["not_applicable"]["quality"] == ("the reference variant 'same' perplexity case failed: "
+                                                 "RuntimeError: injected failure")
+    report = (tmp_path / "reports" / run_dir.name / "report.md").read_text()
+    assert "base: quality not applicable: the reference variant 'same' perplexity case failed" in report
+
+
+@pytest.mark.slow
+def test_quantized_variants_against_the_fp32_reference_through_the_runner(tmp_path, tiny_llama):
+    write_suite(tmp_path / "suite.yaml", """
+        name: quant-quality
+        models: [tiny-llama]
+        backends:
+          - {backend: hf-eager, label: int8, options: {quantization: torchao-int8-weight}}
+          - {backend: hf-eager, label: fp32}
+        reference: fp32
+        tasks: [perplexity]
+        perplexity: {text: stdlib-heldout, window: 128, stride: 64, max_tokens: 1024}
+        timeout_s: 300
+    """)
+    run_bench("run", "suite.yaml", cwd=tmp_path)
+    _, records = _records(tmp_path)
+    ref = records[("fp32", "perplexity")]["metrics"]
+    assert ref["kld_mean"] == ref["kld_max"] == 0.0 and ref["top1_agreement"] == 1.0 and ref["delta_ppl"] == 0.0
+    int8 = records[("int8", "perplexity")]["metrics"]  # nf4 vs int8: tests/test_hf_quant.py, in process
+    assert int8["kld_mean"] > 0 and int8["kld_p99"] > int8["kld_mean"] and 0.9 < int8["top1_agreement"] < 1
+    assert int8["delta_ppl"] == pytest.approx(int8["perplexity"] - ref["perplexity"], rel=1e-3, abs=1e-3)
+    assert int8["delta_ppl_ci"][0] <= int8["delta_ppl"] <= int8["delta_ppl_ci"][1]
+    assert int8["model_size_bytes"] < ref["model_size_bytes"] / 2
