@@ -10,6 +10,10 @@ import importlib
 REGISTRY: dict[str, str] = {
     "hf-eager": "backends.hf_eager:HFEager",
     "bettertransformer": "backends.bettertransformer:BetterTransformer",
+    "llama-cpp": "backends.llama_cpp:LlamaCpp",
+    "vllm": "backends.vllm:VLLM",
+    "onnx-genai": "backends.onnx_genai:OnnxGenai",
+    "onnx-ort": "backends.onnx_ort:OnnxOrt",
 }
 
 

@@ -13,9 +13,11 @@ registry and the CLI stay fast and a missing package becomes a one-line message 
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 from abc import ABC, abstractmethod
-from typing import Callable, ClassVar
+from pathlib import Path
+from typing import Callable, ClassVar, Iterator
 
 from pydantic import BaseModel, ConfigDict
 
@@ -49,6 +51,8 @@ class Backend(ABC):
     name: ClassVar[str]
     extra: ClassVar[str]  # the pip extra that installs what this backend needs
     Options: ClassVar[type[BackendOptions]] = BackendOptions
+    # True: bench.profiling traces this backend with torch.profiler; False: with native_profile()
+    profiles_with_torch: ClassVar[bool] = False
 
     def __init__(self, options: BackendOptions, threads: int = 1) -> None:
         self.options = options
@@ -76,10 +80,28 @@ class Backend(ABC):
     def describe(self) -> dict: ...
 
     def tokenize(self, text: str) -> list[int]:
-        """Token ids of `text` with the model's own tokenizer (the HF tokenizer of the model dir)."""
+        """Token ids of `text` with the model's own tokenizer, the same ids for every backend.
+
+        The model dir's tokenizer.json through `tokenizers` (what transformers' fast tokenizer runs,
+        without importing torch into a non-torch case), else transformers' AutoTokenizer."""
+        tokenizer_json = Path(self.model_path or "") / "tokenizer.json"
+        if self.model_path and tokenizer_json.is_file():
+            tokenizers = require("tokenizers", "hf", self.name)
+            return tokenizers.Tokenizer.from_file(str(tokenizer_json)).encode(text, add_special_tokens=False).ids
         transformers = require("transformers", "hf", self.name)
         tokenizer = transformers.AutoTokenizer.from_pretrained(self.model_path)
         return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    @contextlib.contextmanager
+    def native_profile(self, out_dir: Path) -> Iterator[dict]:
+        """Profile the generations run inside the with-block with the runtime's own profiler.
+
+        Optional. Yields a dict that is complete when the block exits: "profiler" (its name; "none"
+        means no profiling and the block runs nothing), and any of "ops" ([{"name", "calls",
+        "self_cpu_us"}], summarized by bench.profiling), "phases_ms" ({phase: ms}), "counters",
+        "reason". Files go in out_dir. Used only after the case was measured.
+        """
+        yield {"profiler": "none", "reason": f"backend '{self.name}' has no profiler hook"}
 
     def close(self) -> None:
         """Release what load() took; the case's process exits right after anyway."""

@@ -14,6 +14,8 @@ from backends.base import Backend, BackendOptions, TokenBatch, require
 class HFOptions(BackendOptions):
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     compile: bool = False  # torch.compile the forward (mode="default")
+    quantization: Literal["none", "torch-dynamic-int8", "torchao-int8-weight", "torchao-int8-dynamic",
+                          "torchao-int4-weight", "bnb-int8", "bnb-nf4"] = "none"  # see backends/hf_quant.py
 
 
 class HFEager(Backend):
@@ -21,6 +23,7 @@ class HFEager(Backend):
     extra = "hf"
     Options = HFOptions
     attn_implementation = "eager"
+    profiles_with_torch = True  # bench.profiling traces it with torch.profiler
 
     def mechanism(self) -> str:
         return "transformers attn_implementation='eager' (explicit matmul + softmax attention)"
@@ -31,9 +34,14 @@ class HFEager(Backend):
         self.model_path = model_path
         self._torch = torch
         torch.set_num_threads(self.threads)
-        self.model = transformers.AutoModelForCausalLM.from_pretrained(
-            model_path, dtype=getattr(torch, self.options.dtype), attn_implementation=self.attn_implementation
-        ).to(self.device).eval()
+        from backends.hf_quant import load_quantized
+
+        def load(**kwargs):
+            return transformers.AutoModelForCausalLM.from_pretrained(
+                model_path, dtype=getattr(torch, self.options.dtype), attn_implementation=self.attn_implementation,
+                **kwargs)
+
+        self.model = load_quantized(self.options.quantization, load, self.device, self.name).eval()
         self._forward = torch.compile(self.model) if self.options.compile else self.model
 
     def _argmax_next(self, logits):
@@ -67,15 +75,18 @@ class HFEager(Backend):
             return logits.float().cpu().numpy()
 
     def describe(self) -> dict:
+        from backends.hf_quant import n_parameters, stored_bytes
+
         torch, model = self._torch, self.model
-        tensors = list(model.parameters()) + list(model.buffers())
         return {
-            "mechanism": self.mechanism() + (" + torch.compile" if self.options.compile else ""),
+            "mechanism": self.mechanism() + (" + torch.compile" if self.options.compile else "")
+            + (f" + {self.options.quantization} weights" if self.options.quantization != "none" else ""),
             "attn_implementation": model.config._attn_implementation,
             "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
             "device": self.device,
-            "n_parameters": sum(p.numel() for p in model.parameters()),
-            "model_size_bytes": sum(t.numel() * t.element_size() for t in tensors),
+            "quantization": self.options.quantization,
+            "n_parameters": n_parameters(model),
+            "model_size_bytes": stored_bytes(model),  # quantized tensors counted as stored (hf_quant)
             "decode_loop": "bench greedy KV-cache loop (prefill forward, then one forward per token)",
             "torch_version": torch.__version__,
             "transformers_version": require("transformers", self.extra, self.name).__version__,

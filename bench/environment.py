@@ -80,6 +80,7 @@ def fingerprint() -> dict:
         "libraries": _versions(),
         "thread_env": {k: os.environ[k] for k in THREAD_VARIABLES if k in os.environ},
         "git_sha": sha,
+        "git_branch": _git("rev-parse", "--abbrev-ref", "HEAD"),  # "HEAD" when detached
         "git_dirty": bool(dirty) if dirty is not None else None,
         "hostname": platform.node(),
     }

@@ -60,6 +60,38 @@ _METRICS = [
     Metric("eval_tok_s", "tokens/s", "higher",
            "Perplexity evaluation throughput: tokens fed through the model (all window tokens) divided by "
            "the time spent in the backend's logits calls."),
+    # quality against the reference variant (bench/quality.py): same token ids, windows and positions
+    Metric("kld_mean", "nats", "lower",
+           "Mean over scored positions of KL(reference || variant) of the next-token distributions, both "
+           "taken as float32 log-probabilities renormalized in float64; exactly 0 for the reference itself."),
+    Metric("kld_p99", "nats", "lower",
+           "99th percentile over scored positions of the per-position KL(reference || variant)."),
+    Metric("kld_max", "nats", "lower", "Largest per-position KL(reference || variant)."),
+    Metric("top1_agreement", "fraction", "higher",
+           "Share of scored positions where the variant's most likely next token is the reference's."),
+    Metric("delta_nll", "nats/token", "lower",
+           "Mean over scored positions of the paired NLL difference (variant - reference); its 95 % CI "
+           "(delta_nll_ci) is a t interval of the per-token differences, treating tokens as independent."),
+    Metric("delta_ppl", "", "lower",
+           "Perplexity of the variant minus the reference's, PPL_ref x (exp(delta_nll) - 1), with the "
+           "95 % CI (delta_ppl_ci) carried over from delta_nll's (paired: the reference's PPL held fixed)."),
+    # memory-bandwidth utilization of decoding (bench/bandwidth.py)
+    Metric("achieved_bandwidth_gbs", "GB/s", "higher",
+           "model_size_bytes / median TPOT, in 1e9 bytes/s: each decode step reads every weight once, so "
+           "this is the weight traffic per step (KV-cache and activation traffic not counted)."),
+    Metric("mbu", "fraction", "higher",
+           "Memory-bandwidth utilization: achieved_bandwidth_gbs / peak_memory_bandwidth_gbs."),
+    Metric("peak_memory_bandwidth_gbs", "GB/s", "higher",
+           "The device's peak memory bandwidth MBU is relative to: the suite's peak_memory_bandwidth_gbs "
+           "when stated, else the spec sheet of a known GPU (table in bench/bandwidth.py)."),
+    # profiles of profiled latency cases ("Where the time goes"; bench/profiling.py), taken after measuring
+    Metric("op_self_time_us", "µs", "lower",
+           "Self time of an operator over the profiled generations: time inside it, excluding operators "
+           "it called, summed over its calls (CPU, and device where traced). Shares are fractions of the "
+           "summed self time of all operators; categories (attention / matmul / other) go by operator name."),
+    Metric("profile_step_ms", "ms", "lower",
+           "Wall time of one generation under the profiler (mean over the profiled steps), split into "
+           "prefill (until the first token) and decode; the profiler's overhead is included."),
 ]
 
 METRICS: dict[str, Metric] = {m.name: m for m in _METRICS}

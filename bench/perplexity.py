@@ -28,21 +28,27 @@ def windows(n_tokens: int, window: int, stride: int) -> Iterator[tuple[int, int,
             return
 
 
-def target_logprobs(logits: np.ndarray, ids: list[int], begin: int, first_scored: int) -> np.ndarray:
-    """Log-probabilities the window's logits give to its scored tokens (float64)."""
+def scored_logprobs(logits: np.ndarray, begin: int, first_scored: int) -> np.ndarray:
+    """Next-token log-probability rows [scored tokens, vocab] (float64) predicting the window's scored tokens."""
     rows = np.arange(first_scored - 1, begin + len(logits) - 1) - begin  # position predicting each target
-    logprobs = log_softmax(logits[rows].astype(np.float64), axis=-1)
-    return logprobs[np.arange(len(rows)), ids[first_scored: begin + len(logits)]]
+    return log_softmax(logits[rows].astype(np.float64), axis=-1)
 
 
 def perplexity(token_logits: Callable[[list[int]], np.ndarray], ids: list[int], window: int, stride: int,
-               clock: Clock | None = None) -> dict:
-    """Perplexity of `ids` under `token_logits`, with the evaluation's own throughput."""
+               clock: Clock | None = None,
+               on_window: Callable[[np.ndarray, np.ndarray], None] | None = None) -> dict:
+    """Perplexity of `ids` under `token_logits`, with the evaluation's own throughput.
+
+    `on_window(logprobs, targets)`, if given, sees each window's scored rows (`scored_logprobs`) and
+    their target ids, untimed (bench/quality.py compares them with a reference's)."""
     clock = clock or Clock()
     nll_sum, scored, fed, busy_ns, n_windows = 0.0, 0, 0, 0, 0
     for begin, end, first_scored in windows(len(ids), window, stride):
         elapsed_ns, logits = clock.time_ns(lambda: token_logits(ids[begin:end]))
-        nll_sum -= float(target_logprobs(np.asarray(logits), ids, begin, first_scored).sum())
+        logprobs, targets = scored_logprobs(np.asarray(logits), begin, first_scored), np.asarray(ids[first_scored:end])
+        nll_sum -= float(logprobs[np.arange(len(targets)), targets].sum())
+        if on_window is not None:
+            on_window(logprobs, targets)
         scored += end - first_scored
         fed += end - begin
         busy_ns += elapsed_ns

@@ -6,12 +6,14 @@ compared with the suite's reference variant on the same model and workload.
 """
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from pathlib import Path
 
 import jinja2
 
 from bench.metrics import METRICS
+from bench.profiling import profiled_sections
 from bench.results import RunDir
 from bench.suite import load_suite
 
@@ -63,7 +65,8 @@ def _reference_record(records: list[dict], reference: str) -> dict | None:
 def latency_table(records: list[dict], reference: str) -> str:
     ref = _reference_record(records, reference)
     headers = ["variant", "TTFT ms", "TPOT ms", "e2e ms", "decode tok/s", "prefill tok/s", "peak RSS MiB",
-               "load s", "n", f"decode tok/s vs {reference}", f"TPOT vs {reference}"]
+               "load s", "n", f"decode tok/s vs {reference}", f"TPOT vs {reference}", "weights MiB",
+               "weights GB/s", "MBU"]
     rows = []
     for r in records:
         m = r["metrics"]
@@ -73,21 +76,35 @@ def latency_table(records: list[dict], reference: str) -> str:
             str(m["repetitions"]),
             ratio(m["decode_tok_s"], ref and ref["metrics"]["decode_tok_s"]),
             ratio(_median(r, "tpot_ms"), ref and _median(ref, "tpot_ms")),
+            fmt(m["model_size_bytes"] / MIB) if m.get("model_size_bytes") else "n/a",
+            fmt(m.get("achieved_bandwidth_gbs")), fmt(m.get("mbu")),
         ])
-    return md_table(headers, rows)
+    reasons = sorted({(r.get("not_applicable") or {}).get("mbu") for r in records} - {None})
+    return "\n\n".join([md_table(headers, rows), *(f"MBU not applicable: {why}." for why in reasons)])
 
 
 def perplexity_table(records: list[dict], reference: str) -> str:
     ref = _reference_record(records, reference)
     headers = ["variant", "perplexity", f"relative diff vs {reference}", "NLL nats/token", "scored tokens",
-               "window / stride", "eval tok/s", "peak RSS MiB"]
-    rows = []
+               "window / stride", "eval tok/s", "peak RSS MiB", "KLD mean", "KLD p99", "top-1 agree",
+               "Δ PPL [95 % CI]"]
+    rows, notes = [], []
     for r in records:
         m = r["metrics"]
         diff = (f"{m['perplexity'] / ref['metrics']['perplexity'] - 1:+.3e}" if ref else "n/a")
         rows.append([r["variant"], fmt(m["perplexity"], 6), diff, fmt(m["nll_mean"], 6), str(m["scored_tokens"]),
-                     f"{m['window']} / {m['stride']}", fmt(m["eval_tok_s"]), fmt(m["peak_rss_bytes"] / MIB)])
-    return md_table(headers, rows)
+                     f"{m['window']} / {m['stride']}", fmt(m["eval_tok_s"]), fmt(m["peak_rss_bytes"] / MIB),
+                     fmt(m.get("kld_mean")), fmt(m.get("kld_p99")), fmt(m.get("top1_agreement")), _delta_ppl(m)])
+        if (r.get("not_applicable") or {}).get("quality"):
+            notes.append(f"- {r['variant']}: quality not applicable: {r['not_applicable']['quality']}")
+    return "\n\n".join([md_table(headers, rows), *(["\n".join(notes)] if notes else [])])
+
+
+def _delta_ppl(m: dict) -> str:
+    if m.get("delta_ppl") is None:
+        return "n/a"
+    low, high = m["delta_ppl_ci"]
+    return f"{m['delta_ppl']:+.4g} [{low:+.4g}, {high:+.4g}]"
 
 
 def sections(records: list[dict], reference: str) -> list[tuple[str, str]]:
@@ -118,7 +135,8 @@ def load_run(results_dir: Path, run_id: str) -> tuple[dict, list[dict], str]:
     return meta, records, reference
 
 
-def render_markdown(meta: dict, records: list[dict], reference: str) -> str:
+def render_markdown(meta: dict, records: list[dict], reference: str, run_link: str = ".") -> str:
+    """run_link: the run's results directory relative to the report (for links to traces)."""
     template = jinja2.Environment(
         loader=jinja2.PackageLoader("bench", "templates"), keep_trailing_newline=True,
         trim_blocks=True, lstrip_blocks=True,
@@ -129,6 +147,7 @@ def render_markdown(meta: dict, records: list[dict], reference: str) -> str:
         problems=[r for r in records if r["status"] != "ok"], mechanisms=mechanisms,
         metrics=METRICS.values(), n_ok=sum(r["status"] == "ok" for r in records), n_total=len(meta["case_ids"]),
         missing=[c for c in meta["case_ids"] if c not in {r["id"] for r in records}],
+        profiled=profiled_sections(records, run_link),
     )
 
 
@@ -136,7 +155,8 @@ def write_report(results_dir: Path, reports_dir: Path, run_id: str) -> Path:
     meta, records, reference = load_run(results_dir, run_id)
     out = Path(reports_dir) / run_id / "report.md"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_markdown(meta, records, reference))
+    run_link = os.path.relpath(Path(results_dir) / run_id, out.parent).replace(os.sep, "/")
+    out.write_text(render_markdown(meta, records, reference, run_link))
     return out
 
 

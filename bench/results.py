@@ -6,6 +6,7 @@
     samples/<id>.json raw samples of a case, written (tmp + rename) before its line is appended
     cases/<id>.json   the case as handed to its worker process
     logs/<id>.log     the worker's stdout and stderr
+    traces/<id>/      profiler output of a profiled case (bench/profiling.py; TensorBoard logdir: traces/)
 
 A case counts as finished only once its line is in cases.jsonl, so a run killed at any moment
 loses at most the case in flight, and `--resume` redoes nothing that finished.

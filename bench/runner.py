@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from bench import environment
+from bench import environment, envs, quality
 from bench.results import RunDir, write_json_atomic
 from bench.suite import Case
 
@@ -55,7 +55,12 @@ def run_case_process(case: Case, run: RunDir) -> tuple[dict, dict | None]:
     write_json_atomic(case_file, case.to_dict())
     result_file.unlink(missing_ok=True)
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    command = [case.interpreter or sys.executable, "-m", "bench.worker", str(case_file), str(result_file)]
+    try:
+        python = envs.interpreter_path(case.interpreter)
+    except envs.MissingEnv as exc:  # recorded as skipped, with the command that creates the env
+        return {**case.to_dict(), "started_at": time.time(), "wall_seconds": 0.0, "status": "skipped",
+                "reason": str(exc)}, None
+    command = [python, "-m", "bench.worker", str(case_file), str(result_file)]
     started = time.time()
     with open(log_file, "wb") as log:
         child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=_child_env(case),
@@ -89,6 +94,7 @@ def run_cases(cases: list[Case], run: RunDir, retry_failed: bool = False) -> lis
     """Run every case that has no record yet (and failed ones if retry_failed)."""
     done = {r["id"]: r for r in run.records()}
     todo = [c for c in cases if c.id not in done or (retry_failed and done[c.id]["status"] == "failed")]
+    todo = quality.reference_first(todo)  # the others' perplexity cases read the reference's log-probs
     if len(todo) < len(cases):
         print(f"resuming {run.run_id}: {len(cases) - len(todo)} of {len(cases)} cases already finished",
               file=sys.stderr)

@@ -7,6 +7,8 @@ of the offending field, the field path, and the values that would have been vali
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -77,11 +79,50 @@ class Perplexity(_Strict):
         return self
 
 
+class Profile(_Strict):
+    """Profiling of latency cases (bench/profiling.py): a separate phase after the timed measurement."""
+
+    enabled: bool = Field(False, description="profile this suite's (or variant's) latency cases")
+    warmup: int = Field(1, ge=0, description="profiler warm-up generations (traced, then discarded)")
+    steps: int = Field(2, ge=1, description="profiled generations (the profiler's active steps)")
+    record_shapes: bool = Field(False, description="record operator input shapes")
+    profile_memory: bool = Field(False, description="record tensor allocations")
+    with_stack: bool = Field(False, description="record Python stacks (large traces)")
+    top: int = Field(10, ge=1, description="operators listed in the report")
+
+
+class Regression(_Strict):
+    """Thresholds of `bench compare`: a change smaller than its threshold is never a regression."""
+
+    threshold: float = Field(0.05, gt=0, description="default relative change that counts (0.05 = 5 %)")
+    metrics: dict[str, float] = Field(default_factory=dict, description="per-metric thresholds, e.g. ttft_ms: 0.10")
+    cases: dict[str, float] = Field(default_factory=dict, description="per-case thresholds (case id or variant label)")
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, value):
+        from bench.metrics import METRICS
+
+        unknown = sorted(set(value) - set(METRICS))
+        if unknown:
+            raise ValueError(f"unknown metric {', '.join(unknown)}; valid values: {', '.join(METRICS)}")
+        return value
+
+    @field_validator("metrics", "cases")
+    @classmethod
+    def _positive_thresholds(cls, value):
+        if any(not t > 0 for t in value.values()):
+            raise ValueError("thresholds must be > 0 (0.05 = 5 %)")
+        return value
+
+
 class Variant(_Strict):
     backend: str
     label: str | None = Field(None, description="name shown in reports (default: backend[options])")
     options: dict[str, Any] = Field(default_factory=dict)
-    interpreter: str | None = Field(None, description="Python interpreter for this backend's cases")
+    interpreter: str | None = Field(None, description="Python interpreter for this backend's cases: a path, "
+                                    "or env:NAME for a managed env (python -m bench env create NAME)")
+    profile: Profile | None = Field(None, description="overrides the suite's profile settings for this variant")
 
     @field_validator("backend")
     @classmethod
@@ -91,6 +132,16 @@ class Variant(_Strict):
         except UnknownBackend as exc:  # a KeyError; pydantic reports only ValueErrors as field errors
             raise ValueError(str(exc)) from None
         return name
+
+    @field_validator("interpreter")
+    @classmethod
+    def _known_env(cls, interpreter):
+        from bench import envs
+
+        try:
+            return envs.check_interpreter(interpreter)
+        except envs.EnvError as exc:
+            raise ValueError(str(exc)) from None
 
 
 class Suite(_Strict):
@@ -105,6 +156,10 @@ class Suite(_Strict):
     threads: int = Field(1, ge=1, description="torch intra-op threads (and OMP/MKL threads) per case")
     timeout_s: float = Field(900, gt=0, description="a case still running after this is killed and recorded")
     reference: str | None = Field(None, description="variant label every other variant is compared to")
+    peak_memory_bandwidth_gbs: float | None = Field(
+        None, gt=0, description="the device's peak memory bandwidth in GB/s, for MBU (known GPUs need none)")
+    regression: Regression = Regression()
+    profile: Profile = Profile()
 
 
 @dataclass(frozen=True)
@@ -123,6 +178,7 @@ class Case:
     timeout_s: float
     interpreter: str | None = None
     extra: dict = field(default_factory=dict)
+    profile: dict | None = None  # profile settings of a profiled latency case (bench/profiling.py)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -229,6 +285,22 @@ def _case_id(case_fields: dict) -> str:
     return f"{_slug(case_fields['variant'])}.{_slug(Path(case_fields['model']).name)}.{task}.{digest}"
 
 
+def _profile_settings(suite: Suite, variant: Variant) -> dict:
+    """The suite's profile settings with the variant's explicitly set fields on top."""
+    own = variant.profile.model_dump(exclude_unset=True) if variant.profile else {}
+    return {**suite.profile.model_dump(), **own}
+
+
+def force_profile(data: dict, settings: dict) -> dict:
+    """Suite data with profiling on for every variant (what `bench profile` runs); settings win."""
+    data = copy.deepcopy(data)
+    data["profile"] = {**(data.get("profile") or {}), **settings, "enabled": True}
+    for variant in data.get("backends") or []:
+        if isinstance(variant, dict) and isinstance(variant.get("profile"), dict):
+            variant["profile"] = {**variant["profile"], **settings, "enabled": True}
+    return data
+
+
 def expand(suite: Suite) -> list[Case]:
     cases = []
     for model, variant in itertools.product(suite.models, suite.backends):
@@ -245,8 +317,15 @@ def expand(suite: Suite) -> list[Case]:
                     perplexity=suite.perplexity.model_dump(), threads=suite.threads,
                     timeout_s=suite.timeout_s, interpreter=variant.interpreter,
                 )
+                profile = _profile_settings(suite, variant)
+                if task == "latency" and profile["enabled"]:  # only then, so unprofiled case ids do not change
+                    fields["profile"] = profile
                 cases.append(Case(id=_case_id(fields), **fields))
-    return cases
+    # Not part of a case's identity (its id): what its results are compared with (bench/quality.py,
+    # bench/bandwidth.py). The reference defaults to the first variant, as in the report.
+    shared = {"reference": suite.reference or (cases[0].variant if cases else None),
+              "peak_memory_bandwidth_gbs": suite.peak_memory_bandwidth_gbs}
+    return [dataclasses.replace(c, extra={**c.extra, **shared}) for c in cases]
 
 
 def _check_options(path: Path, index, suite: Suite) -> None:
@@ -267,10 +346,14 @@ def _check_reference(path: Path, index, suite: Suite, cases: list[Case]) -> None
                          f"a variant of this suite; valid values: {', '.join(labels)}")
 
 
-def load_suite(path: str | Path) -> tuple[Suite, list[Case]]:
-    """Parse, validate and expand a suite file. Raises SuiteError with file:line: field: message."""
+def load_suite(path: str | Path, profile: dict | None = None) -> tuple[Suite, list[Case]]:
+    """Parse, validate and expand a suite file. Raises SuiteError with file:line: field: message.
+
+    `profile`: force profiling on with these settings (see force_profile)."""
     path = Path(path)
     data, index = _read(path)
+    if profile is not None:
+        data = force_profile(data, profile)
     try:
         suite = Suite.model_validate(data)
     except ValidationError as exc:

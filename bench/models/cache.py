@@ -4,17 +4,31 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 
 def cache_dir() -> Path:
     """Root of the cache: $BENCH_CACHE if set, else ~/.cache/bench."""
     env = os.environ.get("BENCH_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "bench"
+
+
+def files_digest(paths: Iterable[Path], *parts: str) -> str:
+    """16 hex digits of sha256 over each file's name and bytes, then `parts` (a cache key)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(Path(path).name.encode() + b"\0")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    for part in parts:
+        digest.update(b"\0" + part.encode())
+    return digest.hexdigest()[:16]
 
 
 @contextlib.contextmanager
