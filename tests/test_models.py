@@ -8,7 +8,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import subprocess
 import sys
 import sysconfig
@@ -18,9 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.models import BUILTIN_MODELS, build_builtin, resolve_model
+from bench.models import BUILTIN_MODELS, build_builtin, resolve_model, tiny_llama
 from bench.models import corpus as corpus_mod
-from bench.models import tiny_llama
 from bench.models.cache import build_dir_atomically, cache_dir
 
 UNIGRAM_PPL = 526
@@ -147,6 +145,7 @@ def test_default_recipe_shape():
     assert r.intermediate_size % 256 == 0 and not r.tie_word_embeddings
 
 
+@pytest.mark.slow
 def test_tokenizer_loads_and_round_trips(model_dir, corpus):
     from transformers import AutoTokenizer
 
@@ -179,6 +178,7 @@ def heldout_ppl(model, ids, seq_len):
     return math.exp(nll / n)
 
 
+@pytest.mark.slow
 def test_built_model_beats_unigram_and_metric_reproduces(model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -197,6 +197,7 @@ def test_built_model_beats_unigram_and_metric_reproduces(model_dir):
     assert ppl == pytest.approx(info["heldout_perplexity"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_second_build_is_instant_and_identical(model_dir):
     weights = sha256_file(model_dir / "model.safetensors")
     start = time.perf_counter()
@@ -205,10 +206,11 @@ def test_second_build_is_instant_and_identical(model_dir):
     assert again == model_dir and sha256_file(again / "model.safetensors") == weights
 
 
+@pytest.mark.slow
 def test_tiny_recipe_is_bit_for_bit_deterministic(tmp_path, monkeypatch, corpus):
     recipe = tiny_llama.Recipe(
         corpus_sha256=corpus.sha256, vocab_size=512, hidden_size=64, intermediate_size=128,
-        num_layers=1, seq_len=64, batch_size=4, steps=5, warmup_steps=2, train_threads=1,
+        num_layers=1, seq_len=64, batch_size=4, steps=5, warmup_steps=2,
     )  # fmt: skip
     dirs = []
     for name in ("a", "b"):
@@ -226,6 +228,7 @@ def test_tiny_recipe_is_bit_for_bit_deterministic(tmp_path, monkeypatch, corpus)
 # --- registry and resolution --------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_resolve_model(model_dir, tmp_path, monkeypatch):
     assert set(BUILTIN_MODELS) == {"tiny-llama"}
     assert resolve_model("tiny-llama") == str(model_dir)

@@ -51,7 +51,7 @@ def test_eager_and_sdpa_perplexity_agree_and_mean_something(smoke_run):
 def test_report_shows_the_required_metrics_for_both_backends(smoke_run):
     cwd, proc, _ = smoke_run
     report_path = cwd / "reports" / "smoke-test" / "report.md"
-    assert f"report: reports/smoke-test/report.md" in proc.stdout
+    assert "report: reports/smoke-test/report.md" in proc.stdout
     report = report_path.read_text()
     for heading in ["TTFT ms", "TPOT ms", "decode tok/s", "peak RSS MiB", "perplexity", "## Environment",
                     "## Glossary", "vs hf-eager"]:

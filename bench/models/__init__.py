@@ -7,8 +7,8 @@ Importing this package is cheap: torch/transformers/tokenizers are imported only
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from bench.models import tiny_llama
 
@@ -25,7 +25,9 @@ class UnknownModelError(KeyError):
 def build_builtin(name: str, force: bool = False, log: Callable[[str], None] = print) -> Path:
     """Directory of the built-in model `name`, building it first if it is not cached."""
     if name not in BUILTIN_MODELS:
-        raise UnknownModelError(f"unknown built-in model {name!r}; valid names: {', '.join(sorted(BUILTIN_MODELS))}")
+        raise UnknownModelError(
+            f"unknown built-in model {name!r}; valid names: {', '.join(sorted(BUILTIN_MODELS))}"
+        )
     return BUILTIN_MODELS[name](force=force, log=log)
 
 

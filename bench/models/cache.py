@@ -59,6 +59,7 @@ def build_dir_atomically(
         if is_complete(target) and not force:
             return target
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
         try:
             fill(tmp)
             if target.exists():  # stale or forced: move it aside, then drop it
