@@ -141,10 +141,14 @@ def torch_profile(backend, prompts, new_tokens: int, settings: dict, out_dir: Pa
 
 
 def native_profile(backend, prompts, new_tokens: int, settings: dict, out_dir: Path) -> dict:
-    """Profile `steps` generations with the backend's own profiler hook (after `warmup` unprofiled ones)."""
+    """Profile generations with the backend's own profiler hook: `warmup` + `steps` of them, all counted.
+
+    The hooks (ONNX Runtime, llama.cpp) can only enable profiling on a new session or context, which
+    they open on entry; warming up outside would warm a different session, so the warm-up runs inside
+    and the totals include it (the summary says how many generations they cover)."""
     with backend.native_profile(out_dir) as summary:
         if summary.get("profiler", "none") != "none":  # a runtime profiler records from the hook's start,
-            for _ in range(settings["warmup"] + settings["steps"]):  # so its totals include the warm-up
+            for _ in range(settings["warmup"] + settings["steps"]):
                 backend.generate(prompts, new_tokens, lambda: None)
     summary = dict(summary)
     if summary.get("profiler", "none") != "none":
