@@ -1,19 +1,21 @@
 """Backend registry: name -> "module:Class", resolved lazily so listing backends imports nothing heavy.
 
-To add a backend: write one module in this package implementing `backends.base.Backend`, and add
-one line to REGISTRY. A suite may also name any importable "package.module:Class" directly.
+Backends are grouped by family: `hf/` (transformers), `onnx/` (ONNX Runtime), `gguf/` (llama.cpp),
+`vllm/`. To add a backend: write one module implementing `backends.base.Backend` (in its family's
+folder, or a new one), and add one line to REGISTRY. A suite may also name any importable
+"package.module:Class" directly (see the README on what a suite can execute).
 """
 from __future__ import annotations
 
 import importlib
 
 REGISTRY: dict[str, str] = {
-    "hf-eager": "backends.hf_eager:HFEager",
-    "bettertransformer": "backends.bettertransformer:BetterTransformer",
-    "llama-cpp": "backends.llama_cpp:LlamaCpp",
-    "vllm": "backends.vllm:VLLM",
-    "onnx-genai": "backends.onnx_genai:OnnxGenai",
-    "onnx-ort": "backends.onnx_ort:OnnxOrt",
+    "hf-eager": "backends.hf.eager:HFEager",
+    "bettertransformer": "backends.hf.bettertransformer:BetterTransformer",
+    "llama-cpp": "backends.gguf.llama_cpp:LlamaCpp",
+    "vllm": "backends.vllm.engine:VLLM",
+    "onnx-genai": "backends.onnx.genai:OnnxGenai",
+    "onnx-ort": "backends.onnx.ort:OnnxOrt",
 }
 
 
@@ -29,6 +31,11 @@ def backend_class(name: str):
         raise UnknownBackend(f"unknown backend '{name}'; registered: {', '.join(sorted(REGISTRY))}")
     module_name, class_name = target.split(":", 1)
     try:
-        return getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as exc:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError) as exc:
         raise UnknownBackend(f"backend '{name}' -> {target} cannot be imported: {exc}") from exc
+    from backends.base import Backend
+
+    if not (isinstance(cls, type) and issubclass(cls, Backend)):
+        raise UnknownBackend(f"backend '{name}' -> {target} is not a backend (a subclass of backends.base.Backend)")
+    return cls

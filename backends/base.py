@@ -1,42 +1,42 @@
-"""The backend protocol: what every adapter in backends/ implements, and the helpers they share.
+"""The backend contract: what every adapter in backends/ implements, every method used by the harness.
 
-A backend loads one model and then answers four questions, all on token ids the harness chose:
-- `prefill(batch)`: run the prompts through the model (one forward, cache filled, no sampling);
-- `generate(batch, n, on_token)`: greedy-decode exactly n new tokens per sequence (EOS ignored),
-  calling `on_token()` once per step as soon as that step's tokens exist; the harness's clock
-  timestamps those calls, so no backend measures time itself;
-- `token_logits(ids)`: next-token logits at every position of one sequence ([len(ids), vocab]);
-- `describe()`: what actually ran (mechanism, dtype, device, library versions, weight bytes).
+The worker (bench/run/worker.py) drives a backend in this order:
+1. `Backend(options, threads)`: options validated when the suite was loaded; nothing heavy yet.
+2. `load(model_path)`: import the runtime (through `require`, so a missing package names its pip
+   extra and the case is skipped), read or convert the weights, apply `threads`.
+3. `tokenize(text)` once, then either
+   - `generate(batch, new_tokens, on_token)` for latency: greedy-decode exactly `new_tokens` per
+     sequence (EOS ignored), calling `on_token()` once per step as soon as that step's tokens exist
+     on the host; returns the new token ids per sequence. The harness's clock timestamps the
+     `on_token` calls: a backend never measures time itself; or
+   - `token_logits(ids)` for perplexity: a float numpy array [len(ids), vocab] of next-token logits
+     at every position of one sequence.
+4. `describe()`: a `BackendDescription` of what actually ran (mechanism, dtype, device, threads,
+   weight bytes, versions); read after the task, so it reflects the loaded state.
+5. optionally `native_profile(out_dir)` (a profiled case, after measuring), then `close()`:
+   release what `load` took (models, sessions, contexts, engines).
 
-Heavy libraries are imported inside `load` through `require`, never at module import time, so the
-registry and the CLI stay fast and a missing package becomes a one-line message naming the extra.
+Backends import from `bench.core` and nothing else of bench. Adding one: a module here with a
+`Backend` subclass, and one line in `backends/__init__.py`'s REGISTRY.
 """
 from __future__ import annotations
 
 import contextlib
-import importlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, ClassVar, Iterator
+from typing import ClassVar
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict
+
+from bench.core.deps import MissingDependency, NotSupportedHere, require
+from bench.core.description import BackendDescription
 
 TokenBatch = list[list[int]]
 
-
-class MissingDependency(ImportError):
-    """A backend's optional package is absent; the message names the pip extra to install."""
-
-
-def require(module: str, extra: str, backend: str):
-    """Import `module` or raise MissingDependency naming the extra that provides it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise MissingDependency(
-            f"backend '{backend}' needs the Python package '{module.split('.')[0]}' ({exc.msg}): "
-            f"pip install 'bench[{extra}]'"
-        ) from exc
+__all__ = ["Backend", "BackendDescription", "BackendOptions", "MissingDependency", "NotSupportedHere",
+           "TokenBatch", "require"]
 
 
 class BackendOptions(BaseModel):
@@ -51,7 +51,7 @@ class Backend(ABC):
     name: ClassVar[str]
     extra: ClassVar[str]  # the pip extra that installs what this backend needs
     Options: ClassVar[type[BackendOptions]] = BackendOptions
-    # True: bench.profiling traces this backend with torch.profiler; False: with native_profile()
+    # True: bench's profiler traces this backend with torch.profiler; False: with native_profile()
     profiles_with_torch: ClassVar[bool] = False
 
     def __init__(self, options: BackendOptions, threads: int = 1) -> None:
@@ -61,23 +61,28 @@ class Backend(ABC):
 
     @property
     def device(self) -> str:
+        """Where the harness's clock must read time: "cpu" (host clock) or "cuda[:N]" (CUDA events)."""
         return self.options.device
 
     @abstractmethod
-    def load(self, model_path: str) -> None: ...
+    def load(self, model_path: str) -> None:
+        """Load the model at `model_path` (a local directory or file, or a hub id) and apply `threads`."""
 
     @abstractmethod
-    def prefill(self, batch: TokenBatch) -> None: ...
+    def generate(self, batch: TokenBatch, new_tokens: int, on_token: Callable[[], None]) -> TokenBatch:
+        """Greedy-decode exactly `new_tokens` per sequence, calling on_token() after each step; the new ids."""
 
     @abstractmethod
-    def generate(self, batch: TokenBatch, new_tokens: int, on_token: Callable[[], None]) -> TokenBatch: ...
+    def token_logits(self, ids: list[int]) -> np.ndarray:
+        """Float array [len(ids), vocab]: the logits of the token after each position of `ids`."""
 
     @abstractmethod
-    def token_logits(self, ids: list[int]):
-        """numpy float array [len(ids), vocab]: logits for the token after each position."""
+    def describe(self) -> BackendDescription:
+        """What ran: mechanism, dtype, device, threads, weight bytes as stored, library versions."""
 
     @abstractmethod
-    def describe(self) -> dict: ...
+    def close(self) -> None:
+        """Release what load() took (model, session, context, engine); safe to call twice."""
 
     def tokenize(self, text: str) -> list[int]:
         """Token ids of `text` with the model's own tokenizer, the same ids for every backend.
@@ -98,10 +103,7 @@ class Backend(ABC):
 
         Optional. Yields a dict that is complete when the block exits: "profiler" (its name; "none"
         means no profiling and the block runs nothing), and any of "ops" ([{"name", "calls",
-        "self_cpu_us"}], summarized by bench.profiling), "phases_ms" ({phase: ms}), "counters",
-        "reason". Files go in out_dir. Used only after the case was measured.
+        "self_cpu_us"}], summarized by the harness), "phases_ms" ({phase: ms}), "counters",
+        "reason". Files go in out_dir. Used only after the case was measured; leaves the backend usable.
         """
         yield {"profiler": "none", "reason": f"backend '{self.name}' has no profiler hook"}
-
-    def close(self) -> None:
-        """Release what load() took; the case's process exits right after anyway."""

@@ -1,97 +1,156 @@
-"""Metric definitions: the name, unit, direction and meaning of every number bench reports.
+"""Every number bench reports, defined once: name, unit, kind, direction, gate, display, meaning.
 
-Reports build their glossary from this table and compare tools read `better` from it, so a metric
-is defined once, here, and nowhere else.
+Reports build their columns and glossary from this table, `bench compare` reads from it which
+metrics it checks and how, and the record loader accepts only names registered here. Add a metric
+by adding one `Metric` below (and computing it in bench/measure/).
+
+Kinds:
+- `sampled`: one value per repetition, raw samples kept; recorded as a Summary (median and CI);
+  the gate compares the samples (rank test + bootstrap CI of the ratio of medians).
+- `throughput`: total work / total time over the repetitions (never a mean of rates); the gate
+  rebuilds it per repetition from the raw samples.
+- `scalar`: one deterministic number per case (quality, memory); the gate compares it with the
+  threshold (bytes also need an absolute change of `min_change`).
+- `timing`: one timing without repetitions (load time, evaluation speed): shown, never gated.
+- `info`: bookkeeping that explains other numbers (counts, baselines); shown in the glossary only.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
+
+Kind = Literal["sampled", "throughput", "scalar", "timing", "info"]
+MIB = 1024 * 1024
 
 
 @dataclass(frozen=True)
 class Metric:
     name: str
-    unit: str
-    better: str  # "lower" or "higher"
+    label: str  # short human name for table headers ("TTFT", "peak RSS")
+    unit: str  # unit of the recorded value
+    kind: Kind
+    better: Literal["lower", "higher"] | None
     definition: str
+    shown_unit: str | None = None  # unit in reports when it differs from `unit` (bytes -> MiB)
+    scale: float = 1.0  # recorded value x scale = shown value
+    digits: int = 4  # significant digits shown
+    min_change: float = 0.0  # smallest absolute change (in `unit`) the gate can call a regression
+
+    @property
+    def gated(self) -> bool:
+        """Whether `bench compare` can call a change of this metric a regression."""
+        return self.kind in ("sampled", "throughput", "scalar")
+
+    @property
+    def display_unit(self) -> str:
+        return self.unit if self.shown_unit is None else self.shown_unit
+
+    @property
+    def header(self) -> str:
+        """Column header: label and shown unit ("TTFT ms", "peak RSS MiB"); fractions and counts bare."""
+        unit = self.display_unit
+        return f"{self.label} {unit}" if unit and unit not in ("fraction", "count") else self.label
+
+    def shown(self, value: float | None) -> float | None:
+        return None if value is None else value * self.scale
+
+
+def _bytes(name: str, label: str, kind: Kind, definition: str) -> Metric:
+    return Metric(name, label, "bytes", kind, "lower", definition, shown_unit="MiB", scale=1 / MIB, min_change=MIB)
 
 
 _METRICS = [
-    Metric("ttft_ms", "ms", "lower",
-           "Time to first token: from the call that submits the prompt batch until the first new token "
-           "of every sequence is available on the host (prefill plus one sampling step)."),
-    Metric("tpot_ms", "ms", "lower",
-           "Time per output token after the first: (end-to-end time - TTFT) / (new tokens - 1), "
-           "one sample per repetition."),
-    Metric("itl_ms", "ms", "lower",
-           "Inter-token latency: every gap between consecutive new-token timestamps, pooled over "
-           "repetitions (its distribution, not only its centre)."),
-    Metric("e2e_ms", "ms", "lower",
+    # latency and throughput of generation (bench/measure/latency.py)
+    Metric("ttft_ms", "TTFT", "ms", "sampled", "lower",
+           "Time to first token: from the call that submits the prompt batch until the first new token of every "
+           "sequence is available on the host (prefill plus one sampling step)."),
+    Metric("tpot_ms", "TPOT", "ms", "sampled", "lower",
+           "Time per output token after the first: (end-to-end time - TTFT) / (new tokens - 1), one sample per "
+           "repetition."),
+    Metric("itl_ms", "ITL", "ms", "sampled", "lower",
+           "Inter-token latency: every gap between consecutive new-token timestamps, pooled over repetitions (its "
+           "distribution, not only its centre)."),
+    Metric("e2e_ms", "e2e", "ms", "sampled", "lower",
            "End-to-end latency: from submitting the prompt batch until the last new token is available."),
-    Metric("prefill_tok_s", "tokens/s", "higher",
-           "Prefill throughput: sum of prompt tokens (batch size x prompt length) over all measured "
-           "repetitions divided by the sum of their TTFTs."),
-    Metric("decode_tok_s", "tokens/s", "higher",
-           "Decode throughput: sum of tokens generated after the first (batch size x (new tokens - 1)) "
-           "over all measured repetitions divided by the sum of their decode times (e2e - TTFT)."),
-    Metric("load_s", "s", "lower",
-           "Load time: from the start of the backend's load call until the model is ready to run "
-           "(weights read, moved to device, any conversion or compilation done eagerly)."),
-    Metric("peak_rss_bytes", "bytes", "lower",
-           "Peak resident set size of the case's own process: the larger of the sampled RSS maximum "
-           "(psutil, every 5 ms) and the kernel's ru_maxrss. Includes the interpreter and libraries."),
-    Metric("peak_rss_delta_bytes", "bytes", "lower",
-           "Peak RSS minus the RSS measured just before the model was loaded: memory the model and its "
-           "runtime added."),
-    Metric("cuda_max_allocated_bytes", "bytes", "lower",
+    Metric("prefill_tok_s", "prefill", "tok/s", "throughput", "higher",
+           "Prefill throughput: sum of prompt tokens (batch size x prompt length) over all measured repetitions "
+           "divided by the sum of their TTFTs."),
+    Metric("decode_tok_s", "decode", "tok/s", "throughput", "higher",
+           "Decode throughput: sum of tokens generated after the first (batch size x (new tokens - 1)) over all "
+           "measured repetitions divided by the sum of their decode times (e2e - TTFT)."),
+    Metric("load_s", "load", "s", "timing", "lower",
+           "Load time: from the start of the backend's load call until the model is ready to run (weights read, "
+           "moved to device, any conversion or compilation done eagerly)."),
+    # memory (bench/measure/memory.py)
+    _bytes("peak_rss_bytes", "peak RSS", "scalar",
+           "Peak resident set size of the case: the larger of the kernel's high-water mark of the case's process "
+           "since its exec (VmHWM) and the largest sampled RSS of its process tree (psutil, every 5 ms, the case's "
+           "process plus any it started). Includes the interpreter and libraries, never the runner's memory."),
+    _bytes("peak_rss_delta_bytes", "peak RSS delta", "scalar",
+           "Peak RSS minus the RSS measured just before the model was loaded: memory the model and its runtime added."),
+    _bytes("peak_rss_sampled_bytes", "sampled peak RSS", "info",
+           "Largest RSS of the case's process tree the 5 ms sampler saw (psutil)."),
+    _bytes("vm_hwm_bytes", "VmHWM", "info",
+           "The kernel's RSS high-water mark of the case's process since its exec (/proc/self/status VmHWM)."),
+    _bytes("ru_maxrss_bytes", "ru_maxrss", "info",
+           "getrusage ru_maxrss (format-1 runs only: it carries over a large parent's peak across fork+exec)."),
+    Metric("processes_sampled", "processes", "count", "info", None,
+           "Most processes in the case's process tree at one sample (1: the case's own process only)."),
+    _bytes("baseline_rss_bytes", "baseline RSS", "info", "RSS of the case's process just before the model was loaded."),
+    _bytes("cuda_max_allocated_bytes", "CUDA allocated", "scalar",
            "torch.cuda.max_memory_allocated() over the case: peak bytes held by tensors."),
-    Metric("cuda_max_reserved_bytes", "bytes", "lower",
+    _bytes("cuda_max_reserved_bytes", "CUDA reserved", "scalar",
            "torch.cuda.max_memory_reserved() over the case: peak bytes held by the caching allocator."),
-    Metric("nvml_peak_process_bytes", "bytes", "lower",
+    _bytes("nvml_peak_process_bytes", "GPU memory (NVML)", "scalar",
            "Peak GPU memory NVML reports for the case's process (includes the CUDA context), sampled."),
-    Metric("model_size_bytes", "bytes", "lower",
-           "Bytes of model weights as loaded by the backend (parameters and buffers, or the file size "
-           "for file-based formats)."),
-    Metric("perplexity", "", "lower",
-           "exp(mean negative log-likelihood) of the evaluation tokens under a sliding window: windows of "
-           "`window` tokens advanced by `stride`; each token is scored once, with up to window-1 tokens "
-           "of context. The same token ids are used for every backend."),
-    Metric("nll_mean", "nats/token", "lower", "Mean negative log-likelihood of the scored tokens."),
-    Metric("eval_tok_s", "tokens/s", "higher",
-           "Perplexity evaluation throughput: tokens fed through the model (all window tokens) divided by "
-           "the time spent in the backend's logits calls."),
-    # quality against the reference variant (bench/quality.py): same token ids, windows and positions
-    Metric("kld_mean", "nats", "lower",
-           "Mean over scored positions of KL(reference || variant) of the next-token distributions, both "
-           "taken as float32 log-probabilities renormalized in float64; exactly 0 for the reference itself."),
-    Metric("kld_p99", "nats", "lower",
+    _bytes("model_size_bytes", "weights", "scalar",
+           "Bytes of model weights as loaded by the backend (parameters and buffers, or the file size for "
+           "file-based formats)."),
+    # perplexity (bench/measure/perplexity.py)
+    Metric("perplexity", "perplexity", "", "scalar", "lower",
+           "exp(mean negative log-likelihood) of the evaluation tokens under a sliding window: windows of `window` "
+           "tokens advanced by `stride`; each token is scored once, with up to window-1 tokens of context. The same "
+           "token ids are used for every backend.", digits=6),
+    Metric("nll_mean", "NLL", "nats/token", "scalar", "lower", "Mean negative log-likelihood of the scored tokens.",
+           digits=6),
+    Metric("nll_sum", "NLL sum", "nats", "info", None, "Sum of the negative log-likelihoods of the scored tokens."),
+    Metric("eval_tok_s", "eval", "tok/s", "timing", "higher",
+           "Perplexity evaluation throughput: tokens fed through the model (all window tokens) divided by the time "
+           "spent in the backend's logits calls."),
+    Metric("logits_seconds", "logits time", "s", "info", None,
+           "Time spent in the backend's logits calls during the perplexity evaluation."),
+    # quality against the reference variant (bench/measure/quality.py): same token ids, windows and positions
+    Metric("kld_mean", "KLD mean", "nats", "scalar", "lower",
+           "Mean over scored positions of KL(reference || variant) of the next-token distributions, both taken as "
+           "float32 log-probabilities renormalized in float64; exactly 0 for the reference itself."),
+    Metric("kld_p99", "KLD p99", "nats", "scalar", "lower",
            "99th percentile over scored positions of the per-position KL(reference || variant)."),
-    Metric("kld_max", "nats", "lower", "Largest per-position KL(reference || variant)."),
-    Metric("top1_agreement", "fraction", "higher",
+    Metric("kld_max", "KLD max", "nats", "scalar", "lower", "Largest per-position KL(reference || variant)."),
+    Metric("top1_agreement", "top-1 agree", "fraction", "scalar", "higher",
            "Share of scored positions where the variant's most likely next token is the reference's."),
-    Metric("delta_nll", "nats/token", "lower",
-           "Mean over scored positions of the paired NLL difference (variant - reference); its 95 % CI "
-           "(delta_nll_ci) is a t interval of the per-token differences, treating tokens as independent."),
-    Metric("delta_ppl", "", "lower",
-           "Perplexity of the variant minus the reference's, PPL_ref x (exp(delta_nll) - 1), with the "
-           "95 % CI (delta_ppl_ci) carried over from delta_nll's (paired: the reference's PPL held fixed)."),
-    # memory-bandwidth utilization of decoding (bench/bandwidth.py)
-    Metric("achieved_bandwidth_gbs", "GB/s", "higher",
-           "model_size_bytes / median TPOT, in 1e9 bytes/s: each decode step reads every weight once, so "
-           "this is the weight traffic per step (KV-cache and activation traffic not counted)."),
-    Metric("mbu", "fraction", "higher",
-           "Memory-bandwidth utilization: achieved_bandwidth_gbs / peak_memory_bandwidth_gbs."),
-    Metric("peak_memory_bandwidth_gbs", "GB/s", "higher",
-           "The device's peak memory bandwidth MBU is relative to: the suite's peak_memory_bandwidth_gbs "
-           "when stated, else the spec sheet of a known GPU (table in bench/bandwidth.py)."),
-    # profiles of profiled latency cases ("Where the time goes"; bench/profiling.py), taken after measuring
-    Metric("op_self_time_us", "µs", "lower",
-           "Self time of an operator over the profiled generations: time inside it, excluding operators "
-           "it called, summed over its calls (CPU, and device where traced). Shares are fractions of the "
-           "summed self time of all operators; categories (attention / matmul / other) go by operator name."),
-    Metric("profile_step_ms", "ms", "lower",
-           "Wall time of one generation under the profiler (mean over the profiled steps), split into "
-           "prefill (until the first token) and decode; the profiler's overhead is included."),
+    Metric("delta_nll", "Δ NLL", "nats/token", "scalar", "lower",
+           "Mean over scored positions of the paired NLL difference (variant - reference), with its 95 % CI."),
+    Metric("delta_ppl", "Δ PPL", "", "scalar", "lower",
+           "Perplexity of the variant minus the reference's, PPL_ref x (exp(delta_nll) - 1), with the 95 % CI "
+           "carried over from delta_nll's (paired: the reference's PPL held fixed)."),
+    # memory-bandwidth utilization of decoding (bench/measure/bandwidth.py)
+    Metric("achieved_bandwidth_gbs", "weights", "GB/s", "timing", "higher",
+           "model_size_bytes / median TPOT, in 1e9 bytes/s: each decode step reads every weight once, so this is the "
+           "weight traffic per step (KV-cache and activation traffic not counted)."),
+    Metric("mbu", "MBU", "fraction", "timing", "higher",
+           "Memory-bandwidth utilization: achieved_bandwidth_gbs / peak_memory_bandwidth_gbs (derived from the "
+           "median TPOT, which is gated itself)."),
+    Metric("peak_memory_bandwidth_gbs", "peak bandwidth", "GB/s", "info", "higher",
+           "The device's peak memory bandwidth MBU is relative to: the suite's peak_memory_bandwidth_gbs when "
+           "stated, else the spec sheet of a known GPU (table in bench/measure/bandwidth.py)."),
+    # profiles of profiled latency cases ("Where the time goes"; bench/measure/profiling.py), taken after measuring
+    Metric("op_self_time_us", "self time", "µs", "info", "lower",
+           "Self time of an operator over the profiled generations: time inside it, excluding operators it called, "
+           "summed over its calls (CPU, and device where traced). Shares are fractions of the summed self time of "
+           "all operators; categories (attention / matmul / other) go by operator name."),
+    Metric("profile_step_ms", "profiled step", "ms", "info", "lower",
+           "Wall time of one generation under the profiler (mean over the profiled steps), split into prefill (until "
+           "the first token) and decode; the profiler's overhead is included."),
 ]
 
 METRICS: dict[str, Metric] = {m.name: m for m in _METRICS}
@@ -99,3 +158,7 @@ METRICS: dict[str, Metric] = {m.name: m for m in _METRICS}
 
 def unit(name: str) -> str:
     return METRICS[name].unit if name in METRICS else ""
+
+
+def gated() -> list[Metric]:
+    return [m for m in METRICS.values() if m.gated]

@@ -10,11 +10,11 @@ import time
 import torch
 from transformers import AutoModelForCausalLM
 
-from backends.hf_eager import HFEager
-from bench.latency import measure, prompt_batch
+from backends.hf.eager import HFEager
+from bench.core.timing import Clock
+from bench.measure.latency import measure, prompt_batch
 from bench.models import build_builtin
 from bench.models.corpus import heldout_text
-from bench.timing import Clock
 
 NEW_TOKENS, PROMPT_TOKENS, ROUNDS = 64, 64, 30
 POLICY = {"warmup": 0, "min": 8, "max": 8, "max_time_s": 60, "ci_target": 1.0, "ci_level": 0.95}

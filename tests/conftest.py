@@ -27,7 +27,7 @@ def tiny_llama() -> str:
 def run_bench(*args: str, cwd: Path, timeout: float = 600, check_exit: int | None = 0) -> subprocess.CompletedProcess:
     """`python -m bench ARGS` in `cwd`, as a user would run it; checks the exit code if given."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "bench", *args], cwd=cwd, env=env, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "bench", *args], cwd=cwd, env=env, capture_output=True, check=False,
                           text=True, timeout=timeout)
     if check_exit is not None:
         assert proc.returncode == check_exit, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
@@ -37,3 +37,17 @@ def run_bench(*args: str, cwd: Path, timeout: float = 600, check_exit: int | Non
 def write_suite(path: Path, body: str) -> Path:
     path.write_text(textwrap.dedent(body).lstrip())
     return path
+
+
+def load_records(run_dir: Path) -> list:
+    """The typed records of a run directory, as every reader of bench loads them (bench/records)."""
+    from bench.records import load_run
+
+    return load_run(run_dir).records
+
+
+def record_lines(run_dir: Path) -> list:
+    """Every line of a run's cases.jsonl as a typed record, in file order, duplicates (retries) included."""
+    from bench.records.schema import CaseRecord
+
+    return [CaseRecord.model_validate_json(line) for line in (Path(run_dir) / "cases.jsonl").read_text().splitlines()]

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
 
-from backends.base import Backend, BackendOptions, TokenBatch, require
+from backends.base import Backend, BackendDescription, BackendOptions, TokenBatch, require
 
 VOCAB = 8
 
@@ -74,6 +75,9 @@ class KnownAnswerBackend(Backend):
     def token_logits(self, ids: list[int]) -> np.ndarray:
         return bigram_logits()[ids]
 
-    def describe(self) -> dict:
-        return {"mechanism": "known-answer test backend (busy-wait delays, bigram logits)",
-                "dtype": "float64", "device": "cpu", "model_size_bytes": VOCAB * VOCAB * 8}
+    def describe(self) -> BackendDescription:
+        return BackendDescription(mechanism="known-answer test backend (busy-wait delays, bigram logits)",
+                                  dtype="float64", device="cpu", threads=1, model_size_bytes=VOCAB * VOCAB * 8)
+
+    def close(self) -> None:
+        pass

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from backends.base import TokenBatch
-from backends.hf_eager import HFEager, HFOptions
+from backends.hf.eager import HFEager, HFOptions
 
 
 class ProbeOptions(HFOptions):

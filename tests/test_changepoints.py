@@ -1,5 +1,5 @@
 """Change points in a metric's history: known level shifts are found, noise and small shifts are not."""
-from bench.changepoints import change_points
+from bench.gate.changepoints import change_points
 
 
 def test_a_level_shift_is_found_where_it_starts():

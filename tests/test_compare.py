@@ -6,12 +6,13 @@ import shutil
 import subprocess
 import sys
 import threading
+import typing
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from bench.latency import derive
-from tests.conftest import KNOWN_ANSWER, ROOT, run_bench, write_suite
+from bench.measure.latency import derive
+from tests.conftest import KNOWN_ANSWER, ROOT, record_lines, run_bench, write_suite
 
 SUITE = f"""
 name: gate
@@ -57,19 +58,16 @@ def slowed_copy(root, source: str, name: str, variant: str, batch: int, factor: 
     """Copy a run; scale one latency case's raw stamps by `factor` and re-derive its samples and summaries."""
     shutil.copytree(root / "results" / source, root / "results" / name)
     run = root / "results" / name
-    records = [json.loads(line) for line in (run / "cases.jsonl").read_text().splitlines()]
+    records = record_lines(run)
     for r in records:
-        if r["variant"] == variant and r["task"] == "latency" and r["workload"]["batch_size"] == batch:
-            path = run / "samples" / f"{r['id']}.json"
-            raw = json.loads(path.read_text())
-            raw["stamps_ns"] = [[int(s * factor) for s in rep] for rep in raw["stamps_ns"]]
-            derived = derive(raw["stamps_ns"], batch, r["workload"]["prompt_tokens"])
-            raw.update(derived["samples"])
-            path.write_text(json.dumps(raw))
-            r["metrics"].update(derived["summary"], prefill_tok_s=derived["prefill_tok_s"],
-                                decode_tok_s=derived["decode_tok_s"])
-            case_id = r["id"]
-    (run / "cases.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        if r.variant == variant and r.task == "latency" and r.workload.batch_size == batch:
+            path = run / "samples" / f"{r.id}.json"
+            stamps = [[int(s * factor) for s in rep] for rep in json.loads(path.read_text())["stamps_ns"]]
+            samples, metrics = derive(stamps, batch, r.workload.prompt_tokens)
+            path.write_text(samples.model_dump_json())
+            r.metrics.update(metrics)
+            case_id = r.id
+    (run / "cases.jsonl").write_text("".join(r.model_dump_json() + "\n" for r in records))
     return case_id
 
 
@@ -101,8 +99,10 @@ def test_a_case_slowed_by_10_percent_is_named_with_its_metric(runs):
 
 def test_suite_thresholds_are_applied_per_case(runs):
     slowed_copy(runs, "a", "a-slow-forgiven", "slow", 1, 1.10)
-    suite = (runs / "results" / "a-slow-forgiven" / "suite.yaml")
-    suite.write_text(suite.read_text().replace("metrics: {load_s: 0.5}", "metrics: {load_s: 0.5}, cases: {slow: 0.5}"))
+    meta = runs / "results" / "a-slow-forgiven" / "run.json"  # the suite's regression section, as recorded
+    data = json.loads(meta.read_text())
+    data["regression"]["cases"] = {"slow": 0.5}
+    meta.write_text(json.dumps(data))
     run_bench("compare", "a", "a-slow-forgiven", cwd=runs, check_exit=0)
 
 
@@ -120,7 +120,7 @@ def test_bad_input_exits_2(runs, args):
 
 
 class _Hook(BaseHTTPRequestHandler):
-    received: list = []
+    received: typing.ClassVar[list] = []
 
     def do_POST(self):  # http.server's name
         _Hook.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
@@ -212,7 +212,7 @@ def test_html_report_for_one_run_and_side_by_side(runs):
     for plot in ("plot-pareto", "plot-latency", "plot-scaling-batch_size", "plot-memory"):
         assert f'id="{plot}"' in html, plot
     assert "<link" not in html and "http://" not in html and "https://" not in html  # self-contained
-    assert 'href="#metric-tpot_ms">tpot_ms</a> <span class="unit">(ms)</span>' in html
+    assert '<a href="#metric-tpot_ms">TPOT ms</a>' in html  # the Markdown report's header, linked to the glossary
     assert 'id="metric-tpot_ms"' in html
     run_bench("report", "a", "failed", cwd=runs)
     both = (runs / "reports" / "a+1" / "report.html").read_text()

@@ -14,24 +14,25 @@ import numpy as np
 import pytest
 from scipy.special import log_softmax
 
-from tests.conftest import run_bench, write_suite
+from tests.conftest import load_records, run_bench, write_suite
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: pip install 'bench[gguf]'")
 gguf = pytest.importorskip("gguf", reason="gguf is not installed: pip install 'bench[gguf]'")
 
-from backends.gguf_convert import ConversionError, gguf_file, permute
-from backends.llama_cpp import LlamaCpp
-from bench.latency import measure
+from backends.gguf.convert import ConversionError, gguf_file, permute
+from backends.gguf.llama_cpp import LlamaCpp
+from bench.core.timing import Clock
+from bench.measure.latency import measure
+from bench.measure.perplexity import perplexity
 from bench.models.corpus import heldout_text
-from bench.perplexity import perplexity
-from bench.timing import Clock
+from bench.records.schema import Repetitions
 
 N_TOKENS, WINDOW, STRIDE = 1024, 256, 128
 
 
 @pytest.fixture(scope="module")
 def hf(tiny_llama):
-    from backends.hf_eager import HFEager
+    from backends.hf.eager import HFEager
 
     backend = HFEager(HFEager.Options(), threads=1)
     backend.load(tiny_llama)
@@ -41,7 +42,7 @@ def hf(tiny_llama):
 
 @pytest.fixture(scope="module")
 def hf_perplexity(hf):
-    return perplexity(hf.token_logits, hf.ids, WINDOW, STRIDE)["perplexity"]
+    return perplexity(hf.token_logits, hf.ids, WINDOW, STRIDE).perplexity
 
 
 def load(model: str, **options) -> LlamaCpp:
@@ -66,7 +67,8 @@ def test_converted_file_reads_back_with_llama_metadata_vocab_and_weights(tiny_ll
     reader = gguf.GGUFReader(gguf_file(tiny_llama, quant))
     field = lambda key: reader.fields[key].contents()
     assert field("general.architecture") == "llama"
-    assert (field("llama.block_count"), field("llama.embedding_length"), field("llama.feed_forward_length")) == (2, 256, 512)
+    sizes = (field("llama.block_count"), field("llama.embedding_length"), field("llama.feed_forward_length"))
+    assert sizes == (2, 256, 512)
     assert (field("llama.attention.head_count"), field("llama.attention.head_count_kv")) == (4, 2)
     assert (field("tokenizer.ggml.model"), field("tokenizer.ggml.pre")) == ("gpt2", "gpt-2")
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
@@ -95,8 +97,8 @@ def test_converted_file_reads_back_with_llama_metadata_vocab_and_weights(tiny_ll
 def test_full_precision_gguf_perplexity_equals_hf(tiny_llama, hf, hf_perplexity, quant, rel):
     backend = load(tiny_llama, quant=quant)
     result = perplexity(backend.token_logits, hf.ids, WINDOW, STRIDE)
-    assert result["scored_tokens"] == N_TOKENS - 1
-    assert result["perplexity"] == pytest.approx(hf_perplexity, rel=rel)
+    assert result.scored_tokens == N_TOKENS - 1
+    assert result.perplexity == pytest.approx(hf_perplexity, rel=rel)
 
 
 def test_f32_greedy_tokens_equal_hf_and_a_batch_decodes_like_its_sequences(tiny_llama, hf):
@@ -124,8 +126,8 @@ def test_quantized_files_are_smaller_and_drift_more_as_bits_drop(tiny_llama, hf)
     for quant in ["f32", "f16", "q8_0", "q4_0", "q4_k_m"]:
         backend = load(tiny_llama, quant=quant)
         description = backend.describe()
-        sizes[quant] = description["model_size_bytes"]
-        assert sizes[quant] == os.path.getsize(description["gguf_file"])
+        sizes[quant] = description.model_size_bytes
+        assert sizes[quant] == os.path.getsize(description.details["gguf_file"])
         kl[quant] = _mean_kl(reference, [backend.token_logits(w) for w in windows])
         backend.close()
     assert max(sizes["q4_0"], sizes["q4_k_m"]) < sizes["q8_0"] < sizes["f16"] < sizes["f32"]
@@ -139,12 +141,12 @@ def test_generate_marks_every_step_and_runs_under_the_latency_measurement(tiny_l
         calls: list[int] = []
         out = backend.generate([hf.ids[:32]] * batch_size, 9, lambda calls=calls: calls.append(1))
         assert len(calls) == 9 and [len(seq) for seq in out] == [9] * batch_size
-    policy = {"warmup": 1, "min": 3, "max": 3, "max_time_s": 10, "ci_target": 0.5, "ci_level": 0.95}
+    policy = Repetitions(warmup=1, min=3, max=3, max_time_s=10, ci_target=0.5)
     result = measure(backend, [hf.ids[:32], hf.ids[100:132]], 8, policy, Clock())
-    assert result["repetitions"] == 3 and all(len(s) == 8 for s in result["stamps_ns"])
-    assert all(np.all(np.diff(s) > 0) for s in result["stamps_ns"])
+    assert result.info.repetitions == 3 and all(len(s) == 8 for s in result.samples.stamps_ns)
+    assert all(np.all(np.diff(s) > 0) for s in result.samples.stamps_ns)
     description = backend.describe()
-    assert (description["n_threads"], description["n_gpu_layers"], description["dtype"]) == (1, 0, "Q8_0")
+    assert (description.threads, description.details["n_gpu_layers"], description.dtype) == (1, 0, "Q8_0")
 
 
 def test_sequences_longer_than_the_context_are_refused(tiny_llama, hf):
@@ -157,10 +159,10 @@ def test_a_gguf_file_runs_as_is_with_llama_cpp_tokenizer(tiny_llama, hf, hf_perp
     path = str(gguf_file(tiny_llama, "f32"))
     backend = load(path)
     description = backend.describe()
-    assert description["gguf_file"] == path and description["gguf_source"] == "given as model"
+    assert description.details["gguf_file"] == path and description.details["gguf_source"] == "given as model"
     text = heldout_text()[:4000]
     assert backend.tokenize(text) == hf.tokenize(text)  # written vocab + merges + gpt-2 pre-tokenizer
-    assert perplexity(backend.token_logits, hf.ids, WINDOW, STRIDE)["perplexity"] == pytest.approx(hf_perplexity, rel=1e-4)
+    assert perplexity(backend.token_logits, hf.ids, WINDOW, STRIDE).perplexity == pytest.approx(hf_perplexity, rel=1e-4)
     with pytest.raises(ValueError, match="already a GGUF file"):
         load(path, quant="q8_0")
 
@@ -210,14 +212,14 @@ def test_a_suite_with_llama_cpp_cases_runs_end_to_end(tiny_llama, tmp_path):
         timeout_s: 300
     """)
     run_bench("run", "gguf.yaml", "--run-id", "gguf", cwd=tmp_path)
-    lines = (tmp_path / "results" / "gguf" / "cases.jsonl").read_text().splitlines()
-    records = {(r["variant"], r["task"], (r["workload"] or {}).get("batch_size")): r for r in map(json.loads, lines)}
-    assert len(records) == 4 and {r["status"] for r in records.values()} == {"ok"}
+    records = {(r.variant, r.task, r.workload and r.workload.batch_size): r
+               for r in load_records(tmp_path / "results" / "gguf")}
+    assert len(records) == 4 and {r.status for r in records.values()} == {"ok"}
     r = records[("gguf-f32", "latency", 2)]
-    assert r["metrics"]["repetitions"] >= 3 and r["metrics"]["decode_tok_s"] > 0
-    assert r["backend"]["dtype"] == "all F32" and r["backend"]["n_threads"] == 1
-    assert r["metrics"]["model_size_bytes"] == os.path.getsize(r["backend"]["gguf_file"])
-    ppl = {v: records[(v, "perplexity", None)]["metrics"] for v in ("hf-eager", "gguf-f32")}
-    assert ppl["gguf-f32"]["scored_tokens"] == ppl["hf-eager"]["scored_tokens"] == 1023
-    assert ppl["gguf-f32"]["perplexity"] == pytest.approx(ppl["hf-eager"]["perplexity"], rel=1e-4)
+    assert r.latency.repetitions >= 3 and r.value("decode_tok_s") > 0
+    assert r.backend.dtype == "all F32" and r.backend.threads == 1
+    assert r.value("model_size_bytes") == os.path.getsize(r.backend.details["gguf_file"])
+    ppl = {v: records[(v, "perplexity", None)] for v in ("hf-eager", "gguf-f32")}
+    assert ppl["gguf-f32"].perplexity.scored_tokens == ppl["hf-eager"].perplexity.scored_tokens == 1023
+    assert ppl["gguf-f32"].value("perplexity") == pytest.approx(ppl["hf-eager"].value("perplexity"), rel=1e-4)
     assert "gguf-f32" in (tmp_path / "reports" / "gguf" / "report.md").read_text()

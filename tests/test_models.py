@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from bench.core.cache import build_dir_atomically, cache_dir
 from bench.models import BUILTIN_MODELS, build_builtin, resolve_model, tiny_llama
 from bench.models import corpus as corpus_mod
-from bench.models.cache import build_dir_atomically, cache_dir
 
 UNIGRAM_PPL = 526
 
@@ -246,7 +246,8 @@ def test_unknown_builtin_lists_valid_names():
 
 
 def test_import_is_cheap():
-    code = "import sys, bench.models; print(sorted(m for m in ('torch', 'transformers', 'tokenizers') if m in sys.modules))"
+    code = ("import sys, bench.models; "
+            "print(sorted(m for m in ('torch', 'transformers', 'tokenizers') if m in sys.modules))")
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -8,15 +8,16 @@ from pathlib import Path
 import pytest
 
 from backends.base import MissingDependency
-from backends.hf_eager import HFEager
-from backends.onnx_export import export
-from backends.onnx_genai import OnnxGenai
-from backends.onnx_ort import OnnxOrt
-from bench.latency import measure
+from backends.hf.eager import HFEager
+from backends.onnx.export import export
+from backends.onnx.genai import OnnxGenai
+from backends.onnx.ort import OnnxOrt
+from bench.core.timing import Clock
+from bench.measure.latency import measure
+from bench.measure.perplexity import perplexity
 from bench.models.corpus import heldout_text
-from bench.perplexity import perplexity
-from bench.timing import Clock
-from tests.conftest import run_bench, write_suite
+from bench.records.schema import Repetitions
+from tests.conftest import load_records, run_bench, write_suite
 
 pytest.importorskip("onnxruntime_genai", reason="needs onnxruntime-genai: pip install 'bench[onnx]'")
 pytest.importorskip("onnxruntime", reason="needs onnxruntime: pip install 'bench[onnx]'")
@@ -50,7 +51,7 @@ def eval_ids(loaded):
 
 @pytest.fixture(scope="module")
 def perplexities(loaded, eval_ids):
-    return {label: perplexity(b.token_logits, eval_ids, 256, 128)["perplexity"] for label, b in loaded.items()}
+    return {label: perplexity(b.token_logits, eval_ids, 256, 128).perplexity for label, b in loaded.items()}
 
 
 @pytest.mark.slow
@@ -92,29 +93,29 @@ def test_fp32_greedy_tokens_equal_hf_eager_in_a_batch_of_two(loaded, eval_ids):
 @pytest.mark.slow
 @pytest.mark.parametrize("label", ["genai-int4", "ort-int8-dynamic"])
 def test_generate_marks_every_token_through_the_latency_measurement(loaded, eval_ids, label):
-    policy = {"warmup": 1, "min": 3, "max": 4, "max_time_s": 5.0, "ci_target": 0.5, "ci_level": 0.95}
+    policy = Repetitions(warmup=1, min=3, max=4, max_time_s=5.0, ci_target=0.5)
     result = measure(loaded[label], [eval_ids[:32], eval_ids[200:232]], 8, policy, Clock())
-    assert 3 <= result["repetitions"] == len(result["stamps_ns"]) <= 4
-    assert all(len(stamps) == 8 and stamps == sorted(stamps) for stamps in result["stamps_ns"])
-    assert result["decode_tok_s"] > 0 and result["prefill_tok_s"] > 0
+    assert 3 <= result.info.repetitions == len(result.samples.stamps_ns) <= 4
+    assert all(len(stamps) == 8 and stamps == sorted(stamps) for stamps in result.samples.stamps_ns)
+    assert result.metrics["decode_tok_s"] > 0 and result.metrics["prefill_tok_s"] > 0
 
 
 @pytest.mark.slow
 def test_describe_reports_the_graph_that_ran_and_its_file_bytes(loaded):
     described = {label: loaded[label].describe() for label in VARIANTS}
     for label, d in described.items():
-        files = [Path(d["export_dir"]) / name for name in ("model.onnx", "model.onnx.data")]
-        assert d["model_size_bytes"] == sum(f.stat().st_size for f in files), label
-        assert d["onnxruntime_version"] and d["onnxruntime_genai_version"] and d["execution_provider"] == "cpu"
-    assert described["genai-fp32"]["graph"]["ops"]["GroupQueryAttention"] == 2  # the KV-cache attention op
-    assert described["genai-int4"]["graph"]["matmulnbits"][0]["bits"] == 4
-    assert described["genai-int8"]["graph"]["matmulnbits"][0]["bits"] == 8
-    assert "MatMulInteger" in described["ort-int8-dynamic"]["graph"]["ops"]
-    sizes = {label: d["model_size_bytes"] for label, d in described.items()}
+        files = [Path(d.details["export_dir"]) / name for name in ("model.onnx", "model.onnx.data")]
+        assert d.model_size_bytes == sum(f.stat().st_size for f in files), label
+        assert d.versions["onnxruntime"] and d.versions["onnxruntime_genai"] and d.device == "cpu"
+    assert described["genai-fp32"].details["graph"]["ops"]["GroupQueryAttention"] == 2  # the KV-cache attention op
+    assert described["genai-int4"].details["graph"]["matmulnbits"][0]["bits"] == 4
+    assert described["genai-int8"].details["graph"]["matmulnbits"][0]["bits"] == 8
+    assert "MatMulInteger" in described["ort-int8-dynamic"].details["graph"]["ops"]
+    sizes = {label: d.model_size_bytes for label, d in described.items()}
     assert sizes["genai-int4"] < sizes["genai-int8"] < sizes["genai-fp32"] == sizes["ort-fp32"]
     assert sizes["genai-int8-dynamic"] == sizes["ort-int8-dynamic"] < sizes["genai-fp32"]
-    assert "og.Generator" in described["genai-fp32"]["mechanism"]
-    assert "InferenceSession" in described["ort-fp32"]["mechanism"]
+    assert "og.Generator" in described["genai-fp32"].mechanism
+    assert "InferenceSession" in described["ort-fp32"].mechanism
 
 
 @pytest.mark.slow
@@ -172,21 +173,21 @@ def test_a_suite_with_onnx_genai_runs_through_the_cli(tiny_llama, tmp_path, perp
         timeout_s: 300
     """)
     run_bench("run", str(suite), "--run-id", "onnx", cwd=tmp_path)
-    records = [json.loads(line) for line in (tmp_path / "results" / "onnx" / "cases.jsonl").read_text().splitlines()]
-    assert [(r["task"], r["status"]) for r in records] == [("latency", "ok"), ("perplexity", "ok")]
+    records = load_records(tmp_path / "results" / "onnx")
+    assert [(r.task, r.status) for r in records] == [("latency", "ok"), ("perplexity", "ok")]
     latency, quality = records
-    assert latency["backend"]["precision"] == "fp32" and latency["backend"]["export_cached"]
-    assert 3 <= latency["metrics"]["repetitions"] <= 5 and latency["metrics"]["decode_tok_s"] > 0
-    assert latency["metrics"]["model_size_bytes"] == latency["backend"]["model_size_bytes"] > 0
+    assert latency.backend.details["precision"] == "fp32" and latency.backend.details["export_cached"]
+    assert 3 <= latency.latency.repetitions <= 5 and latency.value("decode_tok_s") > 0
+    assert latency.value("model_size_bytes") == latency.backend.model_size_bytes > 0
     # the worker tokenizes the same held-out text: the same perplexity as in-process
-    assert quality["metrics"]["perplexity"] == pytest.approx(perplexities["genai-fp32"], rel=1e-6)
-    assert quality["metrics"]["scored_tokens"] == 1023
+    assert quality.value("perplexity") == pytest.approx(perplexities["genai-fp32"], rel=1e-6)
+    assert quality.perplexity.scored_tokens == 1023
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("label", ["genai-fp32", "ort-fp32"])
 def test_native_profile_counts_one_forward_per_new_token(loaded, eval_ids, label, tmp_path):
-    from bench.profiling import native_profile
+    from bench.measure.profiling import native_profile
 
     settings = {"warmup": 1, "steps": 2, "top": 20}
     summary = native_profile(loaded[label], [eval_ids[:32]], 8, settings, tmp_path)

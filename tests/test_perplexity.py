@@ -1,10 +1,11 @@
 """Perplexity checked against hand-computed values and against a direct cross-entropy."""
+import itertools
 import math
 
 import numpy as np
 import pytest
 
-from bench.perplexity import perplexity, windows
+from bench.measure.perplexity import perplexity, windows
 from tests.known_answer_backend import VOCAB, bigram_logits
 
 
@@ -25,8 +26,8 @@ def test_bigram_perplexity_matches_the_hand_computed_value():
     expected = math.exp(-(math.log(1 / 3) + math.log(1 / 4) + math.log(2 / 4) + math.log(1 / 3)) / 4)
     for window, stride in [(5, 1), (2, 1), (3, 2)]:  # a bigram model needs only one token of context
         result = perplexity(lambda w: table[w], ids, window, stride)
-        assert result["perplexity"] == pytest.approx(expected, rel=1e-12)
-        assert result["scored_tokens"] == 4
+        assert result.perplexity == pytest.approx(expected, rel=1e-12)
+        assert result.scored_tokens == 4
 
 
 def test_known_answer_backend_perplexity_has_its_closed_form():
@@ -34,10 +35,10 @@ def test_known_answer_backend_perplexity_has_its_closed_form():
     ids = rng.integers(0, VOCAB, size=500).tolist()
     logits = bigram_logits()
     logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
-    expected = math.exp(-np.mean([logp[a, b] for a, b in zip(ids, ids[1:])]))
+    expected = math.exp(-np.mean([logp[a, b] for a, b in itertools.pairwise(ids)]))
     result = perplexity(lambda w: logits[w], ids, 64, 32)
-    assert result["perplexity"] == pytest.approx(expected, rel=1e-12)
-    assert result["fed_tokens"] > result["scored_tokens"] == 499
+    assert result.perplexity == pytest.approx(expected, rel=1e-12)
+    assert result.fed_tokens > result.scored_tokens == 499
 
 
 @pytest.mark.slow
@@ -45,7 +46,7 @@ def test_tiny_llama_full_window_perplexity_equals_direct_cross_entropy(tiny_llam
     import torch
     from transformers import AutoModelForCausalLM
 
-    from backends.hf_eager import HFEager
+    from backends.hf.eager import HFEager
 
     backend = HFEager(HFEager.Options())
     backend.load(tiny_llama)
@@ -55,4 +56,4 @@ def test_tiny_llama_full_window_perplexity_equals_direct_cross_entropy(tiny_llam
     with torch.no_grad():
         logits = model(torch.tensor([ids])).logits[0, :-1].double()
     direct = torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:])).item()
-    assert result["nll_mean"] == pytest.approx(direct, rel=1e-6)
+    assert result.nll_mean == pytest.approx(direct, rel=1e-6)

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.profiling import category, ort_profile_ops, summarize_ops
-from tests.conftest import KNOWN_ANSWER, run_bench, write_suite
+from backends.onnx.profile import ort_profile_ops
+from bench.measure.profiling import category, summarize_ops
+from tests.conftest import KNOWN_ANSWER, load_records, run_bench, write_suite
 
 
 def test_operators_are_classified_by_name():
@@ -82,10 +83,11 @@ def test_profile_settings_apply_per_variant_and_only_to_latency_cases(tmp_path):
     _, cases = load_suite(tmp_path / "s.yaml")
     profiled = {(c.variant, c.task): c.profile for c in cases}
     assert profiled[("plain", "latency")] is None and profiled[("traced", "perplexity")] is None
-    assert profiled[("traced", "latency")] == {"enabled": True, "warmup": 1, "steps": 4, "record_shapes": False,
-                                               "profile_memory": False, "with_stack": False, "top": 5}
+    assert profiled[("traced", "latency")].model_dump() == {
+        "enabled": True, "warmup": 1, "steps": 4, "record_shapes": False, "profile_memory": False,
+        "with_stack": False, "top": 5}
     _, forced = load_suite(tmp_path / "s.yaml", profile={"steps": 1})
-    assert all(c.profile["steps"] == 1 for c in forced if c.task == "latency")
+    assert all(c.profile.steps == 1 for c in forced if c.task == "latency")
 
 
 def test_profile_command_forces_profiling_and_reports_backends_without_a_profiler(tmp_path):
@@ -102,17 +104,17 @@ def test_profile_command_forces_profiling_and_reports_backends_without_a_profile
         """)
     out = run_bench("profile", "s.yaml", "--run-id", "p1", "--steps", "1", cwd=tmp_path)
     assert "tensorboard --logdir results/p1/traces" in out.stdout
-    records = {r["task"]: r for r in map(json.loads, (tmp_path / "results/p1/cases.jsonl").read_text().splitlines())}
+    records = {r.task: r for r in load_records(tmp_path / "results/p1")}
     latency = records["latency"]
-    assert latency["profile"]["enabled"] and latency["profile"]["steps"] == 1
-    assert latency["profile_summary"]["profiler"] == "none"
-    assert "profile_summary" not in records["perplexity"]  # only latency cases are profiled
+    assert latency.case.profile.enabled and latency.case.profile.steps == 1
+    assert latency.profile.profiler == "none"
+    assert records["perplexity"].profile is None  # only latency cases are profiled
     assert "enabled: true" in (tmp_path / "results/p1/suite.yaml").read_text()  # what --resume reruns
     report = (tmp_path / "reports/p1/report.md").read_text()
     assert "## Where the time goes: " in report and "has no profiler hook" in report
     # profiling changes the case, so its id differs from the unprofiled case's
     unprofiled = run_bench("validate", "s.yaml", cwd=tmp_path).stdout
-    assert latency["id"] not in unprofiled
+    assert latency.id not in unprofiled
 
 
 def test_profile_command_rejects_bad_input(tmp_path):
@@ -183,14 +185,15 @@ def test_profiled_case_trace_opens_in_tensorboard_and_report_shows_where_time_go
         timeout_s: 300
         """)
     run_bench("run", "s.yaml", "--run-id", "r", cwd=tmp_path)
-    records = {r["variant"]: r for r in map(json.loads, (tmp_path / "results/r/cases.jsonl").read_text().splitlines())}
+    records = {r.variant: r for r in load_records(tmp_path / "results/r")}
     profiled = records["profiled"]
-    summary = profiled["profile_summary"]
-    assert "error" not in summary and summary["profiler"] == "torch.profiler"
-    trace_dir = tmp_path / "results/r" / summary["trace_dir"]
+    summary = profiled.profile
+    assert summary.error is None and summary.profiler == "torch.profiler"
+    trace_dir = tmp_path / "results/r" / summary.trace_dir
     traces = list(trace_dir.glob("*.pt.trace.json"))
     assert len(traces) == 1
-    steps = [e for e in json.loads(traces[0].read_text())["traceEvents"] if e.get("name", "").startswith("ProfilerStep#")]
+    events = json.loads(traces[0].read_text())["traceEvents"]
+    steps = [e for e in events if e.get("name", "").startswith("ProfilerStep#")]
     assert len(steps) == 2  # the warm-up step is discarded, the two active ones are in the trace
 
     # Profiling ran after the measurement, never during it: every warm-up and timed generation ran with
@@ -198,7 +201,7 @@ def test_profiled_case_trace_opens_in_tensorboard_and_report_shows_where_time_go
     # yet in it) and 2 recorded steps. Structural, because timing comparisons between cases are too
     # noisy on a shared machine to detect a profiler's overhead reliably.
     calls = probe_log.read_text().split()
-    n_timed = 2 + profiled["metrics"]["repetitions"]  # the case's warm-up + measured repetitions
+    n_timed = 2 + profiled.latency.repetitions  # the case's warm-up + measured repetitions
     assert calls == ["measured"] * (n_timed + 1) + ["profiled"] * 2, calls
 
     report = (tmp_path / "reports/r/report.md").read_text()

@@ -4,16 +4,15 @@ The end-to-end checks go through the real runner: the reference's perplexity cas
 log-probabilities to the run directory and the other cases stream them back.
 """
 import gc
-import json
 import math
 import weakref
 
 import numpy as np
 import pytest
 
-from bench import bandwidth, quality
-from bench.suite import Case
-from tests.conftest import KNOWN_ANSWER, run_bench, write_suite
+from bench.measure import bandwidth, quality
+from bench.records.schema import CaseSpec
+from tests.conftest import KNOWN_ANSWER, load_records, record_lines, run_bench, write_suite
 
 
 def test_kl_divergence_matches_the_hand_computed_value():
@@ -29,8 +28,8 @@ def test_comparison_known_answers_and_the_reference_against_itself_is_exactly_ze
     ref = np.log(rng.dirichlet(np.ones(5), size=40))
     targets = rng.integers(0, 5, size=40)
     same = quality.compare(iter([ref[:20], ref[20:]]), iter([(ref[:20], targets[:20]), (ref[20:], targets[20:])]))
-    assert same["kld_mean"] == same["kld_p99"] == same["delta_nll"] == same["delta_ppl"] == 0.0
-    assert same["top1_agreement"] == 1.0 and same["quality_tokens"] == 40
+    assert same.kld_mean == same.kld_p99 == same.delta_nll.value == same.delta_ppl.value == 0.0
+    assert same.top1_agreement == 1.0 and same.tokens == 40
     # a case whose distribution at one position puts its mass elsewhere: known KL, top-1 and NLL shift
     case = ref.copy()
     case[7] = np.log(np.array([0.96, 0.01, 0.01, 0.01, 0.01]))
@@ -38,25 +37,32 @@ def test_comparison_known_answers_and_the_reference_against_itself_is_exactly_ze
     p32 = np.exp(ref[7].astype(np.float32).astype(np.float64))
     p32 /= p32.sum()
     kl7 = float((p32 * (np.log(p32) - np.log([0.96, 0.01, 0.01, 0.01, 0.01]))).sum())
-    assert other["kld_mean"] == pytest.approx(kl7 / 40, rel=1e-5)
-    assert other["kld_max"] == pytest.approx(kl7, rel=1e-5)
-    assert other["top1_agreement"] == (39 + (ref[7].argmax() == 0)) / 40
+    assert other.kld_mean == pytest.approx(kl7 / 40, rel=1e-5)
+    assert other.kld_max == pytest.approx(kl7, rel=1e-5)
+    assert other.top1_agreement == (39 + (ref[7].argmax() == 0)) / 40
     d7 = ref[7, targets[7]] - case[7, targets[7]]  # NLL difference at the one changed position
-    assert other["delta_nll"] == pytest.approx(d7 / 40, rel=1e-5)
-    low, high = other["delta_ppl_ci"]
-    assert low <= other["delta_ppl"] <= high
+    assert other.delta_nll.value == pytest.approx(d7 / 40, rel=1e-5)
+    assert other.delta_ppl.ci_low is None  # one window: nothing to resample, so no interval is claimed
 
 
-def test_delta_ppl_ci_is_the_paired_t_interval_of_per_token_nll_differences():
-    ref = np.log(np.full((4, 2), 0.5))
-    case = np.log(np.array([[0.25, 0.75], [0.5, 0.5], [0.8, 0.2], [0.5, 0.5]]))
-    targets = np.array([0, 0, 1, 1])
-    result = quality.compare([ref], [(case, targets)])
-    diff = np.array([math.log(0.5 / 0.25), 0.0, math.log(0.5 / 0.2), 0.0])
-    half = 3.182446305284263 * diff.std(ddof=1) / 2  # t(0.975, 3) * s / sqrt(4)
-    assert result["delta_nll"] == pytest.approx(diff.mean(), rel=1e-6)
-    assert result["delta_nll_ci"] == pytest.approx([diff.mean() - half, diff.mean() + half], rel=1e-6)
-    assert result["delta_ppl"] == pytest.approx(2 * math.expm1(diff.mean()), rel=1e-6)  # reference PPL is 2
+def test_delta_nll_ci_is_a_block_bootstrap_over_windows():
+    # four windows of 2 tokens each; the per-window NLL differences are known: 2 ln 2, 0, ln 2.5, 0
+    ref = np.log(np.full((2, 2), 0.5))
+    windows = [np.log(np.array([[0.25, 0.75], [0.25, 0.75]])), ref, np.log(np.array([[0.8, 0.2], [0.5, 0.5]])), ref]
+    targets = [np.array([0, 0]), np.array([0, 0]), np.array([1, 0]), np.array([1, 1])]
+    result = quality.compare([ref] * 4, list(zip(windows, targets)))
+    sums = np.array([2 * math.log(2), 0.0, math.log(2.5), 0.0])
+    assert result.delta_nll.value == pytest.approx(sums.sum() / 8, rel=1e-6)
+    assert result.delta_ppl.value == pytest.approx(2 * math.expm1(sums.sum() / 8), rel=1e-6)  # reference PPL is 2
+    # every resample is a mean of 4 window means with equal weights: the interval's ends are such means
+    low, high = result.delta_nll.ci_low, result.delta_nll.ci_high
+    assert 0.0 <= low < result.delta_nll.value < high <= sums.max() / 2
+    assert result.delta_nll.method.startswith("block bootstrap over windows")
+    expected = quality.block_bootstrap_ci(sums, np.full(4, 2.0))
+    assert (low, high) == pytest.approx(expected)
+    # correlated tokens: a bootstrap over tokens would be narrower than over whole windows
+    tokens = quality.block_bootstrap_ci(np.repeat(sums / 2, 2), np.ones(8))
+    assert tokens[1] - tokens[0] < high - low
 
 
 def test_streaming_holds_one_reference_window_at_a_time():
@@ -82,7 +88,7 @@ def test_streaming_holds_one_reference_window_at_a_time():
             yield np.log(np.full((16, 8), 1 / 8)), np.zeros(16, dtype=int)
 
     result = quality.compare(windows(), case_windows())
-    assert result["quality_tokens"] == 80 and pulled == list(range(5))
+    assert result.tokens == 80 and pulled == list(range(5))
 
 
 def test_reference_windows_round_trip_as_float32_memory_maps(tmp_path):
@@ -96,10 +102,9 @@ def test_reference_windows_round_trip_as_float32_memory_maps(tmp_path):
         np.testing.assert_array_equal(stored, window.astype(np.float32))
 
 
-def _case(variant: str, task: str, model: str = "m") -> Case:
-    return Case(id=f"{variant}.{model}.{task}", suite="s", model=model, backend="b", variant=variant, options={},
-                task=task, workload=None, repetitions={}, perplexity={}, threads=1, timeout_s=1,
-                extra={"reference": "ref"})
+def _case(variant: str, task: str, model: str = "m") -> CaseSpec:
+    return CaseSpec(id=f"{variant}.{model}.{task}", suite="s", model=model, backend="b", variant=variant,
+                    task=task, reference="ref")
 
 
 def test_the_reference_perplexity_case_is_moved_before_the_others_of_its_model():
@@ -148,7 +153,7 @@ timeout_s: 60
 
 def _records(tmp_path):
     run_dir = next((tmp_path / "results").iterdir())
-    return run_dir, {(r["variant"], r["task"]): r for r in map(json.loads, (run_dir / "cases.jsonl").read_text().splitlines())}
+    return run_dir, {(r.variant, r.task): r for r in load_records(run_dir)}
 
 
 def test_quality_and_mbu_through_the_runner_with_the_known_answer_backend(tmp_path):
@@ -156,20 +161,21 @@ def test_quality_and_mbu_through_the_runner_with_the_known_answer_backend(tmp_pa
     write_suite(tmp_path / "suite.yaml", KNOWN_ANSWER_QUALITY_SUITE)
     run_bench("run", "suite.yaml", cwd=tmp_path)
     run_dir, records = _records(tmp_path)
-    order = [json.loads(line)["variant"] + "/" + json.loads(line)["task"]
-             for line in (run_dir / "cases.jsonl").read_text().splitlines()]
+    order = [f"{r.variant}/{r.task}" for r in record_lines(run_dir)]
     assert order.index("same/perplexity") < order.index("base/perplexity")  # the reference ran first
     for variant in ["base", "same"]:  # the same bigram model: identical distributions
-        m = records[(variant, "perplexity")]["metrics"]
-        assert m["kld_mean"] == m["kld_p99"] == m["delta_ppl"] == 0.0 and m["top1_agreement"] == 1.0
-        assert m["quality_tokens"] == m["scored_tokens"] and m["quality_reference"] == "same"
-    assert len(list((run_dir / "reference").glob("*/window-*.npy"))) == records[("same", "perplexity")]["metrics"]["windows"]
+        r = records[(variant, "perplexity")]
+        assert r.value("kld_mean") == r.value("kld_p99") == r.value("delta_ppl") == 0.0
+        assert r.value("top1_agreement") == 1.0
+        assert r.perplexity.quality_tokens == r.perplexity.scored_tokens and r.perplexity.quality_reference == "same"
+    windows = records[("same", "perplexity")].perplexity.windows
+    assert len(list((run_dir / "reference").glob("*/window-*.npy"))) == windows
     # MBU: 512 weight bytes per 1 ms decode step = 5.12e-4 GB/s; the stated peak is 1e-3 GB/s
-    latency = records[("same", "latency")]["metrics"]
-    expected = 512 / (latency["tpot_ms"]["median"] / 1e3) / 1e9
-    assert latency["achieved_bandwidth_gbs"] == pytest.approx(expected, rel=1e-9)
-    assert latency["mbu"] == pytest.approx(expected / 0.001, rel=1e-9)
-    assert latency["mbu"] < 0.512  # at least the injected 1 ms per token
+    latency = records[("same", "latency")]
+    expected = 512 / (latency.value("tpot_ms") / 1e3) / 1e9
+    assert latency.value("achieved_bandwidth_gbs") == pytest.approx(expected, rel=1e-9)
+    assert latency.value("mbu") == pytest.approx(expected / 0.001, rel=1e-9)
+    assert latency.value("mbu") < 0.512  # at least the injected 1 ms per token
     report = (tmp_path / "reports" / run_dir.name / "report.md").read_text()
     assert "KLD mean" in report and "MBU" in report
 
@@ -181,9 +187,9 @@ def test_quality_is_not_applicable_when_the_reference_failed(tmp_path):
     run_bench("run", "suite.yaml", cwd=tmp_path, check_exit=3)
     run_dir, records = _records(tmp_path)
     base = records[("base", "perplexity")]
-    assert base["status"] == "ok" and "kld_mean" not in base["metrics"]
-    assert base["not_applicable"]["quality"] == ("the reference variant 'same' perplexity case failed: "
-                                                 "RuntimeError: injected failure")
+    assert base.ok and "kld_mean" not in base.metrics
+    assert base.not_applicable["quality"] == ("the reference variant 'same' perplexity case failed: "
+                                              "RuntimeError: injected failure")
     report = (tmp_path / "reports" / run_dir.name / "report.md").read_text()
     assert "base: quality not applicable: the reference variant 'same' perplexity case failed" in report
 
@@ -203,10 +209,14 @@ def test_quantized_variants_against_the_fp32_reference_through_the_runner(tmp_pa
     """)
     run_bench("run", "suite.yaml", cwd=tmp_path)
     _, records = _records(tmp_path)
-    ref = records[("fp32", "perplexity")]["metrics"]
-    assert ref["kld_mean"] == ref["kld_max"] == 0.0 and ref["top1_agreement"] == 1.0 and ref["delta_ppl"] == 0.0
-    int8 = records[("int8", "perplexity")]["metrics"]  # nf4 vs int8: tests/test_hf_quant.py, in process
-    assert int8["kld_mean"] > 0 and int8["kld_p99"] > int8["kld_mean"] and 0.9 < int8["top1_agreement"] < 1
-    assert int8["delta_ppl"] == pytest.approx(int8["perplexity"] - ref["perplexity"], rel=1e-3, abs=1e-3)
-    assert int8["delta_ppl_ci"][0] <= int8["delta_ppl"] <= int8["delta_ppl_ci"][1]
-    assert int8["model_size_bytes"] < ref["model_size_bytes"] / 2
+    ref = records[("fp32", "perplexity")]
+    assert ref.value("kld_mean") == ref.value("kld_max") == 0.0 and ref.value("top1_agreement") == 1.0
+    assert ref.value("delta_ppl") == 0.0
+    int8 = records[("int8", "perplexity")]  # nf4 vs int8: tests/test_hf_quant.py, in process
+    assert int8.value("kld_mean") > 0 and int8.value("kld_p99") > int8.value("kld_mean")
+    assert 0.9 < int8.value("top1_agreement") < 1
+    difference = int8.value("perplexity") - ref.value("perplexity")
+    assert int8.value("delta_ppl") == pytest.approx(difference, rel=1e-3, abs=1e-3)
+    delta = int8.metrics["delta_ppl"]
+    assert delta.ci_low <= delta.value <= delta.ci_high
+    assert int8.value("model_size_bytes") < ref.value("model_size_bytes") / 2

@@ -7,7 +7,7 @@ from tests.conftest import ROOT
 def _commands() -> list[str]:
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## The two commands", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"^    (pip install .+)$", section, flags=re.M)
+    return re.findall(r"^    (pip install .+)$", section, flags=re.MULTILINE)
 
 
 def test_readme_has_exactly_two_commands_and_ci_runs_the_test_one():

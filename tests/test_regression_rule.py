@@ -5,7 +5,7 @@ prompt 64, 32 new tokens, 1 thread) measured with `bench run` on a shared 2-core
 running: heavy-tailed, as real CPU latency is. Each trial draws repetitions from it (with replacement)
 under the default repetition policy (min 6, max 50, stop when the TTFT and TPOT medians' 95 % CIs
 are within +-2 %, using bench.stats), for a baseline and a current run; a true slowdown scales the
-current draws. Then bench.compare's rule decides, with its default alpha and threshold.
+current draws. Then bench.gate.compare's rule decides, with its default alpha and threshold.
 """
 import json
 from pathlib import Path
@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import stats
-from bench.compare import Comparison, Rule, compare_sampled, verdict_sampled
+from bench.gate.compare import Comparison, Rule, compare_sampled, verdict_sampled
+from bench.measure import stats
 from bench.metrics import METRICS
-from bench.suite import Repetitions
+from bench.records.schema import Repetitions
 
 POOL = json.loads((Path(__file__).parent / "data" / "latency_noise_tiny_llama.json").read_text())
 ROWS = np.array([POOL["ttft_ms"], POOL["tpot_ms"], POOL["e2e_ms"]]).T

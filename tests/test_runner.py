@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 
-from tests.conftest import KNOWN_ANSWER, ROOT, run_bench, write_suite
+from tests.conftest import KNOWN_ANSWER, ROOT, record_lines, run_bench, write_suite
 
 FAILURES_SUITE = f"""
 name: failures
@@ -29,8 +29,7 @@ timeout_s: 8
 
 def _records(results):
     run_dir = next(results.iterdir())
-    lines = (run_dir / "cases.jsonl").read_text().splitlines()
-    return run_dir, [json.loads(line) for line in lines]
+    return run_dir, record_lines(run_dir)
 
 
 def test_each_failure_is_recorded_with_its_reason_and_the_other_cases_run(tmp_path):
@@ -38,22 +37,22 @@ def test_each_failure_is_recorded_with_its_reason_and_the_other_cases_run(tmp_pa
     write_suite(tmp_path / "suite.yaml", FAILURES_SUITE)
     proc = run_bench("run", "suite.yaml", cwd=tmp_path, check_exit=3)
     run_dir, records = _records(tmp_path / "results")
-    by_label = {r["variant"]: r for r in records}
+    by_label = {r.variant: r for r in records}
     assert len(records) == 7
-    assert by_label["fine"]["status"] == by_label["fine-too"]["status"] == "ok"
-    assert by_label["fine-too"]["metrics"]["tpot_ms"]["median"] > 0.9  # 1 ms injected delay
-    assert by_label["aborts"]["status"] == "failed" and "SIGABRT" in by_label["aborts"]["reason"]
-    assert by_label["raises"]["reason"] == "RuntimeError: injected failure"
-    assert "injected failure" in by_label["raises"]["output_tail"]  # the traceback's last lines are kept
-    assert by_label["hangs"]["reason"].startswith("timeout: still running after 8 s")
-    assert by_label["no-memory"]["reason"].startswith("out of memory")
-    assert by_label["no-package"]["status"] == "skipped"
-    assert "pip install 'bench[known-answer]'" in by_label["no-package"]["reason"]
+    assert by_label["fine"].status == by_label["fine-too"].status == "ok"
+    assert by_label["fine-too"].value("tpot_ms") > 0.9  # 1 ms injected delay
+    assert by_label["aborts"].status == "failed" and "SIGABRT" in by_label["aborts"].reason
+    assert by_label["raises"].reason == "RuntimeError: injected failure"
+    assert "injected failure" in by_label["raises"].output_tail  # the traceback's last lines are kept
+    assert by_label["hangs"].reason.startswith("timeout: still running after 8 s")
+    assert by_label["no-memory"].reason.startswith("out of memory")
+    assert by_label["no-package"].status == "skipped"
+    assert "pip install 'bench[known-answer]'" in by_label["no-package"].reason
     # raw samples exist for the cases that finished, and the report lists every problem with its reason
-    assert len(json.loads((run_dir / "samples" / f"{by_label['fine']['id']}.json").read_text())["stamps_ns"]) == 6
+    assert len(json.loads((run_dir / "samples" / f"{by_label['fine'].id}.json").read_text())["stamps_ns"]) == 6
     report = (tmp_path / "reports" / run_dir.name / "report.md").read_text()
     for label in ["aborts", "raises", "hangs", "no-memory", "no-package"]:
-        assert by_label[label]["id"] in report
+        assert by_label[label].id in report
     assert "report:" in proc.stdout
 
 
@@ -89,7 +88,7 @@ def test_a_killed_run_resumes_without_redoing_or_losing_finished_cases(tmp_path)
     proc = run_bench("run", "--resume", "r1", cwd=tmp_path)
     after = cases_file.read_text().splitlines()
     assert after[: len(before)] == before  # finished cases untouched
-    ids = [json.loads(line)["id"] for line in after]
+    ids = [json.loads(line)["case"]["id"] for line in after]
     assert len(ids) == len(set(ids)) == 4  # nothing redone, nothing lost
     assert f"{len(before)} of 4 cases already finished" in proc.stderr
     # a second resume has nothing left to do
@@ -115,5 +114,5 @@ def test_retry_failed_reruns_only_the_failed_case(tmp_path):
     run_bench("run", "--resume", "r", cwd=tmp_path, check_exit=3)  # plain resume keeps the failure
     run_bench("run", "--resume", "r", "--retry-failed", cwd=tmp_path, check_exit=0)
     _, records = _records(tmp_path / "results")
-    assert [r["variant"] for r in records] == ["ok", "flaky", "flaky"]
-    assert [r["status"] for r in records] == ["ok", "failed", "ok"]
+    assert [r.variant for r in records] == ["ok", "flaky", "flaky"]
+    assert [r.status for r in records] == ["ok", "failed", "ok"]

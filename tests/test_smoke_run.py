@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from tests.conftest import ROOT, run_bench
+from tests.conftest import ROOT, load_records, run_bench
 
 pytestmark = pytest.mark.slow
 
@@ -12,15 +12,14 @@ pytestmark = pytest.mark.slow
 def smoke_run(tiny_llama, tmp_path_factory):
     cwd = tmp_path_factory.mktemp("smoke")
     proc = run_bench("run", str(ROOT / "suites" / "smoke.yaml"), "--run-id", "smoke-test", cwd=cwd)
-    records = [json.loads(line) for line in (cwd / "results" / "smoke-test" / "cases.jsonl").read_text().splitlines()]
-    return cwd, proc, records
+    return cwd, proc, load_records(cwd / "results" / "smoke-test")
 
 
 def test_every_case_ran_and_is_recorded_with_its_thread_setting(smoke_run):
-    cwd, proc, records = smoke_run
-    assert [r["status"] for r in records] == ["ok"] * 6
-    assert {r["variant"] for r in records} == {"hf-eager", "bettertransformer"}
-    assert all(r["threads"] == 1 and r["backend"]["torch_threads"] == 1 for r in records)
+    cwd, _, records = smoke_run
+    assert [r.status for r in records] == ["ok"] * 6
+    assert {r.variant for r in records} == {"hf-eager", "bettertransformer"}
+    assert all(r.case.threads == 1 and r.backend.threads == 1 for r in records)
     meta = json.loads((cwd / "results" / "smoke-test" / "run.json").read_text())
     assert meta["environment"]["libraries"]["torch"].startswith("2.13.0")
     assert meta["environment"]["cpu_count"] >= 1
@@ -28,24 +27,25 @@ def test_every_case_ran_and_is_recorded_with_its_thread_setting(smoke_run):
 
 def test_latency_metrics_are_consistent_with_their_raw_samples(smoke_run):
     cwd, _, records = smoke_run
-    for r in (r for r in records if r["task"] == "latency"):
-        m, w = r["metrics"], r["workload"]
-        raw = json.loads((cwd / "results" / "smoke-test" / "samples" / f"{r['id']}.json").read_text())
-        assert len(raw["stamps_ns"]) == m["repetitions"] == m["tpot_ms"]["n"] >= 6
-        assert all(len(s) == w["new_tokens"] for s in raw["stamps_ns"])
+    for r in (r for r in records if r.task == "latency"):
+        w, n = r.workload, r.latency.repetitions
+        raw = json.loads((cwd / "results" / "smoke-test" / "samples" / f"{r.id}.json").read_text())
+        assert len(raw["stamps_ns"]) == n == r.summary("tpot_ms").n >= 6
+        assert all(len(s) == w.new_tokens for s in raw["stamps_ns"])
         decoded = sum(s[-1] - s[0] for s in raw["stamps_ns"]) / 1e9
-        assert m["decode_tok_s"] == pytest.approx(m["repetitions"] * w["batch_size"] * (w["new_tokens"] - 1) / decoded)
-        assert m["ttft_ms"]["ci_low"] <= m["ttft_ms"]["median"] <= m["ttft_ms"]["ci_high"]
-        assert m["peak_rss_bytes"] >= m["baseline_rss_bytes"] > 0 and m["model_size_bytes"] > 0
-        assert m["stop_reason"] in {"ci_target_met", "max_repetitions", "max_time"}
+        assert r.value("decode_tok_s") == pytest.approx(n * w.batch_size * (w.new_tokens - 1) / decoded)
+        ttft = r.summary("ttft_ms")
+        assert ttft.ci_low <= ttft.median <= ttft.ci_high
+        assert r.value("peak_rss_bytes") >= r.value("baseline_rss_bytes") > 0 and r.value("model_size_bytes") > 0
+        assert r.latency.stop_reason in {"ci_target_met", "max_repetitions", "max_time"}
 
 
 def test_eager_and_sdpa_perplexity_agree_and_mean_something(smoke_run):
     _, _, records = smoke_run
-    ppl = {r["variant"]: r["metrics"] for r in records if r["task"] == "perplexity"}
-    assert ppl["bettertransformer"]["perplexity"] == pytest.approx(ppl["hf-eager"]["perplexity"], rel=1e-4)
-    assert ppl["hf-eager"]["scored_tokens"] == 8191 and ppl["hf-eager"]["window"] == 256
-    assert ppl["hf-eager"]["perplexity"] < 526  # unigram baseline of this corpus
+    ppl = {r.variant: r for r in records if r.task == "perplexity"}
+    assert ppl["bettertransformer"].value("perplexity") == pytest.approx(ppl["hf-eager"].value("perplexity"), rel=1e-4)
+    assert ppl["hf-eager"].perplexity.scored_tokens == 8191 and ppl["hf-eager"].case.perplexity.window == 256
+    assert ppl["hf-eager"].value("perplexity") < 526  # unigram baseline of this corpus
 
 
 def test_report_shows_the_required_metrics_for_both_backends(smoke_run):

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from bench import stats
+from bench.measure import stats
 
 
 @pytest.mark.parametrize("n, ranks", [(6, (1, 6)), (10, (2, 9)), (20, (6, 15)), (50, (18, 33))])
@@ -26,10 +26,10 @@ def test_median_ci_covers_the_true_median_at_least_95_percent_of_the_time():
 
 def test_summarize_known_samples():
     s = stats.summarize(list(range(1, 11)))
-    assert s["n"] == 10 and s["median"] == 5.5 and s["mean"] == 5.5
-    assert s["std"] == pytest.approx(3.0276503540974917)
-    assert s["p90"] == pytest.approx(9.1) and s["p99"] == pytest.approx(9.91)
-    assert (s["ci_low"], s["ci_high"]) == (2.0, 9.0)
+    assert s.n == 10 and s.median == 5.5 and s.mean == 5.5
+    assert s.std == pytest.approx(3.0276503540974917)
+    assert s.p90 == pytest.approx(9.1) and s.p99 == pytest.approx(9.91)
+    assert (s.ci_low, s.ci_high) == (2.0, 9.0)
 
 
 def test_precise_enough_compares_ci_halfwidth_with_the_target():

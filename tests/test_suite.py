@@ -1,8 +1,8 @@
 """Suites: expansion into cases, and malformed suites that name file, line, field and valid values."""
 import pytest
 
-from bench.suite import SuiteError, load_suite
 from backends import REGISTRY
+from bench.suite import SuiteError, load_suite
 from tests.conftest import ROOT, run_bench, write_suite
 
 REGISTERED = ", ".join(sorted(REGISTRY))
@@ -11,7 +11,7 @@ REGISTERED = ", ".join(sorted(REGISTRY))
 def test_shipped_suites_are_valid_and_expand_to_the_expected_matrix():
     suite, cases = load_suite(ROOT / "suites" / "smoke.yaml")
     assert {c.variant for c in cases} == {"hf-eager", "bettertransformer"}
-    assert sorted((c.task, c.workload and c.workload["batch_size"]) for c in cases if c.variant == "hf-eager") == [
+    assert sorted((c.task, c.workload and c.workload.batch_size) for c in cases if c.variant == "hf-eager") == [
         ("latency", 1), ("latency", 4), ("perplexity", None)]
     assert all(c.threads == suite.threads == 1 for c in cases)
     load_suite(ROOT / "suites" / "quant.yaml")
@@ -79,7 +79,8 @@ def test_yaml_syntax_and_missing_fields(tmp_path):
 def test_cli_reports_a_malformed_suite_with_exit_code_2_and_no_traceback(tmp_path):
     (tmp_path / "bad.yaml").write_text("name: bad\nmodels: [m]\nbackends:\n  - backend: nope\n")
     proc = run_bench("run", "bad.yaml", cwd=tmp_path, check_exit=2)
-    assert proc.stderr.strip() == f"error: bad.yaml:4: backends[0].backend: unknown backend 'nope'; registered: {REGISTERED}"
+    expected = f"error: bad.yaml:4: backends[0].backend: unknown backend 'nope'; registered: {REGISTERED}"
+    assert proc.stderr.strip() == expected
     assert not (tmp_path / "results").exists()  # nothing is started for a suite that cannot run
     assert run_bench("run", "missing.yaml", cwd=tmp_path, check_exit=2).stderr.startswith("error: missing.yaml")
     assert "no run 'nope'" in run_bench("run", "--resume", "nope", cwd=tmp_path, check_exit=2).stderr

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from bench import envs
-from tests.conftest import ROOT, run_bench, write_suite
+from bench.run import envs
+from tests.conftest import ROOT, load_records, run_bench, write_suite
 
 CREATE = "python -m bench env create vllm-cpu"
 
 
-def _records(workdir: Path, run_id: str) -> list[dict]:
-    return [json.loads(line) for line in (workdir / "results" / run_id / "cases.jsonl").read_text().splitlines()]
+def _records(workdir: Path, run_id: str) -> list:
+    return load_records(workdir / "results" / run_id)
 
 
 # ---------------------------------------------------------------- without vLLM
@@ -61,10 +61,10 @@ def test_missing_env_records_case_as_skipped_with_the_command(tmp_path, monkeypa
     monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))  # no env there
     run_bench("run", str(suite), "--run-id", "r", cwd=tmp_path)
     records = _records(tmp_path, "r")
-    assert [r["status"] for r in records] == ["skipped", "skipped"]
+    assert [r.status for r in records] == ["skipped", "skipped"]
     for record in records:
-        assert "side environment 'vllm-cpu' does not exist" in record["reason"]
-        assert record["reason"].endswith(f"create it with: {CREATE}")
+        assert "side environment 'vllm-cpu' does not exist" in record.reason
+        assert record.reason.endswith(f"create it with: {CREATE}")
     report = (tmp_path / "reports" / "r" / "report.md").read_text()
     assert CREATE in report
 
@@ -82,8 +82,8 @@ def test_vllm_without_its_env_is_skipped_naming_both_ways_to_get_it(tmp_path):
     """)
     run_bench("run", str(suite), "--run-id", "r", cwd=tmp_path)
     (record,) = _records(tmp_path, "r")
-    assert record["status"] == "skipped"
-    assert "pip install 'bench[vllm]'" in record["reason"] and CREATE in record["reason"]
+    assert record.status == "skipped"
+    assert "pip install 'bench[vllm]'" in record.reason and CREATE in record.reason
 
 
 def test_unknown_env_is_a_suite_error(tmp_path):
@@ -101,7 +101,7 @@ def test_unknown_env_is_a_suite_error(tmp_path):
 
 
 def test_checkpoint_bytes_is_the_llama_parameter_count(tiny_llama):
-    from backends.vllm import checkpoint_bytes
+    from backends.vllm.engine import checkpoint_bytes
 
     c = json.loads((Path(tiny_llama) / "config.json").read_text())
     hidden, kv = c["hidden_size"], c["hidden_size"] // c["num_attention_heads"] * c["num_key_value_heads"]
@@ -126,7 +126,7 @@ def vllm_python(tmp_path_factory) -> str:
 
 VLLM_TOKENS = textwrap.dedent("""
     import json, sys
-    from backends.vllm import VLLM
+    from backends.vllm.engine import VLLM
 
     if __name__ == "__main__":
         backend = VLLM(VLLM.Options(), threads=1)
@@ -140,7 +140,7 @@ VLLM_TOKENS = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_vllm_greedy_tokens_match_hf(vllm_python, tiny_llama):
-    from backends.hf_eager import HFEager
+    from backends.hf.eager import HFEager
 
     hf = HFEager(HFEager.Options(), threads=1)
     hf.load(tiny_llama)
@@ -174,22 +174,20 @@ def test_vllm_suite_latency_and_perplexity_match_hf(vllm_python, tiny_llama, tmp
         timeout_s: 300
     """)
     run_bench("run", str(suite), "--run-id", "r", cwd=tmp_path)
-    records = {(r["variant"], r["task"]): r for r in _records(tmp_path, "r")}
-    assert {r["status"] for r in records.values()} == {"ok"}, [r.get("reason") for r in records.values()]
+    records = {(r.variant, r.task): r for r in _records(tmp_path, "r")}
+    assert {r.status for r in records.values()} == {"ok"}, [r.reason for r in records.values()]
 
     latency = records["vllm", "latency"]
-    assert latency["python"] == vllm_python
-    assert latency["backend"]["vllm_version"] and latency["backend"]["engine_core"] == "in-process"
+    assert latency.python == vllm_python
+    assert latency.backend.versions["vllm"] and latency.backend.details["engine_core"] == "in-process"
     for metric in ("ttft_ms", "tpot_ms", "e2e_ms"):
-        assert latency["metrics"][metric]["n"] == 3 and latency["metrics"][metric]["median"] > 0
-    samples = json.loads((tmp_path / "results" / "r" / "samples" / f"{latency['id']}.json").read_text())
+        assert latency.summary(metric).n == 3 and latency.value(metric) > 0
+    samples = json.loads((tmp_path / "results" / "r" / "samples" / f"{latency.id}.json").read_text())
     assert [len(stamps) for stamps in samples["stamps_ns"]] == [8, 8, 8]
     assert all(a <= b for stamps in samples["stamps_ns"] for a, b in itertools.pairwise(stamps))
 
     hf, vllm = records["hf-eager", "perplexity"], records["vllm", "perplexity"]
-    samples_of = {r["variant"]: json.loads((tmp_path / "results" / "r" / "samples" / f"{r['id']}.json").read_text())
-                  for r in (hf, vllm)}
-    assert samples_of["vllm"]["eval_token_ids_sha256"] == samples_of["hf-eager"]["eval_token_ids_sha256"]
-    assert vllm["metrics"]["scored_tokens"] == hf["metrics"]["scored_tokens"]
-    assert vllm["metrics"]["perplexity"] == pytest.approx(hf["metrics"]["perplexity"], rel=1e-3)
-    assert vllm["metrics"]["model_size_bytes"] == hf["backend"]["n_parameters"] * 4
+    assert vllm.perplexity.eval_token_ids_sha256 == hf.perplexity.eval_token_ids_sha256
+    assert vllm.perplexity.scored_tokens == hf.perplexity.scored_tokens
+    assert vllm.value("perplexity") == pytest.approx(hf.value("perplexity"), rel=1e-3)
+    assert vllm.value("model_size_bytes") == hf.backend.n_parameters * 4

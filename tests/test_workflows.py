@@ -67,7 +67,8 @@ def documented_commands() -> set[str]:
     """Commands in the README's code (indented or fenced blocks, inline spans), .ci/run and tox.ini."""
     readme = (ROOT / "README.md").read_text()
     code = re.findall(r"^ {4,}(\S.*)$", readme, flags=re.MULTILINE)  # indented code, also in list items
-    code += [line for block in re.findall(r"```(?:\w*)\n(.*?)```", readme, flags=re.DOTALL) for line in block.splitlines()]
+    blocks = re.findall(r"```(?:\w*)\n(.*?)```", readme, flags=re.DOTALL)
+    code += [line for block in blocks for line in block.splitlines()]
     code += re.findall(r"`([^`\n]+)`", readme)
     ci_run = (ROOT / ".ci" / "run").read_text()
     tox = re.findall(r"^commands\s*=\s*(.+)$", (ROOT / "tox.ini").read_text(), flags=re.MULTILINE)

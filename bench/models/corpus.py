@@ -15,7 +15,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from bench.models.cache import cache_dir
+from bench.core.cache import cache_dir, write_atomic
 
 SEPARATOR = "\n\n"
 HELDOUT_EVERY = 10
@@ -50,7 +50,9 @@ def docstrings(source: bytes) -> list[str]:
 def build_corpus() -> Corpus:
     """Scan the stdlib (~5 s). Files that fail to decode or parse are skipped."""
     root = Path(sysconfig.get_paths()["stdlib"])
-    train, heldout, n_files = [], [], 0
+    train: list[str] = []
+    heldout: list[str] = []
+    n_files = 0
     for i, rel in enumerate(stdlib_files(root)):
         try:
             docs = docstrings((root / rel).read_bytes())
@@ -80,7 +82,7 @@ def load_corpus() -> Corpus:
             corpus = None  # corrupted: rebuild
     if corpus is None:
         corpus = build_corpus()
-        _write_atomically(path, json.dumps(dataclasses.asdict(corpus)))
+        write_atomic(path, lambda tmp: tmp.write_text(json.dumps(dataclasses.asdict(corpus)), encoding="utf-8"))
     _loaded[key] = corpus
     return corpus
 
@@ -90,16 +92,9 @@ def heldout_path() -> Path:
     corpus = load_corpus()
     path = cache_dir() / "corpus" / f"heldout-{corpus.sha256[:12]}.txt"
     if not path.exists():
-        _write_atomically(path, corpus.heldout)
+        write_atomic(path, lambda tmp: tmp.write_text(corpus.heldout, encoding="utf-8"))
     return path
 
 
 def heldout_text() -> str:
     return heldout_path().read_text(encoding="utf-8")
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

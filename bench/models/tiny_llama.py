@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.models.cache import build_dir_atomically, cache_dir
+from bench.core.cache import build_dir_atomically, cache_dir
 from bench.models.corpus import load_corpus
 
 EOS = "<|endoftext|>"
@@ -160,7 +160,7 @@ def _build_into(out: Path, r: Recipe, log: Callable[[str], None]) -> None:
         num_attention_heads=r.num_heads,
         num_key_value_heads=r.num_kv_heads,
         max_position_embeddings=r.max_position_embeddings,
-        rope_theta=r.rope_theta,
+        rope_parameters={"rope_type": "default", "rope_theta": r.rope_theta},
         tie_word_embeddings=r.tie_word_embeddings,
         bos_token_id=eos_id,
         eos_token_id=eos_id,

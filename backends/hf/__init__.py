@@ -1,0 +1,1 @@
+"""transformers backends: eager and SDPA attention, and their quantized variants (quant.py)."""

@@ -1,0 +1,1 @@
+"""ONNX Runtime backends: the model builder's export (export.py), run by onnxruntime-genai or plain onnxruntime."""

@@ -1,0 +1,181 @@
+"""ONNX exports of a local HF decoder for the ONNX Runtime backends, built once and cached.
+
+`export(model_dir, precision, execution_provider)` returns a directory holding `model.onnx`
+(+ `model.onnx.data`), `genai_config.json`, the tokenizer files and `export.json` (what built it):
+
+- fp32 / fp16 / int8 / int4: onnxruntime-genai's model builder
+  (`python -m onnxruntime_genai.models.builder -i DIR -o OUT -p PRECISION -e EP`), run as a child
+  process so its torch import never counts in the case's own memory. The graph has an explicit KV
+  cache (`past_key_values.N.key/value` in, `present.N.key/value` out, GroupQueryAttention).
+  int8 and int4 are the builder's block quantization of the weights (MatMulNBits; on the CPU its
+  default accuracy_level 4 also quantizes activations to int8 inside the matmul kernel).
+- int8-dynamic: `onnxruntime.quantization.quantize_dynamic` (int8 weights, activations quantized
+  at run time: DynamicQuantizeLinear + MatMulInteger) applied to the fp32 export; same inputs,
+  outputs and genai_config.json, so both onnx-genai and onnx-ort run it.
+
+Exports live in `cache_dir()/onnx/<model>-<precision>-<ep>-<key>`, the key hashing the source
+model's files, the precision, the EP and the library versions; they are built atomically under a
+lock (bench.core.cache), so concurrent cases wait for one build.
+
+Also here, what both ONNX backends share: their options base.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import field_validator
+
+from backends.base import BackendOptions, require
+from bench.core.cache import build_dir_atomically, cache_dir, files_digest
+from bench.core.timing import Clock
+
+EXTRA = "onnx"
+PRECISIONS = ("fp32", "fp16", "int8", "int4", "int8-dynamic")  # the first four by the model builder
+MODEL_FILES = ("model.onnx", "model.onnx.data")
+MANIFEST = "export.json"
+BUILDER = "onnxruntime_genai.models.builder"
+# ops that say how a graph computes its matmuls and attention (shown by describe())
+_TELLING_OPS = ("MatMul", "MatMulNBits", "MatMulInteger", "DynamicQuantizeLinear", "GroupQueryAttention",
+                "MultiHeadAttention")
+
+
+class ExportError(RuntimeError):
+    """The source cannot be exported (not a local HF directory, or the builder failed)."""
+
+
+class OnnxOptions(BackendOptions):
+    """Options shared by the ONNX Runtime backends."""
+
+    execution_provider: Literal["cpu", "cuda"] = "cpu"
+
+    @field_validator("device")
+    @classmethod
+    def _host_clock(cls, value):
+        if value != "cpu":
+            raise ValueError("ONNX Runtime backends return every step's output to the host, where the clock "
+                             "reads it; choose the GPU with execution_provider: cuda, not device")
+        return value
+
+
+@dataclass(frozen=True)
+class Export:
+    path: Path
+    manifest: dict
+    cached: bool  # True: found in the cache; False: built by this call
+    seconds: float  # time export() took (hashing the source, plus building when not cached)
+
+    @property
+    def model_file(self) -> Path:
+        return self.path / "model.onnx"
+
+    def genai_config(self) -> dict:
+        return json.loads((self.path / "genai_config.json").read_text())
+
+    def details(self) -> dict:
+        """What the description's `details` say about the export (its weight bytes are model_bytes())."""
+        return {"export_dir": str(self.path), "export_cached": self.cached, "export_seconds": self.seconds,
+                "graph": graph_summary(self.model_file), "exported_by": self.manifest["tool"]}
+
+
+def _source_files(model_dir: Path) -> list[Path]:
+    if not (model_dir / "config.json").is_file():
+        raise ExportError(f"{model_dir}: not a local Hugging Face model directory (no config.json); the ONNX "
+                          f"backends export from a local directory (a built-in model name or a path)")
+    return sorted(p for p in model_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def require_all(backend: str) -> tuple:
+    """(onnxruntime_genai, onnxruntime, onnx), or MissingDependency naming `backend` and bench[onnx].
+
+    Both backends need all three: the genai model builder makes every graph, onnx reads it."""
+    return tuple(require(module, EXTRA, backend) for module in ("onnxruntime_genai", "onnxruntime", "onnx"))
+
+
+def versions() -> dict:
+    """Versions of the libraries that build and run the exports (part of the cache key)."""
+    og, ort, onnx = require_all("onnx")
+    return {"onnxruntime_genai": og.__version__, "onnxruntime": ort.__version__, "onnx": onnx.__version__}
+
+
+def model_bytes(path: Path) -> int:
+    """Bytes of the ONNX graph and its external weights."""
+    return sum((path / name).stat().st_size for name in MODEL_FILES if (path / name).is_file())
+
+
+def graph_summary(model_file: Path) -> dict:
+    """Counts of the ops that tell how the graph computes, and the MatMulNBits quantization settings."""
+    onnx = require("onnx", EXTRA, "onnx")
+    graph = onnx.load(str(model_file), load_external_data=False).graph
+    counts = Counter(node.op_type for node in graph.node if node.op_type in _TELLING_OPS)
+    nbits = {tuple((a.name, onnx.helper.get_attribute_value(a)) for a in node.attribute
+                   if a.name in ("bits", "block_size", "accuracy_level"))
+             for node in graph.node if node.op_type == "MatMulNBits"}
+    summary: dict = {"ops": dict(sorted(counts.items()))}
+    if nbits:
+        summary["matmulnbits"] = [dict(settings) for settings in sorted(nbits)]
+    return summary
+
+
+def _complete(path: Path) -> bool:
+    return (path / MANIFEST).is_file()
+
+
+def _run_builder(model_dir: Path, out: Path, precision: str, execution_provider: str) -> dict:
+    args = ["-i", str(model_dir), "-p", precision, "-e", execution_provider]
+    with tempfile.TemporaryDirectory(prefix="ortgenai-builder-") as scratch:
+        command = [sys.executable, "-m", BUILDER, *args, "-o", str(out), "-c", scratch]
+        proc = subprocess.run(command, check=False, cwd=scratch, capture_output=True, text=True,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if proc.returncode != 0 or not (out / "model.onnx").is_file():
+        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-15:])
+        raise ExportError(f"onnxruntime-genai model builder failed (exit {proc.returncode}) on {model_dir} "
+                          f"for {precision}/{execution_provider}:\n{tail}")
+    return {"call": f"python -m {BUILDER} {' '.join(args)}"}
+
+
+def _quantize_dynamic(fp32: Path, out: Path) -> dict:
+    quantization = require("onnxruntime.quantization", EXTRA, "onnx")
+    settings = {"weight_type": "QInt8", "per_channel": False, "reduce_range": False}
+    quantization.quantize_dynamic(str(fp32 / "model.onnx"), str(out / "model.onnx"),
+                                  weight_type=quantization.QuantType.QInt8, per_channel=False,
+                                  reduce_range=False, use_external_data_format=True)
+    for item in fp32.iterdir():  # genai_config.json and tokenizer files: the interface is unchanged
+        if item.name not in (*MODEL_FILES, MANIFEST) and item.is_file():
+            shutil.copy2(item, out / item.name)
+    return {"call": "onnxruntime.quantization.quantize_dynamic", **settings, "source_export": str(fp32)}
+
+
+def export(model_dir: str | Path, precision: str, execution_provider: str = "cpu") -> Export:
+    """The cached export of `model_dir` at `precision` for `execution_provider`, built if missing."""
+    if precision not in PRECISIONS:
+        raise ExportError(f"unknown ONNX precision {precision!r}; valid values: {', '.join(PRECISIONS)}")
+    clock = Clock()
+    clock.start()
+    model_dir = Path(model_dir)
+    libs = versions()
+    key = files_digest(_source_files(model_dir), precision, execution_provider, json.dumps(libs, sort_keys=True))
+    target = cache_dir() / "onnx" / f"{model_dir.name[:40]}-{precision}-{execution_provider}-{key}"
+    cached = _complete(target)
+
+    def fill(tmp: Path) -> None:
+        if precision == "int8-dynamic":
+            tool = _quantize_dynamic(export(model_dir, "fp32", execution_provider).path, tmp)
+        else:
+            tool = _run_builder(model_dir, tmp, precision, execution_provider)
+        manifest = {"source": str(model_dir), "key": key, "precision": precision,
+                    "execution_provider": execution_provider, "versions": libs, "tool": tool}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+
+    build_dir_atomically(target, fill, _complete)
+    clock.mark()
+    manifest = json.loads((target / MANIFEST).read_text())
+    return Export(target, manifest, cached, clock.stamps_ns()[-1] / 1e9)

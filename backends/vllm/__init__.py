@@ -1,0 +1,1 @@
+"""vLLM's offline engine, stepped per token (engine.py); on a CPU in its own interpreter."""

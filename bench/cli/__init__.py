@@ -1,0 +1,46 @@
+"""Command-line interface: `python -m bench COMMAND`. Parsing and dispatch only; each family of
+commands is one module (`run`, `report`, `gate`, `tools`) whose handlers import their work lazily,
+so `python -m bench --help` stays fast.
+
+Every handler returns an `ExitCode` (bench/errors.py) or raises `BadInput`, which is printed as one
+`error: ...` line with exit code 2. Anything else is a bug in bench: its traceback is printed and
+the exit code is INTERNAL_ERROR (70), never a code that means a verdict.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from pathlib import Path
+
+from bench.errors import BadInput, ExitCode
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from bench.cli import gate, report, run, tools
+
+    parser = argparse.ArgumentParser(prog="python -m bench", description="bench: an LLM inference benchmark and "
+                                     "profiling harness (latency, throughput, memory, quality).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    with_dirs = run.add_commands(sub) + report.add_commands(sub) + gate.add_commands(sub)
+    tools.add_commands(sub)
+    for p in with_dirs:
+        p.add_argument("--results-dir", type=Path, default=Path("results"), help="default: ./results")
+        p.add_argument("--reports-dir", type=Path, default=Path("reports"), help="default: ./reports")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except BadInput as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return ExitCode.BAD_INPUT
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+    except Exception:  # noqa: BLE001 - a bug: say so, and never exit with a verdict's code
+        traceback.print_exc()
+        print("error: internal error in bench (the traceback above); please report it", file=sys.stderr)
+        return ExitCode.INTERNAL_ERROR

@@ -1,0 +1,108 @@
+"""`compare` and `history`: the regression gate and the run history it draws baselines from."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from bench.errors import BadInput, ExitCode
+
+
+def open_run(spec: str, results_dir: Path, history_db: Path | None):
+    """A run by id, directory, or `last:BRANCH` (the newest run on BRANCH in the history database)."""
+    from bench.gate import history
+    from bench.records.rundir import load_run
+
+    if spec.startswith("last:"):
+        return load_run(history.last_run_path(spec.split(":", 1)[1], history.db_path(history_db, results_dir)))
+    return load_run(spec, results_dir)
+
+
+def cmd_compare(args) -> ExitCode:
+    from bench.gate import alerts
+    from bench.gate.compare import compare_runs, rule_from
+
+    runs = list(args.runs)
+    if args.baseline:
+        runs.insert(0, args.baseline)
+    if len(runs) != 2:
+        raise BadInput("compare: give BASELINE CURRENT (run ids, run directories or last:BRANCH), "
+                       "or --baseline BASELINE CURRENT")
+    baseline, current = (open_run(spec, args.results_dir, args.history_db) for spec in runs)
+    rule = rule_from(current, threshold=args.threshold, alpha=args.alpha, seed=args.seed)
+    result = compare_runs(baseline, current, rule)
+    text = alerts.markdown(result)
+    if args.markdown:
+        _write(args.markdown, text, append=args.append)
+    if args.json:
+        _write(args.json, json.dumps(result, indent=1))
+    print(text)
+    message = alerts.notify(result, args.notify)
+    if message:
+        print(message, file=sys.stderr)
+    return ExitCode(result["exit_code"])
+
+
+def _write(path: Path, text: str, append: bool = False) -> None:
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a" if append else "w") as f:
+            f.write(text)
+    except OSError as exc:
+        raise BadInput(f"cannot write {path}: {exc.strerror}") from None
+
+
+def cmd_history_record(args) -> ExitCode:
+    from bench.gate import history
+    from bench.records.rundir import load_run
+
+    db = history.db_path(args.db, args.results_dir)
+    row = history.record_run(load_run(args.run, args.results_dir), db, branch=args.branch, commit=args.commit)
+    print(f"recorded {row['run_id']} (branch {row['branch']}, commit {row['git_commit'][:12]}, "
+          f"{row['n_cases']} cases) in {db}")
+    return ExitCode.OK
+
+
+def cmd_history_list(args) -> ExitCode:
+    from bench.gate import history
+
+    for r in history.list_runs(history.db_path(args.db, args.results_dir), args.suite):
+        print(f"{r['run_id']:40} {r['suite'] or '':12} {r['branch']:20} {r['git_commit'][:12]}  "
+              f"{r['n_cases']} cases, {r['n_failed']} failed")
+    return ExitCode.OK
+
+
+def add_commands(sub) -> list:
+    """Register compare and history; returns the parsers that take --results-dir/--reports-dir."""
+    compare = sub.add_parser("compare", help="regression gate: compare CURRENT with BASELINE (exit 1 on regression)")
+    compare.add_argument("runs", nargs="+", metavar="RUN", help="BASELINE CURRENT: run ids, run directories, "
+                         "or last:BRANCH (the last run recorded on BRANCH in the history database)")
+    compare.add_argument("--baseline", help="the baseline (then give only CURRENT), e.g. last:main")
+    compare.add_argument("--threshold", type=float, help="default relative threshold (suite: regression.threshold, "
+                         "else 0.05)")
+    compare.add_argument("--alpha", type=float, default=0.02, help="rank test significance level (default 0.02)")
+    compare.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    compare.add_argument("--markdown", type=Path, metavar="FILE", help="write the Markdown alert here "
+                         "(e.g. $GITHUB_STEP_SUMMARY)")
+    compare.add_argument("--append", action="store_true", help="append to the --markdown file")
+    compare.add_argument("--json", type=Path, metavar="FILE", help="write the full comparison as JSON")
+    compare.add_argument("--notify", choices=["problem", "always"], default="problem",
+                         help="when $BENCH_WEBHOOK_URL is set, POST {\"text\": ...} on a non-zero exit (default) "
+                              "or always")
+    compare.add_argument("--history-db", type=Path, help="for last:BRANCH (default: $BENCH_HISTORY_DB or "
+                         "<results-dir>/history.sqlite)")
+    compare.set_defaults(func=cmd_compare)
+
+    history = sub.add_parser("history", help="record runs in a local SQLite history; list them")
+    history_sub = history.add_subparsers(dest="history_command", required=True)
+    record = history_sub.add_parser("record", help="record a finished run (branch/commit from its fingerprint)")
+    record.add_argument("run", metavar="RUN", help="run id or run directory")
+    record.add_argument("--branch", help="override the branch (default: the run's git branch)")
+    record.add_argument("--commit", help="override the commit (default: the run's git sha)")
+    record.set_defaults(func=cmd_history_record)
+    listing = history_sub.add_parser("list", help="list recorded runs")
+    listing.add_argument("--suite", help="only runs of this suite")
+    listing.set_defaults(func=cmd_history_list)
+    for p in (record, listing):
+        p.add_argument("--db", type=Path, help="database (default: $BENCH_HISTORY_DB or <results-dir>/history.sqlite)")
+    return [compare, record, listing]

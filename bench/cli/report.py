@@ -1,0 +1,57 @@
+"""`report` and `export`: reading finished runs (any format) into reports and other tools' formats."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from bench.errors import ExitCode
+
+
+def write_reports(args, runs) -> None:
+    """The Markdown report of each run, then one HTML report of them all (side by side when several)."""
+    from bench.report import html, markdown
+
+    for run in runs:
+        print(f"report: {markdown.write_report(run, args.reports_dir)}")
+    if getattr(args, "no_html", False):
+        return
+    from bench.gate import history
+
+    try:
+        path = html.write_html(runs, args.reports_dir, history.db_path(getattr(args, "history_db", None),
+                                                                        args.results_dir))
+    except html.MissingReportExtra as exc:
+        print(f"html report not written: {exc}", file=sys.stderr)
+        return
+    print(f"html report: {path}")
+
+
+def cmd_report(args) -> ExitCode:
+    from bench.records.rundir import load_run
+
+    write_reports(args, [load_run(spec, args.results_dir) for spec in args.run_ids])
+    return ExitCode.OK
+
+
+def cmd_export(args) -> ExitCode:
+    from bench.records.rundir import load_run
+    from bench.report.export import export
+
+    print(export(load_run(args.run, args.results_dir), args.format, args.output))
+    return ExitCode.OK
+
+
+def add_commands(sub) -> list:
+    report = sub.add_parser("report", help="write the Markdown report of finished runs, and one HTML report")
+    report.add_argument("run_ids", nargs="+", metavar="RUN", help="run ids or run directories")
+    report.add_argument("--no-html", action="store_true", help="write only the Markdown report(s)")
+    report.add_argument("--history-db", type=Path, help="plot trends from this history database "
+                        "(default: $BENCH_HISTORY_DB or <results-dir>/history.sqlite, when it exists)")
+    report.set_defaults(func=cmd_report)
+
+    export = sub.add_parser("export", help="export a run as pytest-benchmark JSON or CSV")
+    export.add_argument("run", metavar="RUN", help="run id or run directory")
+    export.add_argument("--format", required=True, choices=["pytest-benchmark", "csv"])
+    export.add_argument("-o", "--output", type=Path, help="output file (default: <run dir>/export-<format>.json|csv)")
+    export.set_defaults(func=cmd_export)
+    return [report, export]

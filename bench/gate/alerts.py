@@ -1,0 +1,104 @@
+"""What `bench compare` tells people: a Markdown alert (GitHub issue body, $GITHUB_STEP_SUMMARY),
+a short plain-text line, and a Slack-compatible webhook POST ({"text": ...}) with urllib.
+"""
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+
+from bench.metrics import METRICS
+
+WEBHOOK_ENV = "BENCH_WEBHOOK_URL"
+ICON = {0: "✅", 1: "🔴", 3: "⚠️"}
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{(x - 1) * 100:+.1f} %"
+
+
+def _num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4g}"
+
+
+def _metric_link(name: str) -> str:
+    unit = METRICS[name].unit if name in METRICS else ""
+    return f"`{name}`" + (f" ({unit})" if unit else "")
+
+
+def _row(c: dict) -> str:
+    ci = f" [{_pct(c['ci_low'])}, {_pct(c['ci_high'])}]" if c["ci_low"] is not None else ""
+    p = f"{c['p_value']:.2g}" if c["p_value"] is not None else c["method"]
+    return (f"| `{c['case']}` | {_metric_link(c['metric'])} | {_num(c['baseline'])} | {_num(c['current'])} | "
+            f"{_pct(c['ratio'])}{ci} | {p} | {c['threshold'] * 100:g} % |")
+
+
+def headline(result: dict) -> str:
+    b, c = result["baseline"]["run_id"], result["current"]["run_id"]
+    return f"{ICON.get(result['exit_code'], '')} bench compare {b} → {c}: {result['verdict']}"
+
+
+def markdown(result: dict) -> str:
+    rule = result["rule"]
+    lines = [f"### {headline(result)}", ""]
+    regressions = [c for c in result["comparisons"] if c["status"] == "regression"]
+    improvements = [c for c in result["comparisons"] if c["status"] == "improvement"]
+    if result["exit_code"]:
+        lines += ["> [!CAUTION]" if result["exit_code"] == 1 else "> [!WARNING]", f"> {result['verdict']}", ""]
+    header = ["| case | metric | baseline | current | change [CI] | p | threshold |", "|---|---|---|---|---|---|---|"]
+    for title, rows in (("Regressions", regressions), ("Improvements", improvements)):
+        if rows:
+            lines += [f"#### {title}", "", *header, *map(_row, rows), ""]
+    if result["summary"]:
+        lines += ["#### Suite summary (geometric mean of current/baseline over cases)", "",
+                  "| metric | better | geomean ratio | cases |", "|---|---|---|---|"]
+        lines += [f"| {_metric_link(m)} | {s['better']} | {s['geomean_ratio']:.4f} ({_pct(s['geomean_ratio'])}) | "
+                  f"{s['cases']} |" for m, s in result["summary"].items()]
+        lines.append("")
+    problems = [(f"failed in {f['run']}", f["case"], f["reason"]) for f in result["failed"]]
+    problems += [(f"skipped in {s['run']}", s["case"], s["reason"]) for s in result["skipped"]]
+    problems += [("not compared", n["case"], f"baseline {n['baseline']}; current {n['current']}")
+                 for n in result["not_compared"]]
+    problems += [("only in baseline", case, "") for case in result["only_in_baseline"]]
+    problems += [("only in current", case, "") for case in result["only_in_current"]]
+    if problems:
+        lines += ["#### Cases not compared", ""]
+        lines += [f"- **{what}**: `{case}`" + (f": {reason[:300]}" if reason else "")
+                  for what, case, reason in problems]
+        lines.append("")
+    lines += [(f"<sub>Rule: regression = Mann-Whitney p < {rule['alpha']} in the bad direction and the "
+               f"{rule['ci_level'] * 100:g} % bootstrap CI of the ratio of medians ({rule['n_boot']} resamples, "
+               f"seed {rule['seed']}) reaches the threshold (default {rule['threshold'] * 100:g} %). Scalars without "
+               f"samples (quality, memory) are compared with the threshold only. "
+               f"{len(result['comparisons'])} case × metric comparisons.</sub>"), ""]
+    return "\n".join(lines)
+
+
+def webhook_text(result: dict, limit: int = 10) -> str:
+    lines = [headline(result)]
+    for c in [c for c in result["comparisons"] if c["status"] == "regression"][:limit]:
+        lines.append(f"• {c['case']} {c['metric']}: {_num(c['baseline'])} → {_num(c['current'])} {c['unit']} "
+                     f"({_pct(c['ratio'])})")
+    lines += [f"• failed: {f['case']} ({f['run']})" for f in result["failed"][:limit]]
+    return "\n".join(lines)
+
+
+def post_webhook(url: str, text: str, timeout: float = 10) -> int:
+    """POST {"text": text} as JSON (Slack-compatible); returns the HTTP status. Raises OSError on failure."""
+    request = urllib.request.Request(url, data=json.dumps({"text": text}).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:  # the user's own URL
+        return response.status
+
+
+def notify(result: dict, when: str = "problem") -> str | None:
+    """POST to $BENCH_WEBHOOK_URL when set (always, or only when the exit code is not 0); a message."""
+    url = os.environ.get(WEBHOOK_ENV)
+    if not url or (when == "problem" and result["exit_code"] == 0):
+        return None
+    try:
+        status = post_webhook(url, webhook_text(result))
+    except (OSError, urllib.error.URLError) as exc:
+        return f"webhook: POST failed: {exc}"
+    return f"webhook: POST -> HTTP {status}"

@@ -1,0 +1,142 @@
+"""The one memory sampler every case runs under: peak RSS of the case's process tree, and CUDA / NVML peaks.
+
+A background thread samples, every 5 ms, the resident memory of the case's process and of every
+process it started (a runtime's engine process, e.g. vLLM with multiprocessing), and, when NVML is
+available, the GPU memory NVML attributes to those processes. On stop, the sampled maxima are
+combined with the kernel's own high-water mark of the case's process, `VmHWM` from
+/proc/self/status. VmHWM starts fresh at exec, unlike `ru_maxrss`, which a child inherits from a
+large parent across fork+exec (a runner that built a model in-process would otherwise show its own
+peak in every case). Anything that does not apply on this machine is None with the reason in
+`not_applicable`, never an error or a zero.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+SAMPLE_INTERVAL_S = 0.005
+
+
+def vm_hwm_bytes(pid: int | str = "self") -> int | None:
+    """The kernel's peak RSS of a process since its exec (VmHWM), or None where /proc has no such field."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        return None
+    return None
+
+
+def _nvml_handles() -> tuple[tuple | None, str | None]:
+    """((nvml module, device handles), None) or (None, reason)."""
+    try:
+        import pynvml
+    except ImportError:
+        return None, "pynvml not installed (pip install 'bench[gpu]')"
+    try:
+        pynvml.nvmlInit()
+        handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+    except pynvml.NVMLError as exc:
+        return None, f"NVML unavailable: {exc.__class__.__name__}"
+    return (pynvml, handles), None
+
+
+def _cuda_in_use() -> bool:
+    torch = sys.modules.get("torch")
+    return bool(torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized())
+
+
+@dataclass
+class MemoryReading:
+    metrics: dict[str, int | None]
+    not_applicable: dict[str, str] = field(default_factory=dict)
+
+
+class MemorySampler:
+    def __init__(self, interval_s: float = SAMPLE_INTERVAL_S) -> None:
+        self.interval_s = interval_s
+        self._process = psutil.Process(os.getpid())
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.baseline_rss = 0
+        self.peak_rss = 0  # sampled, the whole process tree
+        self.max_children = 0
+        self._nvml, self._nvml_reason = _nvml_handles()
+        self.peak_nvml = 0
+
+    def _tree(self) -> list[psutil.Process]:
+        try:
+            return [self._process, *self._process.children(recursive=True)]
+        except psutil.Error:
+            return [self._process]
+
+    def _nvml_bytes(self, pids: set[int]) -> int:
+        assert self._nvml is not None
+        pynvml, handles = self._nvml
+        total = 0
+        for handle in handles:
+            for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                if proc.pid in pids and proc.usedGpuMemory:
+                    total += proc.usedGpuMemory
+        return total
+
+    def _sample(self) -> None:
+        tree = self._tree()
+        rss = 0
+        for proc in tree:
+            try:
+                rss += proc.memory_info().rss
+            except psutil.Error:  # a child that just exited
+                pass
+        self.peak_rss = max(self.peak_rss, rss)
+        self.max_children = max(self.max_children, len(tree) - 1)
+        if self._nvml:
+            self.peak_nvml = max(self.peak_nvml, self._nvml_bytes({p.pid for p in tree}))
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._sample()
+
+    def start(self) -> MemorySampler:
+        self.baseline_rss = self._process.memory_info().rss
+        self._sample()
+        self._thread = threading.Thread(target=self._loop, name="bench-memory", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> MemoryReading:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+        self._sample()
+        hwm = vm_hwm_bytes()
+        peak = max(self.peak_rss, hwm or 0)
+        reading = MemoryReading({
+            "peak_rss_bytes": peak,
+            "peak_rss_sampled_bytes": self.peak_rss,
+            "vm_hwm_bytes": hwm,
+            "baseline_rss_bytes": self.baseline_rss,
+            "peak_rss_delta_bytes": peak - self.baseline_rss,
+            "processes_sampled": 1 + self.max_children,
+            "cuda_max_allocated_bytes": None,
+            "cuda_max_reserved_bytes": None,
+            "nvml_peak_process_bytes": self.peak_nvml if self._nvml else None,
+        })
+        if hwm is None:
+            reading.not_applicable["vm_hwm_bytes"] = "no VmHWM in /proc/self/status (not Linux): sampled peak only"
+        if _cuda_in_use():
+            import torch
+
+            reading.metrics["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated()
+            reading.metrics["cuda_max_reserved_bytes"] = torch.cuda.max_memory_reserved()
+        else:
+            reading.not_applicable["cuda"] = "no CUDA device in use by this case"
+        if self._nvml_reason:
+            reading.not_applicable["nvml"] = self._nvml_reason
+        return reading

@@ -1,0 +1,65 @@
+"""Summary statistics derived from raw samples, and the rule that decides when to stop repeating.
+
+The confidence interval of the median is distribution-free: the order statistics x(l), x(u) whose
+ranks come from the Binomial(n, 1/2) distribution, so that P(x(l) <= median <= x(u)) >= level.
+It needs no normality assumption, which latency samples (skewed, with outliers) do not meet.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import stats as _scipy_stats
+
+from bench.records.schema import Summary
+
+
+def median_ci(samples: Sequence[float] | np.ndarray, level: float = 0.95) -> tuple[float, float] | None:
+    """Distribution-free CI of the median, or None when n is too small for `level` (n < 6 at 95 %)."""
+    x = np.sort(np.asarray(samples, dtype=float))
+    n = len(x)
+    if n == 0:
+        return None
+    alpha = 1 - level
+    # Largest l (1-based) with P(B <= l-1) <= alpha/2, B ~ Binomial(n, 1/2); u = n + 1 - l by symmetry.
+    l = int(_scipy_stats.binom.ppf(alpha / 2, n, 0.5))
+    if l < 1 or _scipy_stats.binom.cdf(l - 1, n, 0.5) > alpha / 2:
+        l -= 1
+    if l < 1:
+        return None
+    return float(x[l - 1]), float(x[n - l])
+
+
+def summarize(samples: Sequence[float] | np.ndarray, level: float = 0.95) -> Summary:
+    """n, median, p90, p99, mean, std (ddof=1), min, max and the median's CI for one metric."""
+    x = np.asarray(samples, dtype=float)
+    if len(x) == 0:
+        return Summary(n=0)
+    ci = median_ci(x, level)
+    return Summary(
+        n=len(x), median=float(np.median(x)), p90=float(np.percentile(x, 90)),
+        p99=float(np.percentile(x, 99)), mean=float(x.mean()), std=float(x.std(ddof=1)) if len(x) > 1 else 0.0,
+        min=float(x.min()), max=float(x.max()), ci_level=level,
+        ci_low=ci[0] if ci else None, ci_high=ci[1] if ci else None,
+    )
+
+
+def ci_halfwidth_rel(samples: Sequence[float] | np.ndarray, level: float = 0.95) -> float:
+    """Half-width of the median's CI relative to the median (inf when it cannot be computed yet)."""
+    ci = median_ci(samples, level)
+    med = float(np.median(np.asarray(samples, dtype=float))) if len(samples) else 0.0
+    if ci is None or med == 0:
+        return math.inf
+    return (ci[1] - ci[0]) / 2 / abs(med)
+
+
+def precise_enough(series: Sequence[Sequence[float]], target_rel: float, level: float = 0.95) -> bool:
+    """True when every series' median CI half-width is within target_rel of its median."""
+    return all(ci_halfwidth_rel(s, level) <= target_rel for s in series)
+
+
+def ratio_of_sums(numerators: Sequence[float] | np.ndarray, denominators: Sequence[float] | np.ndarray) -> float | None:
+    """Throughput as total work / total time (never a mean of per-run rates)."""
+    total = float(np.sum(denominators))
+    return float(np.sum(numerators)) / total if total > 0 else None

@@ -1,0 +1,60 @@
+"""The "Where the time goes" section of a report, one per profiled latency case (bench/measure/profiling.py)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.measure.profiling import CATEGORIES
+from bench.records.schema import CaseRecord, ProfileSummary
+from bench.report.tables import md_table
+
+
+def _pct(share: float | None) -> str:
+    return "n/a" if share is None else f"{100 * share:.1f} %"
+
+
+def _us(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
+
+
+def markdown_section(p: ProfileSummary, run_link: str) -> str:
+    """'Where the time goes' for one profile; run_link: the run directory relative to the report."""
+    link = f"{run_link}/{p.trace_dir}"
+    lines = [f"Profiler: {p.profiler}, {p.steps} profiled generation(s), {p.phase}. Trace files: "
+             f"[{p.trace_dir}]({link}/)"
+             + (f" (`tensorboard --logdir {run_link}/traces`, PyTorch Profiler tab)"
+                if p.profiler == "torch.profiler" else "") + "."]
+    if p.error:
+        lines.append(f"\nProfiling failed: {p.error}")
+    if p.reason:
+        lines.append(f"\n{p.reason}")
+    phases = {k: v for k, v in (p.phases_ms or {}).items() if v is not None}
+    if p.step_wall_ms or phases:
+        parts = [f"{name} {ms:.4g} ms" for name, ms in phases.items()]
+        wall = f"one generation {p.step_wall_ms:.4g} ms under the profiler" if p.step_wall_ms else ""
+        totals = (f" (totals over {p.generations_in_totals} generations, warm-up included)"
+                  if p.generations_in_totals else " (profiled, so slower than measured)")
+        lines.append("\n" + "; ".join(filter(None, [wall, ", ".join(parts)])) + totals
+                     + (f"; {_pct(p.ops_share_of_step)} of it inside operators, the rest Python and "
+                        "framework code between them" if p.ops_share_of_step else "") + ".")
+    shares = p.shares or {}
+    if any(shares.values()):
+        rows = [[c] + [_pct((shares.get(k) or {}).get(c)) if shares.get(k) else "n/a" for k in ("cpu", "device")]
+                for c in CATEGORIES]
+        lines += ["", md_table(["category", "share of CPU self time", "share of device self time"], rows)]
+    if p.top_ops:
+        rows = [[f"`{op['name']}`", op["category"], str(op["calls"]), _us(op["self_cpu_us"]),
+                 _pct(op["self_cpu_share"]), _us(op["self_device_us"]), _pct(op["self_device_share"])]
+                for op in p.top_ops]
+        lines += ["", md_table(["operator", "category", "calls", "self CPU µs", "CPU share", "self device µs",
+                                "device share"], rows)]
+    return "\n".join(lines)
+
+
+def profiled_sections(records: list[CaseRecord], run_link: str) -> list[tuple[str, str]]:
+    """(title, body) for every ok case with a profile, in record order."""
+    out = []
+    for r in records:
+        if r.ok and r.profile is not None and r.workload is not None:
+            title = f"Where the time goes: {r.variant}, {Path(r.model).name}, {r.workload.label}"
+            out.append((title, markdown_section(r.profile, run_link)))
+    return out

@@ -1,0 +1,125 @@
+"""One case, in its own process: load the backend, run its task, write the result file.
+
+Started by the runner as `python -m bench.run.worker CASE.json RESULT.json [RUN_DIR]` (possibly
+under another interpreter). Python-level failures are written as a result with status "failed", or
+"skipped" when the case cannot apply here (a missing optional package, hardware it cannot run on);
+a crash, a kill or a timeout leaves no result file and the runner records it from the exit status.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from backends import backend_class
+from bench.core.cache import write_json_atomic
+from bench.core.deps import MissingDependency, NotSupportedHere
+from bench.core.timing import Clock, make_clock
+from bench.measure import bandwidth
+from bench.measure.evaltext import eval_text
+from bench.measure.latency import measure, prompt_batch
+from bench.measure.memory import MemorySampler
+from bench.measure.perplexity import perplexity
+from bench.measure.quality import QualitySession
+from bench.records.schema import CaseSpec, Summary
+from bench.run.protocol import WorkerResult
+
+
+def _median(result: WorkerResult, metric: str) -> float | None:
+    value = result.metrics.get(metric)
+    return value.median if isinstance(value, Summary) else None
+
+
+def _sha(ids: list[int]) -> str:
+    return hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16]
+
+
+def _perplexity_task(case: CaseSpec, backend, ids: list[int], clock: Clock, run_dir: Path | None) -> WorkerResult:
+    settings = case.perplexity
+    ids = ids[: settings.max_tokens] if settings.max_tokens else ids
+    quality = QualitySession(case, run_dir, _sha(ids))  # writes the reference's log-probs, or compares with them
+    result = perplexity(backend.token_logits, ids, settings.window, settings.stride, clock, on_window=quality.on_window)
+    scores, why_not = quality.finish()
+    info = result.info().model_copy(update={
+        "eval_token_ids_sha256": _sha(ids), "n_eval_tokens": len(ids),
+        "quality_reference": case.reference if scores else None, "quality_tokens": scores.tokens if scores else None})
+    return WorkerResult(status="ok", metrics={**result.metrics(), **(scores.metrics() if scores else {})},
+                        perplexity=info, not_applicable={"quality": why_not} if why_not else {})
+
+
+def _latency_task(case: CaseSpec, backend, prompts: list[list[int]], clock: Clock) -> WorkerResult:
+    assert case.workload is not None
+    result = measure(backend, prompts, case.workload.new_tokens, case.repetitions, clock)
+    return WorkerResult(status="ok", metrics=result.metrics, latency=result.info, samples=result.samples)
+
+
+def run_case(case: CaseSpec, run_dir: Path | None = None) -> WorkerResult:
+    """Measure one case in this process. `run_dir`: where the reference's log-probs and traces live."""
+    from bench.models import resolve_model
+
+    started = time.monotonic()
+    sampler = MemorySampler().start()
+    cls = backend_class(case.backend)
+    backend = cls(cls.Options(**case.options), threads=case.threads)
+    clock = make_clock(backend.device)
+    model_path = resolve_model(case.model)
+    try:
+        load_ns, _ = clock.time_ns(lambda: backend.load(model_path))
+        ids = backend.tokenize(eval_text(case.perplexity.text))
+        prompts = None
+        if case.task == "perplexity":
+            result = _perplexity_task(case, backend, ids, clock, run_dir)
+        else:
+            assert case.workload is not None
+            prompts = prompt_batch(ids, case.workload.batch_size, case.workload.prompt_tokens)
+            result = _latency_task(case, backend, prompts, clock)
+        description = backend.describe()
+        memory = sampler.stop()
+        if case.profile and prompts is not None and run_dir is not None:  # after measuring: never perturbs it
+            from bench.measure.profiling import profile_case
+
+            result.profile = profile_case(case, backend, prompts, run_dir / "traces" / case.id)
+    finally:
+        backend.close()
+    result.metrics.update(load_s=load_ns / 1e9, model_size_bytes=description.model_size_bytes, **memory.metrics)
+    result.not_applicable.update(memory.not_applicable)
+    if case.task == "latency":  # MBU: weight bytes read per decode step / TPOT, over the known peak
+        rates, unknown, source = bandwidth.for_case(case.peak_memory_bandwidth_gbs, backend.device,
+                                                    description.model_size_bytes, _median(result, "tpot_ms"))
+        result.metrics.update(rates)
+        result.not_applicable.update(unknown)
+        description.details["peak_memory_bandwidth_source"] = source
+    result.backend = description
+    result.model_path = model_path
+    result.worker_seconds = time.monotonic() - started
+    result.python = sys.executable
+    return result
+
+
+def failure(exc: BaseException) -> WorkerResult:
+    """The result of a case that raised: skipped when it cannot apply here, else failed with the reason."""
+    if isinstance(exc, (MissingDependency, NotSupportedHere)):
+        return WorkerResult(status="skipped", reason=str(exc))
+    out_of_memory = isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+    kind = "out of memory" if out_of_memory else type(exc).__name__
+    return WorkerResult(status="failed", reason=f"{kind}: {exc}".strip())
+
+
+def main(argv: list[str]) -> int:
+    case_path, result_path = Path(argv[0]), Path(argv[1])
+    run_dir = Path(argv[2]) if len(argv) > 2 else None
+    case = CaseSpec.model_validate_json(case_path.read_text())
+    try:
+        result = run_case(case, run_dir)
+    except Exception as exc:  # noqa: BLE001 - recorded, never lost: the runner goes on with the next case
+        traceback.print_exc()
+        result = failure(exc)
+    write_json_atomic(result_path, result.model_dump(mode="json"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

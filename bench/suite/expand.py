@@ -1,0 +1,91 @@
+"""A validated suite expanded into cases: variant labels, case ids, profiling forced on.
+
+Case ids are stable: the same suite gives the same ids in every version of bench, so a baseline run
+compares with a new one case by case. An id is `<variant>.<model>.<task>.<hash>`, the hash taken over
+the case's identity (everything but what it is compared with).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from bench.records.schema import CaseSpec, PerplexitySettings, Repetitions, Workload
+from bench.suite.schema import Suite, Variant
+
+# the fields of a case's identity, in the form format 1 hashed them
+_IDENTITY = ("suite", "model", "backend", "variant", "options", "task", "workload", "repetitions", "perplexity",
+             "threads", "timeout_s", "interpreter")
+
+
+def option_grid(options: dict[str, Any]) -> list[dict[str, Any]]:
+    """One options dict per combination of the list-valued options."""
+    axes = {k: (v if isinstance(v, list) else [v]) for k, v in options.items()}
+    return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())] or [{}]
+
+
+def variant_label(variant: Variant, options: dict[str, Any], expanded: bool) -> str:
+    if variant.label and not expanded:
+        return variant.label
+    shown = ",".join(f"{k}={v}" for k, v in options.items() if k in variant.options)
+    base = variant.label or variant.backend
+    return f"{base}[{shown}]" if shown else base
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "-", text).strip("-")[-48:]
+
+
+def case_id(identity: dict[str, Any]) -> str:
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
+    workload = identity["workload"]
+    task = Workload(**workload).short if workload else identity["task"]
+    return f"{_slug(identity['variant'])}.{_slug(Path(identity['model']).name)}.{task}.{digest}"
+
+
+def _profile_settings(suite: Suite, variant: Variant) -> dict[str, Any]:
+    """The suite's profile settings with the variant's explicitly set fields on top."""
+    own = variant.profile.model_dump(exclude_unset=True) if variant.profile else {}
+    return {**suite.profile.model_dump(), **own}
+
+
+def force_profile(data: dict, settings: dict) -> dict:
+    """Suite data with profiling on for every variant (what `bench profile` runs); settings win."""
+    data = copy.deepcopy(data)
+    data["profile"] = {**(data.get("profile") or {}), **settings, "enabled": True}
+    for variant in data.get("backends") or []:
+        if isinstance(variant, dict) and isinstance(variant.get("profile"), dict):
+            variant["profile"] = {**variant["profile"], **settings, "enabled": True}
+    return data
+
+
+def expand(suite: Suite) -> list[CaseSpec]:
+    """Every case of the suite, in run order: model, then variant, then task."""
+    identities = []
+    repetitions = Repetitions(**suite.repetitions.model_dump()).model_dump()
+    perplexity = PerplexitySettings(**suite.perplexity.model_dump()).model_dump()
+    for model, variant in itertools.product(suite.models, suite.backends):
+        grid = option_grid(variant.options)
+        for options in grid:
+            label = variant_label(variant, options, expanded=len(grid) > 1)
+            tasks: list[tuple[str, dict | None]] = []
+            if "latency" in suite.tasks:
+                tasks += [("latency", point) for workload in suite.workloads for point in workload.grid()]
+            if "perplexity" in suite.tasks:
+                tasks.append(("perplexity", None))
+            for task, workload in tasks:
+                identity = {"suite": suite.name, "model": model, "backend": variant.backend, "variant": label,
+                            "options": options, "task": task, "workload": workload, "repetitions": repetitions,
+                            "perplexity": perplexity, "threads": suite.threads, "timeout_s": suite.timeout_s,
+                            "interpreter": variant.interpreter}
+                profile = _profile_settings(suite, variant)
+                if task == "latency" and profile["enabled"]:  # only then, so unprofiled case ids do not change
+                    identity["profile"] = profile
+                identities.append(identity)
+    reference = suite.reference or (identities[0]["variant"] if identities else None)
+    return [CaseSpec(id=case_id(identity), **identity, reference=reference,
+                     peak_memory_bandwidth_gbs=suite.peak_memory_bandwidth_gbs) for identity in identities]

@@ -1,0 +1,104 @@
+"""Typed records and the one loader: a run written in format 1 (before records were typed) still loads,
+reports and compares; a new run writes the current format; the writer lock and torn-line repair hold."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from bench.records import FORMAT_VERSION, RunDir, RunError, load_run
+from bench.records.schema import CaseRecord, Estimate, Summary
+from bench.suite import load_suite
+from tests.conftest import ROOT, run_bench
+
+V1 = ROOT / "tests" / "data" / "runs" / "v1-fixture"  # written by bench at 3ee83e2 (format 1), known-answer backend
+
+
+@pytest.fixture
+def v1_run(tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(V1, results / "v1-fixture")
+    return tmp_path, results / "v1-fixture"
+
+
+def test_a_format_1_run_loads_into_typed_records(v1_run):
+    _, path = v1_run
+    run = load_run(path)
+    assert run.meta.format_version == 1 and run.reference == "fast"
+    assert run.meta.regression.metrics == {"load_s": 0.5}  # read from its suite snapshot
+    by_status = {s: [r for r in run.records if r.status == s] for s in ("ok", "failed", "skipped")}
+    assert [len(by_status[s]) for s in ("ok", "failed", "skipped")] == [6, 3, 3]
+    fast = next(r for r in run.records if r.variant == "fast" and r.task == "latency" and r.workload.batch_size == 1)
+    assert fast.case.backend == "tests.known_answer_backend:KnownAnswerBackend"  # from cases/<id>.json
+    assert isinstance(fast.metrics["tpot_ms"], Summary) and fast.value("tpot_ms") == pytest.approx(2.0, rel=0.01)
+    assert fast.latency.repetitions == 8 and fast.latency.stop_reason == "ci_target_met"
+    assert fast.backend.mechanism.startswith("known-answer") and fast.backend.model_size_bytes == 512
+    assert "repetitions" not in fast.metrics and "stop_reason" not in fast.metrics
+    ppl = next(r for r in run.records if r.variant == "slow" and r.task == "perplexity")
+    assert isinstance(ppl.metrics["delta_ppl"], Estimate) and ppl.metrics["delta_ppl"].ci_low == 0.0
+    assert "format 1" in ppl.metrics["delta_ppl"].method and ppl.perplexity.windows > 0
+    assert "delta_ppl_ci" not in ppl.metrics
+    assert run.samples(fast.id).ttft_ms[0] == pytest.approx(3.0, rel=0.01)
+    # the same suite expands to the same case ids today, so an old baseline compares case by case
+    _, cases = load_suite(V1 / "suite.yaml")
+    assert [c.id for c in cases] == run.meta.case_ids
+
+
+def test_a_format_1_run_still_reports_and_compares_through_the_cli(v1_run):
+    cwd, _ = v1_run
+    run_bench("report", "v1-fixture", cwd=cwd)
+    report = (cwd / "reports" / "v1-fixture" / "report.md").read_text()
+    assert "## synthetic: latency and throughput, batch 1, prompt 8 tokens, 6 new tokens" in report
+    assert "| fast | 3.006 [3.005, 3.014] | 2.002 [2.002, 2.004] |" in report  # the recorded medians and CIs
+    assert "1.500x" in report and "RuntimeError: injected failure" in report
+    assert (cwd / "reports" / "v1-fixture" / "report.html").exists()
+    proc = run_bench("compare", "v1-fixture", "v1-fixture", "--json", "c.json", cwd=cwd, check_exit=3)
+    result = json.loads((cwd / "c.json").read_text())
+    assert "6 failed case(s)" in result["verdict"]  # 3 in each run: the gate does not vouch for them
+    assert {c["status"] for c in result["comparisons"]} <= {"unchanged", "not gated"}
+    assert "Traceback" not in proc.stderr
+    run_bench("export", "v1-fixture", "--format", "csv", "-o", "v1.csv", cwd=cwd)
+    assert ",tpot_ms,ms,lower," in (cwd / "v1.csv").read_text()
+
+
+def test_a_new_run_writes_the_current_format(tmp_path):
+    (tmp_path / "eval.txt").write_text("evaluation text " * 30)
+    (tmp_path / "s.yaml").write_text((V1 / "suite.yaml").read_text().replace("v1.yaml", "s.yaml"))
+    run_bench("run", "s.yaml", "--run-id", "v2", cwd=tmp_path, check_exit=3)
+    meta = json.loads((tmp_path / "results/v2/run.json").read_text())
+    assert meta["format_version"] == FORMAT_VERSION and meta["reference"] == "fast"
+    assert len(meta["suite_sha256"]) == 64
+    for line in (tmp_path / "results/v2/cases.jsonl").read_text().splitlines():
+        record = CaseRecord.model_validate_json(line)  # every line is a valid typed record
+        assert record.case.reference == "fast"
+    ids_v2 = json.loads((tmp_path / "results/v2/run.json").read_text())["case_ids"]
+    assert ids_v2 == json.loads((V1 / "run.json").read_text())["case_ids"]
+
+
+def test_a_run_from_a_newer_bench_is_refused_with_a_clear_message(v1_run):
+    _, path = v1_run
+    meta = json.loads((path / "run.json").read_text())
+    (path / "run.json").write_text(json.dumps({**meta, "format_version": FORMAT_VERSION + 1}))
+    with pytest.raises(RunError, match="newer than this bench reads"):
+        load_run(path)
+
+
+def test_one_writer_per_run_directory(tmp_path):
+    run = RunDir(tmp_path, "r")
+    with run.writer(), pytest.raises(RunError, match=r"is being written by pid \d+"), RunDir(tmp_path, "r").writer():
+        pass
+    with run.writer():  # released when the holder leaves
+        pass
+
+
+def test_a_torn_last_line_is_cut_off_and_kept_aside_before_appending(v1_run):
+    _, path = v1_run
+    cases = path / "cases.jsonl"
+    whole = cases.read_bytes()
+    cases.write_bytes(whole + b'{"case": {"id": "half-writ')  # a kill in mid-write
+    run = RunDir(path.parent, path.name)
+    with run.writer():
+        pass
+    assert cases.read_bytes() == whole
+    assert [p.read_bytes() for p in path.glob("cases.jsonl.torn-*")] == [b'{"case": {"id": "half-writ']
