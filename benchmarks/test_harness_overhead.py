@@ -1,62 +1,79 @@
-"""Benchmark: how much does bench's own measurement cost? (a ratio, measured in one run)
+"""Benchmark: what does bench's own measurement cost, on the path users run? (a ratio, measured in one run)
 
-Decode tokens/s as bench reports it (hf-eager backend, harness clock, latency loop) against a
-hand-written KV-cache greedy loop timed with two perf_counter calls, on the same model, same
-prompt, same thread count, interleaved round by round so machine noise hits both alike.
-Run: python -m pytest benchmarks --benchmark-enable -s   (target: ratio >= 0.98)
+Each round runs, in a shuffled order, (a) `python -m bench run` on a one-case suite (hf-eager, tiny-llama,
+1 thread, batch 1, prompt 64, 32 new tokens, fixed repetitions: worker process, memory sampler, clock,
+everything) and (b) a standalone hand-written KV-cache loop in its own process (benchmarks/raw_decode_loop.py)
+with the same model, prompt, thread count, warm-up and repetitions. The ratio of their decode tokens/s is
+taken per round; the report is the median ratio over the rounds with its distribution-free 95 % CI.
+
+    python -m pytest benchmarks --benchmark-enable -s          (target: median ratio >= 0.98)
 """
-import time
+import json
+import os
+import random
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
-import torch
-from transformers import AutoModelForCausalLM
-
-from backends.hf.eager import HFEager
-from bench.core.timing import Clock
-from bench.measure.latency import measure, prompt_batch
+from bench.measure.stats import median_ci
 from bench.models import build_builtin
-from bench.models.corpus import heldout_text
 
-NEW_TOKENS, PROMPT_TOKENS, ROUNDS = 64, 64, 30
-POLICY = {"warmup": 0, "min": 8, "max": 8, "max_time_s": 60, "ci_target": 1.0, "ci_level": 0.95}
-
-
-def hand_written_decode_seconds(model, prompt: list[int]) -> float:
-    """Greedy decode with the KV cache, no harness: seconds for the NEW_TOKENS - 1 decode steps."""
-    with torch.inference_mode():
-        out = model(input_ids=torch.tensor([prompt]), use_cache=True, logits_to_keep=1)
-        token = out.logits[:, -1].argmax(-1, keepdim=True)
-        cache = out.past_key_values
-        start = time.perf_counter()
-        for _ in range(NEW_TOKENS - 1):
-            out = model(input_ids=token, past_key_values=cache, use_cache=True)
-            token = out.logits[:, -1].argmax(-1, keepdim=True)
-            cache = out.past_key_values
-        return time.perf_counter() - start
+ROOT = Path(__file__).resolve().parent.parent
+ROUNDS = int(os.environ.get("BENCH_OVERHEAD_ROUNDS", "16"))
+PROMPT_TOKENS, NEW_TOKENS, WARMUP, REPETITIONS = 64, 32, 3, 20
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+       "TOKENIZERS_PARALLELISM": "false"}
 
 
-def test_bench_decode_throughput_vs_hand_written_loop(benchmark):
-    torch.set_num_threads(1)
-    path = str(build_builtin("tiny-llama"))
-    backend = HFEager(HFEager.Options(), threads=1)
-    backend.load(path)
-    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
-    prompt = prompt_batch(backend.tokenize(heldout_text()), 1, PROMPT_TOKENS)
-    for _ in range(3):  # warm both paths
-        hand_written_decode_seconds(model, prompt[0])
-        backend.generate(prompt, NEW_TOKENS, lambda: None)
+def bench_case(workdir: Path, round_index: int) -> float:
+    """decode_tok_s of one `python -m bench run` of the one-case suite."""
+    run_id = f"overhead-{round_index}"
+    subprocess.run([sys.executable, "-m", "bench", "run", "suite.yaml", "--run-id", run_id], cwd=workdir, env=ENV,
+                   check=True, capture_output=True)
+    from bench.records import load_run
 
-    ratios = []
+    (record,) = load_run(workdir / "results" / run_id).records
+    assert record.ok and record.latency.repetitions == REPETITIONS, record.reason
+    return record.value("decode_tok_s")
+
+
+def raw_loop(model: str) -> float:
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "raw_decode_loop.py"), model,
+                          str(PROMPT_TOKENS), str(NEW_TOKENS), str(WARMUP), str(REPETITIONS)],
+                         env=ENV, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["decode_tok_s"]
+
+
+def test_bench_decode_throughput_vs_a_hand_written_loop_through_the_cli(benchmark, tmp_path):
+    model = str(build_builtin("tiny-llama"))
+    (tmp_path / "suite.yaml").write_text(textwrap.dedent(f"""
+        name: overhead
+        models: ["{model}"]
+        backends: [{{backend: hf-eager}}]
+        workloads: [{{batch_size: 1, prompt_tokens: {PROMPT_TOKENS}, new_tokens: {NEW_TOKENS}}}]
+        tasks: [latency]
+        repetitions: {{warmup: {WARMUP}, min: {REPETITIONS}, max: {REPETITIONS}, max_time_s: 600}}
+        threads: 1
+        """))
+    rng = random.Random(0)
+    ratios, pairs = [], []
 
     def one_round():
-        bench_tok_s = measure(backend, prompt, NEW_TOKENS, POLICY, Clock())["decode_tok_s"]
-        seconds = [hand_written_decode_seconds(model, prompt[0]) for _ in range(POLICY["max"])]
-        hand_tok_s = len(seconds) * (NEW_TOKENS - 1) / sum(seconds)
-        ratios.append(bench_tok_s / hand_tok_s)
+        order = ["bench", "raw"]
+        rng.shuffle(order)
+        measured = {}
+        for which in order:
+            measured[which] = bench_case(tmp_path, len(ratios)) if which == "bench" else raw_loop(model)
+        ratios.append(measured["bench"] / measured["raw"])
+        pairs.append(measured)
 
     benchmark.pedantic(one_round, rounds=ROUNDS, iterations=1)
-    ratios.sort()
-    median = ratios[len(ratios) // 2]
-    benchmark.extra_info.update(ratio_median=median, ratios=ratios, threads=1, new_tokens=NEW_TOKENS)
-    print(f"\nbench decode tok/s / hand-written loop tok/s: median {median:.4f} over {len(ratios)} rounds "
-          f"(min {ratios[0]:.4f}, max {ratios[-1]:.4f}), 1 thread")
+    ordered = sorted(ratios)
+    median = ordered[len(ordered) // 2] if len(ordered) % 2 else sum(ordered[len(ordered) // 2 - 1:][:2]) / 2
+    ci = median_ci(ratios)
+    benchmark.extra_info.update(ratio_median=median, ratio_ci95=ci, ratios=ratios, rounds=pairs, threads=1)
+    print(f"\nbench run decode tok/s / hand-written loop decode tok/s, {len(ratios)} interleaved rounds, 1 thread: "
+          f"median {median:.4f}, 95 % CI {ci[0]:.4f} to {ci[1]:.4f} (min {ordered[0]:.4f}, max {ordered[-1]:.4f})"
+          if ci else f"\nmedian {median:.4f} over {len(ratios)} rounds (too few for a CI)")
     assert len(ratios) == ROUNDS and all(r > 0 for r in ratios)

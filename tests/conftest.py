@@ -12,6 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach a hub
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("BENCH_DEPRECATIONS_AS_ERRORS", "1")  # worker processes fail on a library's deprecation too
 
 KNOWN_ANSWER = "tests.known_answer_backend:KnownAnswerBackend"
 

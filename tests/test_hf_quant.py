@@ -15,6 +15,7 @@ from backends.hf.quant import QUANTIZATIONS, stored_bytes
 from bench.measure.evaltext import eval_text
 from bench.measure.perplexity import perplexity
 from bench.measure.quality import Comparison
+from tests.conftest import load_records, run_bench, write_suite
 
 pytestmark = pytest.mark.slow
 
@@ -133,3 +134,28 @@ def test_fp32_model_size_is_four_bytes_per_parameter(fp32):
     # parameters plus the rotary embedding's inverse-frequency buffers (float32)
     assert 4 * description.n_parameters <= description.model_size_bytes <= 4 * description.n_parameters + 1024
     assert np.isfinite(fp32[2].perplexity)
+
+
+@pytest.mark.slow
+def test_a_variant_this_hardware_cannot_run_is_skipped_and_the_run_exits_0(tiny_llama, tmp_path):
+    """suites/quant.yaml's torchao-int4-weight needs CUDA: on a CPU it is skipped with the reason, not failed."""
+    write_suite(tmp_path / "s.yaml", """
+        name: cpu-quant
+        models: [tiny-llama]
+        backends:
+          - {backend: hf-eager, label: fp32}
+          - {backend: hf-eager, label: torchao-int4-weight, options: {quantization: torchao-int4-weight}}
+        reference: fp32
+        workloads: [{batch_size: 1, prompt_tokens: 16, new_tokens: 4}]
+        tasks: [latency]
+        repetitions: {warmup: 0, min: 3, max: 3}
+        timeout_s: 300
+    """)
+    proc = run_bench("run", "s.yaml", "--run-id", "q", cwd=tmp_path, check_exit=0)
+    records = {r.variant: r for r in load_records(tmp_path / "results" / "q")}
+    assert records["fp32"].status == "ok"
+    assert records["torchao-int4-weight"].status == "skipped"
+    assert "not supported on the CPU" in records["torchao-int4-weight"].reason
+    report = (tmp_path / "reports" / "q" / "report.md").read_text()
+    assert "torchao-int4-weight" in report and ": skipped: quantization 'torchao-int4-weight'" in report
+    assert "skipped" in proc.stdout

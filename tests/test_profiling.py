@@ -2,8 +2,10 @@
 section, after (never during) its timed measurement; operator classification and ORT profiles."""
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import json
+import os
 import re
 import socket
 import subprocess
@@ -15,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from backends.onnx.profile import ort_profile_ops
-from bench.measure.profiling import category, summarize_ops
+from bench.measure.profiling import category, compress_and_budget, summarize_ops
 from tests.conftest import KNOWN_ANSWER, load_records, run_bench, write_suite
 
 
@@ -84,8 +86,8 @@ def test_profile_settings_apply_per_variant_and_only_to_latency_cases(tmp_path):
     profiled = {(c.variant, c.task): c.profile for c in cases}
     assert profiled[("plain", "latency")] is None and profiled[("traced", "perplexity")] is None
     assert profiled[("traced", "latency")].model_dump() == {
-        "enabled": True, "warmup": 1, "steps": 4, "record_shapes": False, "profile_memory": False,
-        "with_stack": False, "top": 5}
+        "enabled": True, "warmup": 1, "steps": 4, "decode_steps": 4, "max_trace_mb": 20.0, "record_shapes": False,
+        "profile_memory": False, "with_stack": False, "top": 5}
     _, forced = load_suite(tmp_path / "s.yaml", profile={"steps": 1})
     assert all(c.profile.steps == 1 for c in forced if c.task == "latency")
 
@@ -190,19 +192,22 @@ def test_profiled_case_trace_opens_in_tensorboard_and_report_shows_where_time_go
     summary = profiled.profile
     assert summary.error is None and summary.profiler == "torch.profiler"
     trace_dir = tmp_path / "results/r" / summary.trace_dir
-    traces = list(trace_dir.glob("*.pt.trace.json"))
-    assert len(traces) == 1
-    events = json.loads(traces[0].read_text())["traceEvents"]
-    steps = [e for e in events if e.get("name", "").startswith("ProfilerStep#")]
-    assert len(steps) == 2  # the warm-up step is discarded, the two active ones are in the trace
+    traces = sorted(trace_dir.glob("*.pt.trace.json.gz"))  # gzipped: TensorBoard's plugin reads them as is
+    assert len(traces) == 2 and not list(trace_dir.glob("*.json"))  # the warm-up generation's trace is discarded
+    assert summary.trace_bytes == sum(p.stat().st_size for p in traces) < summary.trace_budget_bytes == 20e6
+    for trace in traces:
+        events = json.loads(gzip.decompress(trace.read_bytes()))["traceEvents"]
+        names = [e.get("name", "") for e in events]
+        assert names.count("bench/prefill") == names.count("bench/decode") == 1
+        # bounded: the prompt's forward and decode_steps (4) more, never the whole 8-token generation
+        assert names.count("aten::embedding") == 1 + summary.decode_steps == 5
 
     # Profiling ran after the measurement, never during it: every warm-up and timed generation ran with
-    # the profiler off, and only then the profiled ones: 1 profiler warm-up step (recording is not on
-    # yet in it) and 2 recorded steps. Structural, because timing comparisons between cases are too
-    # noisy on a shared machine to detect a profiler's overhead reliably.
+    # the profiler off, and only then the profiled ones (1 discarded warm-up, 2 kept). Structural, because
+    # timing comparisons between cases are too noisy on a shared machine to detect a profiler's overhead.
     calls = probe_log.read_text().split()
     n_timed = 2 + profiled.latency.repetitions  # the case's warm-up + measured repetitions
-    assert calls == ["measured"] * (n_timed + 1) + ["profiled"] * 2, calls
+    assert calls == ["measured"] * n_timed + ["profiled"] * 3, calls
 
     report = (tmp_path / "reports/r/report.md").read_text()
     section = report.split("## Where the time goes: profiled", 1)[1].split("\n## ", 1)[0]
@@ -219,3 +224,35 @@ def test_profiled_case_trace_opens_in_tensorboard_and_report_shows_where_time_go
 
     listed = _tensorboard_runs(tmp_path / "results/r/traces", trace_dir.name)
     assert any(v.startswith("views:") and "Operator" in v for v in listed), listed
+
+
+@pytest.mark.slow
+def test_a_trace_over_its_budget_is_dropped_and_the_report_says_so(tmp_path, tiny_llama):
+    write_suite(tmp_path / "s.yaml", f"""
+        name: prof
+        models: ["{tiny_llama}"]
+        backends:
+          - backend: hf-eager
+            profile: {{enabled: true, warmup: 0, steps: 2, max_trace_mb: 0.001}}
+        workloads: [{{batch_size: 1, prompt_tokens: 16, new_tokens: 4}}]
+        tasks: [latency]
+        repetitions: {{warmup: 1, min: 3, max: 3}}
+        timeout_s: 300
+        """)
+    run_bench("run", "s.yaml", "--run-id", "r", cwd=tmp_path)
+    (record,) = load_records(tmp_path / "results/r")
+    assert record.ok and record.profile.generations_profiled == 0 and record.profile.trace_bytes == 0
+    assert "past their budget of 0.001 MB" in record.profile.traces_dropped
+    assert not list((tmp_path / "results/r" / record.profile.trace_dir).iterdir())
+    report = (tmp_path / "reports/r/report.md").read_text()
+    assert "Trace budget: trace 1 was dropped" in report
+
+
+def test_runtime_traces_are_gzipped_and_kept_within_the_budget(tmp_path):
+    small, big = tmp_path / "a.json", tmp_path / "b.json"
+    small.write_text(json.dumps({"traceEvents": [{"name": "x"}] * 10}))
+    big.write_bytes(os.urandom(300_000))  # incompressible
+    kept, why = compress_and_budget(tmp_path, 100_000)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json.gz"]
+    assert kept == (tmp_path / "a.json.gz").stat().st_size
+    assert "dropped b.json.gz" in why and json.loads(gzip.decompress((tmp_path / "a.json.gz").read_bytes()))

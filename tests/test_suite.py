@@ -84,3 +84,20 @@ def test_cli_reports_a_malformed_suite_with_exit_code_2_and_no_traceback(tmp_pat
     assert not (tmp_path / "results").exists()  # nothing is started for a suite that cannot run
     assert run_bench("run", "missing.yaml", cwd=tmp_path, check_exit=2).stderr.startswith("error: missing.yaml")
     assert "no run 'nope'" in run_bench("run", "--resume", "nope", cwd=tmp_path, check_exit=2).stderr
+
+
+def test_settings_added_after_format_1_leave_case_ids_alone_at_their_defaults(tmp_path):
+    """Baselines match new runs case by case: a new setting changes a case's id only when it is used."""
+    body = """
+        name: ids
+        models: [m]
+        backends: [{{backend: hf-eager, profile: {profile}}}]
+        tasks: [latency]
+        """
+    ids = {}
+    profiles = [("plain", "{enabled: true}"), ("explicit", "{enabled: true, decode_steps: 4, max_trace_mb: 20}"),
+                ("changed", "{enabled: true, decode_steps: 8}")]
+    for name, profile in profiles:
+        path = write_suite(tmp_path / f"{name}.yaml", body.format(profile=profile))
+        ids[name] = [c.id for c in load_suite(path)[1]]
+    assert ids["plain"] == ids["explicit"] != ids["changed"]

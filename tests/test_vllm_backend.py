@@ -191,3 +191,25 @@ def test_vllm_suite_latency_and_perplexity_match_hf(vllm_python, tiny_llama, tmp
     assert vllm.perplexity.scored_tokens == hf.perplexity.scored_tokens
     assert vllm.value("perplexity") == pytest.approx(hf.value("perplexity"), rel=1e-3)
     assert vllm.value("model_size_bytes") == hf.backend.n_parameters * 4
+
+
+@pytest.mark.slow
+def test_vllm_engine_in_a_child_process_is_counted_in_peak_memory(vllm_python, tiny_llama, tmp_path):
+    """multiprocessing: true runs vLLM's engine core in a child process; its memory belongs to the case."""
+    suite = write_suite(tmp_path / "s.yaml", """
+        name: vllm-mp
+        models: [tiny-llama]
+        backends:
+          - {backend: vllm, label: vllm-mp, interpreter: env:vllm-cpu, options: {multiprocessing: true}}
+        workloads: [{batch_size: 1, prompt_tokens: 16, new_tokens: 4}]
+        tasks: [latency]
+        repetitions: {warmup: 1, min: 3, max: 3}
+        timeout_s: 300
+    """)
+    run_bench("run", str(suite), "--run-id", "mp", cwd=tmp_path)
+    (record,) = _records(tmp_path, "mp")
+    assert record.ok, record.reason
+    assert record.backend.details["engine_core"] == "child process (multiprocessing)"
+    assert record.value("processes_sampled") >= 2
+    # the engine's weights and KV cache live in the child: the tree's peak is well above the case process's own
+    assert record.value("peak_rss_bytes") >= record.value("peak_rss_sampled_bytes") > record.value("vm_hwm_bytes")

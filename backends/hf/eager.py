@@ -6,6 +6,7 @@ the cache), in the spirit of gpt-fast's generate.py: what is timed is the model,
 """
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Literal
 
@@ -45,6 +46,9 @@ class HFEager(Backend):
 
         self.model = load_quantized(self.options.quantization, load, self.device, self.name).eval()
         self._forward = torch.compile(self.model) if self.options.compile else self.model
+        # transformers 5.24 renamed forward's `past_key_values` to `cache` (the old name warns, and goes in 5.40);
+        # earlier 5.x releases (the GPU image has 5.17) know only `past_key_values`
+        self._cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
 
     def _argmax_next(self, logits):
         return logits[:, -1, :].argmax(dim=-1, keepdim=True)
@@ -56,13 +60,13 @@ class HFEager(Backend):
             token = self._argmax_next(out.logits)
             on_token()
             produced = [token]
-            cache = out.past_key_values
+            cache = getattr(out, self._cache_arg)
             for _ in range(new_tokens - 1):
-                out = self._forward(input_ids=token, past_key_values=cache, use_cache=True)
+                out = self._forward(input_ids=token, use_cache=True, **{self._cache_arg: cache})
                 token = self._argmax_next(out.logits)
                 on_token()
                 produced.append(token)
-                cache = out.past_key_values
+                cache = getattr(out, self._cache_arg)
             return torch.cat(produced, dim=1).tolist()
 
     def token_logits(self, ids: list[int]):

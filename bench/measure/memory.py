@@ -1,25 +1,29 @@
 """The one memory sampler every case runs under: peak RSS of the case's process tree, and CUDA / NVML peaks.
 
-A background thread samples, every 5 ms, the resident memory of the case's process and of every
-process it started (a runtime's engine process, e.g. vLLM with multiprocessing), and, when NVML is
-available, the GPU memory NVML attributes to those processes. On stop, the sampled maxima are
-combined with the kernel's own high-water mark of the case's process, `VmHWM` from
-/proc/self/status. VmHWM starts fresh at exec, unlike `ru_maxrss`, which a child inherits from a
-large parent across fork+exec (a runner that built a model in-process would otherwise show its own
-peak in every case). Anything that does not apply on this machine is None with the reason in
-`not_applicable`, never an error or a zero.
+The case's own process needs no sampling: the kernel keeps its exact high-water mark, `VmHWM` in
+/proc/self/status, read at stop. VmHWM starts fresh at exec, unlike `ru_maxrss`, which a child
+inherits from a large parent across fork+exec (a runner that built a model in-process would
+otherwise show its own peak in every case). A background thread samples only what the kernel does
+not track for us: the resident memory of the processes the case started (a runtime's engine process,
+e.g. vLLM with multiprocessing; rediscovered every second, sampled every 20 ms), and, when NVML is
+available, the GPU memory NVML attributes to the case's processes. Where /proc has no VmHWM the
+thread samples the case's own RSS too. Sampling the process tree every 5 ms, as an earlier version
+did, cost about 20 % of a 1 ms/token decode loop on a 2-core machine (benchmarks/). Anything that does
+not apply on this machine is None with the reason in `not_applicable`, never an error or a zero.
 """
 from __future__ import annotations
 
 import os
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 
-SAMPLE_INTERVAL_S = 0.005
+SAMPLE_INTERVAL_S = 0.02  # children's RSS and NVML
+CHILDREN_INTERVAL_S = 1.0  # rediscovering the process tree scans /proc: rarely
 
 
 def vm_hwm_bytes(pid: int | str = "self") -> int | None:
@@ -67,14 +71,21 @@ class MemorySampler:
         self.baseline_rss = 0
         self.peak_rss = 0  # sampled, the whole process tree
         self.max_children = 0
+        self._children: list[psutil.Process] = []
+        self._children_at = -1.0
+        self._own_hwm = vm_hwm_bytes() is not None  # the kernel tracks the own peak; no need to sample it
         self._nvml, self._nvml_reason = _nvml_handles()
         self.peak_nvml = 0
 
     def _tree(self) -> list[psutil.Process]:
-        try:
-            return [self._process, *self._process.children(recursive=True)]
-        except psutil.Error:
-            return [self._process]
+        now = time.monotonic()
+        if now - self._children_at >= CHILDREN_INTERVAL_S:
+            self._children_at = now
+            try:
+                self._children = self._process.children(recursive=True)
+            except psutil.Error:
+                self._children = []
+        return [self._process, *self._children]
 
     def _nvml_bytes(self, pids: set[int]) -> int:
         assert self._nvml is not None
@@ -86,26 +97,32 @@ class MemorySampler:
                     total += proc.usedGpuMemory
         return total
 
-    def _sample(self) -> None:
+    def _sample(self, everything: bool = False) -> None:
         tree = self._tree()
-        rss = 0
-        for proc in tree:
-            try:
-                rss += proc.memory_info().rss
-            except psutil.Error:  # a child that just exited
-                pass
-        self.peak_rss = max(self.peak_rss, rss)
         self.max_children = max(self.max_children, len(tree) - 1)
+        if everything or len(tree) > 1 or not self._own_hwm:
+            rss = 0
+            for proc in tree:
+                try:
+                    rss += proc.memory_info().rss
+                except psutil.Error:  # a child that just exited
+                    pass
+            self.peak_rss = max(self.peak_rss, rss)
         if self._nvml:
             self.peak_nvml = max(self.peak_nvml, self._nvml_bytes({p.pid for p in tree}))
 
+    def _needs_sampling(self) -> bool:
+        """Whether anything changes between samples that the kernel does not keep a peak of for us."""
+        return bool(self._children) or not self._own_hwm or self._nvml is not None
+
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        # with nothing to sample, wake only to look for new child processes: the thread stays out of the way
+        while not self._stop.wait(self.interval_s if self._needs_sampling() else CHILDREN_INTERVAL_S):
             self._sample()
 
     def start(self) -> MemorySampler:
         self.baseline_rss = self._process.memory_info().rss
-        self._sample()
+        self._sample(everything=True)
         self._thread = threading.Thread(target=self._loop, name="bench-memory", daemon=True)
         self._thread.start()
         return self
@@ -114,7 +131,8 @@ class MemorySampler:
         self._stop.set()
         if self._thread:
             self._thread.join()
-        self._sample()
+        self._children_at = -1.0  # a last look at the whole tree
+        self._sample(everything=True)
         hwm = vm_hwm_bytes()
         peak = max(self.peak_rss, hwm or 0)
         reading = MemoryReading({

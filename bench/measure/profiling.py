@@ -3,13 +3,15 @@
 Profiling is a separate phase of a latency case, run by the worker after the timed repetitions and
 after the memory sampler stopped, so it never perturbs the measured numbers. It repeats the case's
 generation (same prompts, same new tokens): `warmup` generations the profiler traces and discards,
-then `steps` active ones.
+then `steps` kept ones. It is bounded: torch.profiler traces only the prefill and the first
+`decode_steps` decode steps of each generation, traces are written gzipped, and a case's trace bytes
+stay within `max_trace_mb` (a trace that would pass it is dropped, and the summary says so).
 
 - Backends whose `profiles_with_torch` is true (the transformers ones) are traced with
-  `torch.profiler` on a schedule (one profiler step per generation; the ranges `bench/prefill`,
-  up to the first token, and `bench/decode`, the rest, are marked inside each step) and written with
-  `tensorboard_trace_handler` to `results/<run-id>/traces/<case-id>/`, which TensorBoard's
-  PyTorch profiler plugin opens: `tensorboard --logdir results/<run-id>/traces`.
+  `torch.profiler`, one profiler per generation (ranges `bench/prefill`, up to the first token, and
+  `bench/decode`, the traced decode steps), written with `tensorboard_trace_handler(use_gzip=True)` to
+  `results/<run-id>/traces/<case-id>/`, which TensorBoard's PyTorch profiler plugin opens:
+  `tensorboard --logdir results/<run-id>/traces`.
 - Other backends profile with their runtime's own profiler through `Backend.native_profile`
   (ONNX Runtime's JSON profile, llama.cpp's perf counters); the default is none.
 
@@ -19,7 +21,9 @@ attention / matmul / other by operator name (see `category`).
 """
 from __future__ import annotations
 
+import gzip
 import re
+import shutil
 import time
 import traceback
 from collections import defaultdict
@@ -95,50 +99,116 @@ def summarize_ops(ops: list[dict], top: int) -> dict:
 
 # ---------------------------------------------------------------- running the profile
 
-def _generate_annotated(backend, prompts, new_tokens: int, record_function) -> None:
-    """One generation with `bench/prefill` (until the first token) and `bench/decode` ranges."""
-    state = {"range": record_function("bench/prefill"), "first": True}
-    state["range"].__enter__()
+class _Ranges:
+    """`bench/prefill` until the first token, then `bench/decode` over `decode_steps` tokens; then `done()`."""
 
-    def on_token() -> None:
-        if state["first"]:
-            state["first"] = False
-            state["range"].__exit__(None, None, None)
-            state["range"] = record_function("bench/decode")
-            state["range"].__enter__()
+    def __init__(self, record_function, decode_steps: int, on_done) -> None:
+        self.record_function, self.decode_steps, self.on_done = record_function, decode_steps, on_done
+        self.tokens = 0
+        self.range = record_function("bench/prefill")
+        self.range.__enter__()
 
-    try:
-        backend.generate(prompts, new_tokens, on_token)
-    finally:
-        state["range"].__exit__(None, None, None)
+    def _close(self) -> None:
+        if self.range is not None:
+            self.range.__exit__(None, None, None)
+            self.range = None
+
+    def on_token(self) -> None:
+        self.tokens += 1
+        if self.tokens == 1:
+            self._close()
+            if self.decode_steps:
+                self.range = self.record_function("bench/decode")
+                self.range.__enter__()
+        if self.tokens == 1 + self.decode_steps:
+            self.done()
+
+    def done(self) -> None:
+        if self.on_done is not None:
+            self._close()
+            self.on_done()
+            self.on_done = None
+
+
+def _trace_bytes(out_dir: Path) -> int:
+    return sum(p.stat().st_size for p in out_dir.rglob("*") if p.is_file())
 
 
 def torch_profile(backend, prompts, new_tokens: int, settings: dict, out_dir: Path, worker_name: str) -> dict:
-    """Trace `warmup` + `steps` generations with torch.profiler into out_dir (TensorBoard format)."""
-    from torch.profiler import ProfilerActivity, profile, record_function, schedule, tensorboard_trace_handler
+    """Trace the prefill and the first `decode_steps` decode steps of `steps` generations with torch.profiler.
+
+    One profiler per generation, started before the prompt and stopped from the token callback, so the rest
+    of the generation runs untraced: a trace's size does not grow with new_tokens. `warmup` generations are
+    traced and discarded first (the profiler's own first-use costs land there). Traces are written gzipped
+    in TensorBoard's format; once their bytes would pass `max_trace_mb`, the last one is deleted and
+    profiling stops, and the summary says so."""
+    from torch.profiler import ProfilerActivity, profile, record_function, tensorboard_trace_handler
 
     on_cuda = str(backend.device).startswith("cuda")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
-    with profile(activities=activities,
-                 schedule=schedule(wait=0, warmup=settings["warmup"], active=settings["steps"], repeat=1),
-                 on_trace_ready=tensorboard_trace_handler(str(out_dir), worker_name=worker_name),
-                 record_shapes=settings["record_shapes"], profile_memory=settings["profile_memory"],
-                 with_stack=settings["with_stack"]) as prof:
-        for _ in range(settings["warmup"] + settings["steps"]):
-            _generate_annotated(backend, prompts, new_tokens, record_function)
-            prof.step()
-    events = prof.key_averages()
-    ranges = {e.key: e.cpu_time_total / max(e.count, 1) / 1e3 for e in events if _MARKERS.match(e.key)}
-    ops = [{"name": e.key, "calls": e.count, "self_cpu_us": e.self_cpu_time_total,
-            "self_device_us": getattr(e, "self_device_time_total", None) if on_cuda else None} for e in events]
+    decode_steps = min(settings["decode_steps"], new_tokens - 1)
+    budget = int(settings["max_trace_mb"] * 1e6)
+    ops: list[dict] = []
+    ranges: dict[str, list[float]] = defaultdict(list)
+    profiled, dropped = 0, None
+    for i in range(settings["warmup"] + settings["steps"]):
+        keep = i >= settings["warmup"]
+        before = {p for p in out_dir.rglob("*") if p.is_file()}
+        handler = tensorboard_trace_handler(str(out_dir), worker_name=worker_name, use_gzip=True) if keep else None
+        prof = profile(activities=activities, on_trace_ready=handler, record_shapes=settings["record_shapes"],
+                       profile_memory=settings["profile_memory"], with_stack=settings["with_stack"])
+        prof.start()
+        marks = _Ranges(record_function, decode_steps, prof.stop)
+        try:
+            backend.generate(prompts, new_tokens, marks.on_token)
+        finally:
+            marks.done()
+        if not keep:
+            continue
+        if _trace_bytes(out_dir) > budget:
+            for path in {p for p in out_dir.rglob("*") if p.is_file()} - before:
+                path.unlink()
+            dropped = (f"trace {profiled + 1} was dropped: it would bring the case's traces past their budget of "
+                       f"{settings['max_trace_mb']:g} MB (profile.max_trace_mb); {profiled} trace(s) kept")
+            break
+        profiled += 1
+        for e in prof.key_averages():
+            if _MARKERS.match(e.key):
+                ranges[e.key].append(e.cpu_time_total / max(e.count, 1) / 1e3)
+            ops.append({"name": e.key, "calls": e.count, "self_cpu_us": e.self_cpu_time_total,
+                        "self_device_us": getattr(e, "self_device_time_total", None) if on_cuda else None})
+    phases = {"prefill": _mean(ranges.get("bench/prefill")), "decode": _mean(ranges.get("bench/decode"))}
     summary = {"profiler": "torch.profiler", "activities": [a.name for a in activities],
-               "step_wall_ms": ranges.get("ProfilerStep*"),
-               "phases_ms": {"prefill": ranges.get("bench/prefill"), "decode": ranges.get("bench/decode")},
-               **summarize_ops(ops, settings["top"])}
-    if summary["step_wall_ms"] and summary["ops_self_cpu_us"]:
-        # aten ops run on the calling thread, so this is the share of the step spent inside operators
-        summary["ops_share_of_step"] = summary["ops_self_cpu_us"] / settings["steps"] / 1e3 / summary["step_wall_ms"]
+               "decode_steps": decode_steps, "generations_profiled": profiled, "traces_dropped": dropped,
+               "step_wall_ms": sum(v for v in phases.values() if v is not None) or None,
+               "phases_ms": phases, **summarize_ops(ops, settings["top"])}
+    if summary["step_wall_ms"] and summary["ops_self_cpu_us"] and profiled:
+        # aten ops run on the calling thread, so this is the share of the traced time spent inside operators
+        summary["ops_share_of_step"] = summary["ops_self_cpu_us"] / profiled / 1e3 / summary["step_wall_ms"]
     return summary
+
+
+def _mean(values: list[float] | None) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def compress_and_budget(out_dir: Path, budget_bytes: int) -> tuple[int, str | None]:
+    """Gzip a runtime's plain trace files in place, then drop the largest until the budget holds.
+
+    Returns (bytes kept, why files were dropped or None)."""
+    for path in [p for p in out_dir.rglob("*") if p.is_file() and p.suffix == ".json"]:
+        with open(path, "rb") as src, gzip.open(path.with_name(path.name + ".gz"), "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        path.unlink()
+    dropped = []
+    files = sorted((p for p in out_dir.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    while files and sum(p.stat().st_size for p in files) > budget_bytes:
+        largest = files.pop()
+        dropped.append(f"{largest.name} ({largest.stat().st_size / 1e6:.1f} MB)")
+        largest.unlink()
+    reason = (f"dropped {', '.join(dropped)} to keep the case's traces within {budget_bytes / 1e6:g} MB "
+              f"(profile.max_trace_mb)") if dropped else None
+    return _trace_bytes(out_dir), reason
 
 
 def native_profile(backend, prompts, new_tokens: int, settings: dict, out_dir: Path) -> dict:
@@ -156,6 +226,7 @@ def native_profile(backend, prompts, new_tokens: int, settings: dict, out_dir: P
         summary["generations_in_totals"] = settings["warmup"] + settings["steps"]
     if summary.get("ops"):
         summary.update(summarize_ops(summary.pop("ops"), settings["top"]))
+    _, summary["traces_dropped"] = compress_and_budget(out_dir, int(settings["max_trace_mb"] * 1e6))
     return summary
 
 
@@ -177,5 +248,7 @@ def profile_case(case: CaseSpec, backend, prompts: list[list[int]], trace_dir: P
         summary["error"] = f"{type(exc).__name__}: {exc}"
     summary["files"] = sorted(str(p.relative_to(trace_dir)) for p in trace_dir.rglob("*") if p.is_file()) \
         if trace_dir.exists() else []
+    summary["trace_bytes"] = _trace_bytes(trace_dir) if trace_dir.exists() else 0
+    summary["trace_budget_bytes"] = int(settings["max_trace_mb"] * 1e6)
     summary["profile_seconds"] = time.monotonic() - began
     return ProfileSummary.model_validate(summary)

@@ -81,7 +81,11 @@ class ProfileSettings(_Record):
 
     enabled: bool = Field(False, description="profile this suite's (or variant's) latency cases")
     warmup: int = Field(1, ge=0, description="profiler warm-up generations (traced, then discarded)")
-    steps: int = Field(2, ge=1, description="profiled generations (the profiler's active steps)")
+    steps: int = Field(2, ge=1, description="profiled generations, one trace file each")
+    decode_steps: int = Field(4, ge=0, description="decode steps traced after the prefill in each profiled "
+                              "generation; the rest of the generation runs untraced (torch.profiler backends)")
+    max_trace_mb: float = Field(20.0, gt=0, description="budget of trace bytes (compressed) per case: a trace that "
+                                "would exceed it is dropped and profiling stops, with the reason recorded")
     record_shapes: bool = Field(False, description="record operator input shapes")
     profile_memory: bool = Field(False, description="record tensor allocations")
     with_stack: bool = Field(False, description="record Python stacks (large traces)")
@@ -194,6 +198,11 @@ class ProfileSummary(_Record):
     counters: dict[str, Any] | None = None
     files: list[str] = Field(default_factory=list)
     profile_seconds: float | None = None
+    decode_steps: int | None = None  # decode steps traced after the prefill in each profiled generation
+    generations_profiled: int | None = None
+    trace_bytes: int | None = None  # bytes of trace files kept (compressed)
+    trace_budget_bytes: int | None = None
+    traces_dropped: str | None = None  # why the budget stopped profiling or dropped a trace
 
 
 class CaseRecord(_Record):

@@ -19,10 +19,17 @@ def _us(value: float | None) -> str:
 def markdown_section(p: ProfileSummary, run_link: str) -> str:
     """'Where the time goes' for one profile; run_link: the run directory relative to the report."""
     link = f"{run_link}/{p.trace_dir}"
-    lines = [f"Profiler: {p.profiler}, {p.steps} profiled generation(s), {p.phase}. Trace files: "
-             f"[{p.trace_dir}]({link}/)"
+    traced = (f", the prefill and the first {p.decode_steps} decode step(s) of each traced"
+              if p.decode_steps is not None else "")
+    size = (f" ({p.trace_bytes / 1e6:.2f} MB of a {p.trace_budget_bytes / 1e6:g} MB budget)"
+            if p.trace_bytes is not None and p.trace_budget_bytes else "")
+    generations = p.generations_profiled if p.generations_profiled is not None else p.steps
+    lines = [f"Profiler: {p.profiler}, {generations} profiled generation(s){traced}, {p.phase}. Trace files: "
+             f"[{p.trace_dir}]({link}/){size}"
              + (f" (`tensorboard --logdir {run_link}/traces`, PyTorch Profiler tab)"
                 if p.profiler == "torch.profiler" else "") + "."]
+    if p.traces_dropped:
+        lines.append(f"\nTrace budget: {p.traces_dropped}.")
     if p.error:
         lines.append(f"\nProfiling failed: {p.error}")
     if p.reason:
@@ -30,7 +37,8 @@ def markdown_section(p: ProfileSummary, run_link: str) -> str:
     phases = {k: v for k, v in (p.phases_ms or {}).items() if v is not None}
     if p.step_wall_ms or phases:
         parts = [f"{name} {ms:.4g} ms" for name, ms in phases.items()]
-        wall = f"one generation {p.step_wall_ms:.4g} ms under the profiler" if p.step_wall_ms else ""
+        traced_part = "the traced part of one generation" if p.decode_steps is not None else "one generation"
+        wall = f"{traced_part} {p.step_wall_ms:.4g} ms under the profiler" if p.step_wall_ms else ""
         totals = (f" (totals over {p.generations_in_totals} generations, warm-up included)"
                   if p.generations_in_totals else " (profiled, so slower than measured)")
         lines.append("\n" + "; ".join(filter(None, [wall, ", ".join(parts)])) + totals

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import time
 import traceback
+import warnings
 from pathlib import Path
 
 from backends import backend_class
@@ -108,7 +110,12 @@ def failure(exc: BaseException) -> WorkerResult:
     return WorkerResult(status="failed", reason=f"{kind}: {exc}".strip())
 
 
+DEPRECATIONS_AS_ERRORS = "BENCH_DEPRECATIONS_AS_ERRORS"
+
+
 def main(argv: list[str]) -> int:
+    if os.environ.get(DEPRECATIONS_AS_ERRORS):  # a developer switch (the tests set it): fail on deprecated APIs
+        warnings.filterwarnings("error", message=".*deprecated", category=FutureWarning)
     case_path, result_path = Path(argv[0]), Path(argv[1])
     run_dir = Path(argv[2]) if len(argv) > 2 else None
     case = CaseSpec.model_validate_json(case_path.read_text())

@@ -17,9 +17,16 @@ from typing import Any
 from bench.records.schema import CaseSpec, PerplexitySettings, Repetitions, Workload
 from bench.suite.schema import Suite, Variant
 
-# the fields of a case's identity, in the form format 1 hashed them
-_IDENTITY = ("suite", "model", "backend", "variant", "options", "task", "workload", "repetitions", "perplexity",
-             "threads", "timeout_s", "interpreter")
+# Settings added after format 1, with their defaults: left out of a case's identity while at their default,
+# so a suite that does not use them keeps the case ids it had (and old baselines still match case by case).
+ADDED_SETTINGS: dict[str, dict[str, Any]] = {
+    "profile": {"decode_steps": 4, "max_trace_mb": 20.0},
+}
+
+
+def _identity_settings(section: str, settings: dict[str, Any]) -> dict[str, Any]:
+    added = ADDED_SETTINGS.get(section, {})
+    return {k: v for k, v in settings.items() if not (k in added and v == added[k])}
 
 
 def option_grid(options: dict[str, Any]) -> list[dict[str, Any]]:
@@ -84,7 +91,7 @@ def expand(suite: Suite) -> list[CaseSpec]:
                             "interpreter": variant.interpreter}
                 profile = _profile_settings(suite, variant)
                 if task == "latency" and profile["enabled"]:  # only then, so unprofiled case ids do not change
-                    identity["profile"] = profile
+                    identity["profile"] = _identity_settings("profile", profile)
                 identities.append(identity)
     reference = suite.reference or (identities[0]["variant"] if identities else None)
     return [CaseSpec(id=case_id(identity), **identity, reference=reference,
