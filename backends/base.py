@@ -42,7 +42,8 @@ __all__ = ["Backend", "BackendDescription", "BackendOptions", "MissingDependency
 class BackendOptions(BaseModel):
     """Options every backend accepts. Subclasses add their own; unknown keys are rejected."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a suite's `compile: 1` is not `true`, "2" is not 2; finite: no `.inf` option values
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
     device: str = "cpu"
 

@@ -22,8 +22,10 @@ def v1_run(tmp_path):
     return tmp_path, results / "v1-fixture"
 
 
-def test_a_format_1_run_loads_into_typed_records(v1_run):
-    _, path = v1_run
+def test_a_format_1_run_loads_into_typed_records(v1_run, monkeypatch):
+    cwd, path = v1_run
+    (cwd / "eval.txt").write_text("the fixture's evaluation text " * 20)
+    monkeypatch.chdir(cwd)  # the suite names eval.txt relative to where bench runs
     run = load_run(path)
     assert run.meta.format_version == 1 and run.reference == "fast"
     assert run.meta.regression.metrics == {"load_s": 0.5}  # read from its suite snapshot

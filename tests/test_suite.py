@@ -46,7 +46,7 @@ MALFORMED = [
     ("bad task", "backends: [{backend: hf-eager}]\ntasks: [latency, speed]\n", 4, "tasks[1]",
      "'latency' or 'perplexity'"),
     ("too few tokens", "backends: [{backend: hf-eager}]\nworkloads: [{new_tokens: 1}]\n", 4,
-     "workloads[0].new_tokens", ">= 2"),
+     "workloads[0].new_tokens", "from 2 to"),
     ("bad reference", "backends: [{backend: hf-eager}]\nreference: nope\n", 4, "reference",
      "valid values: hf-eager"),
     ("stride beyond window", "backends: [{backend: hf-eager}]\nperplexity: {window: 8, stride: 16}\n", 4,

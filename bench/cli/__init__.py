@@ -9,6 +9,7 @@ the exit code is INTERNAL_ERROR (70), never a code that means a verdict.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -40,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED
+    except BrokenPipeError:  # the reader went away (`| head`): nothing more to say, not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return ExitCode.OK
     except Exception:  # noqa: BLE001 - a bug: say so, and never exit with a verdict's code
         traceback.print_exc()
         print("error: internal error in bench (the traceback above); please report it", file=sys.stderr)

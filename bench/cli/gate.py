@@ -1,11 +1,27 @@
 """`compare` and `history`: the regression gate and the run history it draws baselines from."""
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
 from bench.errors import BadInput, ExitCode
+
+
+def _fraction(name: str, low: float, high: float):
+    """An argparse type: a finite number strictly between low and high (nan, inf and 0 would switch the gate off)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, not {text!r}") from None
+        if not (math.isfinite(value) and low < value < high):
+            raise argparse.ArgumentTypeError(f"{name} must be a finite number above {low:g} and below {high:g}, "
+                                             f"not {text}")
+        return value
+    return parse
 
 
 def open_run(spec: str, results_dir: Path, history_db: Path | None):
@@ -78,9 +94,10 @@ def add_commands(sub) -> list:
     compare.add_argument("runs", nargs="+", metavar="RUN", help="BASELINE CURRENT: run ids, run directories, "
                          "or last:BRANCH (the last run recorded on BRANCH in the history database)")
     compare.add_argument("--baseline", help="the baseline (then give only CURRENT), e.g. last:main")
-    compare.add_argument("--threshold", type=float, help="default relative threshold (suite: regression.threshold, "
-                         "else 0.05)")
-    compare.add_argument("--alpha", type=float, default=0.02, help="rank test significance level (default 0.02)")
+    compare.add_argument("--threshold", type=_fraction("--threshold", 0, 10),
+                         help="default relative threshold (suite: regression.threshold, else 0.05)")
+    compare.add_argument("--alpha", type=_fraction("--alpha", 0, 1), default=0.02,
+                         help="rank test significance level (default 0.02)")
     compare.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     compare.add_argument("--markdown", type=Path, metavar="FILE", help="write the Markdown alert here "
                          "(e.g. $GITHUB_STEP_SUMMARY)")

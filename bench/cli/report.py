@@ -4,25 +4,28 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from bench.errors import ExitCode
+from bench.errors import BadInput, ExitCode
 
 
 def write_reports(args, runs) -> None:
     """The Markdown report of each run, then one HTML report of them all (side by side when several)."""
     from bench.report import html, markdown
 
-    for run in runs:
-        print(f"report: {markdown.write_report(run, args.reports_dir)}")
-    if getattr(args, "no_html", False):
-        return
-    from bench.gate import history
-
     try:
-        path = html.write_html(runs, args.reports_dir, history.db_path(getattr(args, "history_db", None),
-                                                                        args.results_dir))
-    except html.MissingReportExtra as exc:
-        print(f"html report not written: {exc}", file=sys.stderr)
-        return
+        for run in runs:
+            print(f"report: {markdown.write_report(run, args.reports_dir)}")
+        if getattr(args, "no_html", False):
+            return
+        from bench.gate import history
+
+        try:
+            path = html.write_html(runs, args.reports_dir, history.db_path(getattr(args, "history_db", None),
+                                                                            args.results_dir))
+        except html.MissingReportExtra as exc:
+            print(f"html report not written: {exc}", file=sys.stderr)
+            return
+    except OSError as exc:
+        raise BadInput(f"cannot write the report under {args.reports_dir}: {exc.strerror or exc}") from None
     print(f"html report: {path}")
 
 
@@ -37,7 +40,10 @@ def cmd_export(args) -> ExitCode:
     from bench.records.rundir import load_run
     from bench.report.export import export
 
-    print(export(load_run(args.run, args.results_dir), args.format, args.output))
+    try:
+        print(export(load_run(args.run, args.results_dir), args.format, args.output))
+    except OSError as exc:
+        raise BadInput(f"cannot write the export: {exc.strerror or exc}") from None
     return ExitCode.OK
 
 

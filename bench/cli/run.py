@@ -1,6 +1,7 @@
 """`run`, `profile` and `validate`: suites in, results and reports out."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -19,9 +20,9 @@ def _execute(args, suite, cases, run, profile_source: str | None = None) -> Exit
 
     print(f"run {run.run_id}: {len(cases)} cases -> {run.path}", file=sys.stderr)
     with run.writer():
-        for model in suite.models:  # build built-in models once, here, rather than inside a timed case
-            resolve_model(model, log=lambda line: print(line, file=sys.stderr))
         try:
+            for model in suite.models:  # build built-in models once, here, rather than inside a timed case
+                resolve_model(model, log=lambda line: print(line, file=sys.stderr))
             records = runner.run_cases(cases, run, retry_failed=args.retry_failed)
         except KeyboardInterrupt:
             print(f"\ninterrupted: finished cases are kept in {run.path}; "
@@ -36,22 +37,33 @@ def _execute(args, suite, cases, run, profile_source: str | None = None) -> Exit
     return ExitCode.CASE_FAILED if any(r.status == "failed" for r in records) else ExitCode.OK
 
 
+def check_writable(directory: Path, what: str) -> None:
+    """Fail before running anything when `directory` cannot be created or written."""
+    existing = Path(directory).resolve()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise BadInput(f"{what} {directory}: cannot write under {existing}")
+
+
 def _new_run(args, suite_path: Path, profile: dict | None):
     from bench.records.rundir import RunDir, check_plain_name, new_run_id
     from bench.run import runner
     from bench.suite import load_suite
 
     suite, cases = load_suite(suite_path, profile=profile)
-    if args.run_id:
+    check_writable(args.results_dir, "--results-dir")
+    check_writable(args.reports_dir, "--reports-dir")
+    if args.run_id is not None:
         run_id = check_plain_name(args.run_id, "--run-id")
     else:
         run_id = new_run_id(check_plain_name(suite.name, "suite name"))
     run = RunDir(args.results_dir, run_id)
     if run.exists():
         raise BadInput(f"run '{run.run_id}' already exists in {args.results_dir}; use --resume {run.run_id}")
-    runner.start_run(suite_path, suite.name, cases, run, suite.regression)
-    if profile is not None:  # what --resume and report read: the profiled suite
-        _write_profiled_snapshot(run.suite_snapshot, suite, str(suite_path))
+    # what --resume and report read: the suite as it runs (with profiling forced on by `bench profile`)
+    snapshot = suite_path.read_bytes() if profile is None else _profiled_snapshot(suite, str(suite_path))
+    runner.start_run(suite_path, snapshot, suite.name, cases, run, suite.regression)
     return suite, cases, run
 
 
@@ -59,22 +71,35 @@ def cmd_run(args) -> ExitCode:
     from bench.records.rundir import RunDir, check_plain_name
     from bench.suite import load_suite
 
-    if args.resume:
+    if args.resume is not None:
         run = RunDir(args.results_dir, check_plain_name(args.resume, "--resume"))
         if not run.exists():
             raise BadInput(f"--resume: no run '{args.resume}' in {args.results_dir}")
+        _check_unedited(run, args.allow_edited_suite)
         suite, cases = load_suite(run.suite_snapshot)
+        check_writable(args.reports_dir, "--reports-dir")
         return _execute(args, suite, cases, run)
     if not args.suite:
         raise BadInput("run: give a suite file, or --resume RUN_ID")
     return _execute(args, *_new_run(args, Path(args.suite), None))
 
 
-def _write_profiled_snapshot(snapshot: Path, suite, source: str) -> None:
+def _check_unedited(run, allowed: bool) -> None:
+    """A run finishes the suite it started with: an edited snapshot would mix two suites in one run."""
+    from bench.run.runner import suite_sha256
+
+    recorded = run.meta().suite_sha256
+    if recorded and not allowed and suite_sha256(run.suite_snapshot) != recorded:
+        raise BadInput(f"{run.suite_snapshot} changed since run '{run.run_id}' started: resuming would mix two "
+                       f"suites in one run. Start a new run, or pass --allow-edited-suite to run what the edited "
+                       f"suite adds")
+
+
+def _profiled_snapshot(suite, source: str) -> bytes:
     import yaml
 
     text = yaml.safe_dump(suite.model_dump(exclude_unset=True), sort_keys=False)
-    snapshot.write_text(f"# {source} with profiling forced on (python -m bench profile)\n{text}")
+    return f"# {source} with profiling forced on (python -m bench profile)\n{text}".encode()
 
 
 def cmd_profile(args) -> ExitCode:
@@ -86,7 +111,7 @@ def cmd_profile(args) -> ExitCode:
     if not source.exists() and "/" not in args.suite and previous.exists():
         source = previous.suite_snapshot
     profile = {k: getattr(args, k) for k in PROFILE_FLAGS if getattr(args, k) is not None}
-    args.retry_failed = False
+    args.retry_failed, args.allow_edited_suite = False, False
     suite, cases, run = _new_run(args, source, profile)
     return _execute(args, suite, cases, run, profile_source=str(source))
 
@@ -107,6 +132,8 @@ def add_commands(sub) -> list:
     run.add_argument("suite", nargs="?", help="suite YAML file, e.g. suites/smoke.yaml")
     run.add_argument("--resume", metavar="RUN_ID", help="finish an interrupted run; finished cases are kept")
     run.add_argument("--retry-failed", action="store_true", help="with --resume: run failed cases again")
+    run.add_argument("--allow-edited-suite", action="store_true",
+                     help="with --resume: accept a suite.yaml edited since the run started")
     run.add_argument("--run-id", help="name of the new run (default: <suite>-<UTC time>)")
     run.set_defaults(func=cmd_run)
 

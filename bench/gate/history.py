@@ -42,9 +42,12 @@ def db_path(explicit: Path | None = None, results_dir: Path = Path("results")) -
 def connect(path: Path, create: bool = False) -> sqlite3.Connection:
     if not create and not Path(path).exists():
         raise HistoryError(f"no history database at {path} (record a run first: python -m bench history record RUN_ID)")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path)
-    conn.executescript(SCHEMA)
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path)
+        conn.executescript(SCHEMA)
+    except (OSError, sqlite3.Error) as exc:
+        raise HistoryError(f"cannot open the history database {path}: {exc}") from None
     return conn
 
 

@@ -15,6 +15,10 @@ from bench.models import tiny_llama
 BUILTIN_MODELS: dict[str, Callable[..., Path]] = {
     "tiny-llama": tiny_llama.build,
 }
+# context length (tokens) of each built-in model, known without building it (suites are checked against it)
+BUILTIN_CONTEXT: dict[str, int] = {
+    "tiny-llama": tiny_llama.CONTEXT,
+}
 
 
 class UnknownModelError(KeyError):

@@ -19,6 +19,7 @@ from bench.core.cache import build_dir_atomically, cache_dir
 from bench.models.corpus import load_corpus
 
 EOS = "<|endoftext|>"
+CONTEXT = 1024  # max_position_embeddings of the recipe below
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +34,7 @@ class Recipe:
     num_layers: int = 2
     num_heads: int = 4
     num_kv_heads: int = 2
-    max_position_embeddings: int = 1024
+    max_position_embeddings: int = CONTEXT
     rope_theta: float = 10000.0
     tie_word_embeddings: bool = False
     seq_len: int = 256

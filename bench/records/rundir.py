@@ -32,13 +32,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-import yaml
 from pydantic import ValidationError
 
 from bench.core.cache import write_json_atomic
 from bench.errors import BadInput
 from bench.records import upgrade
-from bench.records.schema import FORMAT_VERSION, CaseRecord, CaseSpec, RawSamples, RunMeta
+from bench.records.schema import FORMAT_VERSION, CaseRecord, CaseSpec, RawSamples, RegressionSettings, RunMeta
 
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=+-]{0,127}")
 
@@ -238,13 +237,23 @@ class RunDir:
             raise RunError(f"{self.meta_path}: does not match format {raw.get('format_version')}: {exc}") from None
 
     def _suite_regression(self) -> dict:
-        """A format-1 run's regression thresholds, read from its suite snapshot as plain YAML (no validation)."""
+        """A format-1 run's regression thresholds, read from its suite snapshot (not the whole suite: its
+        backends need not exist any more); a bad value is reported as FILE:LINE: regression.field."""
+        from bench.suite.reader import SuiteError, format_errors, read_yaml
+
         try:
-            suite = yaml.safe_load(self.suite_snapshot.read_text()) or {}
-        except (OSError, yaml.YAMLError):
+            suite, index = read_yaml(self.suite_snapshot)
+        except SuiteError:
             return {}
-        section = suite.get("regression") if isinstance(suite, dict) else None
-        return section if isinstance(section, dict) else {}
+        section = suite.get("regression")
+        if not isinstance(section, dict):
+            return {}
+        try:
+            RegressionSettings.model_validate(section)
+        except ValidationError as exc:
+            raise RunError(format_errors(self.suite_snapshot, index, exc.errors(), RegressionSettings,
+                                         prefix=("regression",))) from None
+        return section
 
     def samples(self, case_id: str) -> RawSamples | None:
         path = self.samples_path(case_id)

@@ -39,6 +39,12 @@ class _Record(BaseModel):
 
 # ---------------------------------------------------------------- settings (suites and records)
 
+class _Settings(BaseModel):
+    """Settings are finite: `.inf` is not a timeout, a threshold or a target."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
 class Workload(_Record):
     """One point of a latency workload grid."""
 
@@ -59,7 +65,7 @@ class Workload(_Record):
         return f"b{self.batch_size}-p{self.prompt_tokens}-n{self.new_tokens}"
 
 
-class Repetitions(_Record):
+class Repetitions(_Settings):
     warmup: int = Field(2, ge=0, description="untimed generations before measuring")
     min: int = Field(6, ge=1, description="at least this many measured repetitions")
     max: int = Field(50, ge=1, description="stop after this many measured repetitions")
@@ -68,7 +74,7 @@ class Repetitions(_Record):
     ci_level: float = Field(0.95, gt=0, lt=1)
 
 
-class PerplexitySettings(_Record):
+class PerplexitySettings(_Settings):
     text: str = Field("stdlib-heldout", description="'stdlib-heldout' (built in, offline), 'wikitext-2' or "
                       "'wikitext-103' (online, bench[datasets]), or a path to a UTF-8 text file")
     window: int = Field(256, ge=2, description="tokens per forward pass")
@@ -76,7 +82,7 @@ class PerplexitySettings(_Record):
     max_tokens: int | None = Field(8192, ge=2, description="evaluate on the first N tokens (null: all)")
 
 
-class ProfileSettings(_Record):
+class ProfileSettings(_Settings):
     """Profiling of latency cases (bench/measure/profiling.py): a separate phase after measuring."""
 
     enabled: bool = Field(False, description="profile this suite's (or variant's) latency cases")
@@ -92,7 +98,7 @@ class ProfileSettings(_Record):
     top: int = Field(10, ge=1, description="operators listed in the report")
 
 
-class RegressionSettings(_Record):
+class RegressionSettings(_Settings):
     """Thresholds of `bench compare`: a change smaller than its threshold is never a regression."""
 
     threshold: float = Field(0.05, gt=0, description="default relative change that counts (0.05 = 5 %)")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 from pydantic import ValidationError
 from tqdm import tqdm
 
+from bench.core.process import die_with_parent
 from bench.measure import quality
 from bench.records.rundir import RunDir
 from bench.records.schema import CaseRecord, CaseSpec, RawSamples, RegressionSettings, RunMeta
@@ -67,10 +67,14 @@ def run_case_process(case: CaseSpec, run: RunDir) -> tuple[CaseRecord, RawSample
         python = envs.interpreter_path(case.interpreter)
     except envs.MissingEnv as exc:  # recorded as skipped, with the command that creates the env
         return _record(case, started, status="skipped", reason=str(exc)), None
-    command = [python, "-m", "bench.run.worker", str(case_file), str(result_file), str(run.path)]
+    # absolute paths: the worker (another interpreter, maybe another working directory) finds the run anyway
+    command = [python, "-m", "bench.run.worker", str(case_file.resolve()), str(result_file.resolve()),
+               str(run.path.resolve())]
     with open(log_file, "wb") as log:
+        # its own session (a timeout kills its whole process group) that dies with the runner (kill -9 included);
+        # the preexec_fn makes one prctl call through a ctypes handle made before the fork: no lock is taken
         child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=_child_env(case),
-                                 start_new_session=True)
+                                 start_new_session=True, preexec_fn=die_with_parent())  # noqa: PLW1509
         try:
             returncode = child.wait(timeout=case.timeout_s)
         except subprocess.TimeoutExpired:
@@ -129,12 +133,13 @@ def suite_sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def start_run(suite_path: Path, suite_name: str, cases: list[CaseSpec], run: RunDir,
+def start_run(suite_path: Path, snapshot: bytes, suite_name: str, cases: list[CaseSpec], run: RunDir,
               regression: RegressionSettings) -> None:
-    """Create the run directory with its metadata and a snapshot of the suite (what --resume reads)."""
+    """Create the run directory with its metadata and the suite as it runs (`snapshot`: what --resume reads)."""
     run.create(RunMeta(
-        run_id=run.run_id, suite_name=suite_name, suite_path=str(suite_path), suite_sha256=suite_sha256(suite_path),
-        created_at=time.time(), environment=environment.fingerprint(), case_ids=[c.id for c in cases],
+        run_id=run.run_id, suite_name=suite_name, suite_path=str(suite_path),
+        suite_sha256=hashlib.sha256(snapshot).hexdigest(), created_at=time.time(),
+        environment=environment.fingerprint(), case_ids=[c.id for c in cases],
         reference=cases[0].reference if cases else None, regression=regression, command=sys.argv, cwd=os.getcwd(),
     ))
-    shutil.copyfile(suite_path, run.suite_snapshot)
+    run.suite_snapshot.write_bytes(snapshot)

@@ -2,7 +2,8 @@
 
 - `reader`: YAML with line numbers, `FILE:LINE: field: message` errors (`SuiteError`);
 - `schema`: what a suite may say (pydantic);
-- `expand`: the matrix of cases (`CaseSpec`, bench/records/schema.py) with stable ids.
+- `expand`: the matrix of cases (`CaseSpec`, bench/records/schema.py) with stable ids;
+- `checks`: what the schema cannot see (models, texts, contexts, threads, labels), with file:line errors.
 """
 from __future__ import annotations
 
@@ -10,31 +11,13 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from backends import backend_class
 from bench.records.schema import CaseSpec
-from bench.suite.expand import expand, force_profile, option_grid
-from bench.suite.reader import LineIndex, SuiteError, format_errors, line_of, read_yaml
+from bench.suite import checks
+from bench.suite.expand import expand, force_profile
+from bench.suite.reader import SuiteError, format_errors, read_yaml
 from bench.suite.schema import Suite
 
 __all__ = ["Suite", "SuiteError", "load_suite"]
-
-
-def _check_options(path: Path, index: LineIndex, suite: Suite) -> None:
-    for i, variant in enumerate(suite.backends):
-        options_model = backend_class(variant.backend).Options
-        for options in option_grid(variant.options):
-            try:
-                options_model(**options)
-            except ValidationError as exc:
-                raise SuiteError(format_errors(path, index, exc.errors(), options_model,
-                                               prefix=("backends", i, "options"))) from None
-
-
-def _check_reference(path: Path, index: LineIndex, suite: Suite, cases: list[CaseSpec]) -> None:
-    labels = sorted({c.variant for c in cases})
-    if suite.reference is not None and suite.reference not in labels:
-        raise SuiteError(f"{path}:{line_of(index, ('reference',))}: reference: '{suite.reference}' is not "
-                         f"a variant of this suite; valid values: {', '.join(labels)}")
 
 
 def load_suite(path: str | Path, profile: dict | None = None) -> tuple[Suite, list[CaseSpec]]:
@@ -49,10 +32,9 @@ def load_suite(path: str | Path, profile: dict | None = None) -> tuple[Suite, li
         suite = Suite.model_validate(data)
     except ValidationError as exc:
         raise SuiteError(format_errors(path, index, exc.errors(), Suite)) from None
-    _check_options(path, index, suite)
+    for check in (checks.check_options, checks.check_labels, checks.check_models, checks.check_eval_text,
+                  checks.check_contexts, checks.check_threads, checks.check_interpreters):
+        check(path, index, suite)
     cases = expand(suite)
-    _check_reference(path, index, suite, cases)
-    ids = [c.id for c in cases]
-    if len(set(ids)) != len(ids):
-        raise SuiteError(f"{path}: two cases are identical (same model, variant and task); remove the duplicate")
+    checks.check_cases(path, index, suite, cases)
     return suite, cases

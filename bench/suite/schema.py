@@ -15,9 +15,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from backends import UnknownBackend, backend_class
 from bench.records.schema import PerplexitySettings, ProfileSettings, RegressionSettings, Repetitions
 
+# Strict: YAML's `true` is not the integer 1, "2" is not 2; finite: `.inf` is not a timeout or a threshold.
+STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+PLAIN_NAME = r"^[A-Za-z0-9][A-Za-z0-9._=+-]{0,127}$"  # a suite name names its run directory
+# Workload bounds: far beyond any model these run, small enough that a typo fails here, not hours later.
+WORKLOAD_BOUNDS = {"batch_size": (1, 4096), "prompt_tokens": (1, 1 << 20), "new_tokens": (2, 1 << 20)}
+
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
 
 class WorkloadGrid(_Strict):
@@ -27,11 +33,13 @@ class WorkloadGrid(_Strict):
 
     @field_validator("batch_size", "prompt_tokens", "new_tokens")
     @classmethod
-    def _positive(cls, value, info):
+    def _bounded(cls, value, info):
         values = value if isinstance(value, list) else [value]
-        floor = 2 if info.field_name == "new_tokens" else 1
-        if not values or any(v < floor for v in values):
-            raise ValueError(f"must be an integer >= {floor} (or a non-empty list of them)")
+        low, high = WORKLOAD_BOUNDS[info.field_name]
+        if not values or any(not low <= v <= high for v in values):
+            raise ValueError(f"must be an integer from {low} to {high} (or a non-empty list of them)")
+        if len(set(values)) != len(values):
+            raise ValueError("a value is listed twice")
         return value
 
     def grid(self) -> list[dict[str, int]]:
@@ -40,6 +48,8 @@ class WorkloadGrid(_Strict):
 
 
 class SuiteRepetitions(Repetitions):
+    model_config = STRICT
+
     @model_validator(mode="after")
     def _ordered(self):
         if self.max < self.min:
@@ -48,6 +58,8 @@ class SuiteRepetitions(Repetitions):
 
 
 class SuitePerplexity(PerplexitySettings):
+    model_config = STRICT
+
     @model_validator(mode="after")
     def _stride_fits(self):
         if self.stride > self.window:
@@ -56,6 +68,8 @@ class SuitePerplexity(PerplexitySettings):
 
 
 class SuiteRegression(RegressionSettings):
+    model_config = STRICT
+
     @field_validator("metrics")
     @classmethod
     def _known_metrics(cls, value):
@@ -74,13 +88,17 @@ class SuiteRegression(RegressionSettings):
         return value
 
 
+class SuiteProfile(ProfileSettings):
+    model_config = STRICT
+
+
 class Variant(_Strict):
     backend: str
     label: str | None = Field(None, description="name shown in reports (default: backend[options])")
     options: dict[str, Any] = Field(default_factory=dict)
     interpreter: str | None = Field(None, description="Python interpreter for this backend's cases: a path, "
                                     "or env:NAME for a managed env (python -m bench env create NAME)")
-    profile: ProfileSettings | None = Field(None, description="overrides the suite's profile settings for this variant")
+    profile: SuiteProfile | None = Field(None, description="overrides the suite's profile settings for this variant")
 
     @field_validator("backend")
     @classmethod
@@ -90,6 +108,21 @@ class Variant(_Strict):
         except UnknownBackend as exc:  # a KeyError; pydantic reports only ValueErrors as field errors
             raise ValueError(str(exc)) from None
         return name
+
+    @field_validator("label")
+    @classmethod
+    def _label(cls, label):
+        if label is not None and not label.strip():
+            raise ValueError("an empty label; leave it out to get backend[options]")
+        return label
+
+    @field_validator("options")
+    @classmethod
+    def _no_empty_lists(cls, options):
+        empty = [k for k, v in options.items() if isinstance(v, list) and not v]
+        if empty:
+            raise ValueError(f"option {empty[0]!r} is an empty list: a list expands into one variant per value")
+        return options
 
     @field_validator("interpreter")
     @classmethod
@@ -103,18 +136,35 @@ class Variant(_Strict):
 
 
 class Suite(_Strict):
-    name: str
+    name: str = Field(pattern=PLAIN_NAME, description="names its runs: letters, digits and . _ = + -")
     description: str = ""
     models: list[str] = Field(min_length=1)
     backends: list[Variant] = Field(min_length=1)
-    workloads: list[WorkloadGrid] = Field(default_factory=lambda: [WorkloadGrid()])
-    tasks: list[Literal["latency", "perplexity"]] = ["latency", "perplexity"]
+    workloads: list[WorkloadGrid] = Field(default_factory=lambda: [WorkloadGrid()], min_length=1)
+    tasks: list[Literal["latency", "perplexity"]] = Field(["latency", "perplexity"], min_length=1)
     repetitions: SuiteRepetitions = SuiteRepetitions()
     perplexity: SuitePerplexity = SuitePerplexity()
-    threads: int = Field(1, ge=1, description="torch intra-op threads (and OMP/MKL threads) per case")
-    timeout_s: float = Field(900, gt=0, description="a case still running after this is killed and recorded")
+    threads: int = Field(1, ge=1, le=1024, description="torch intra-op threads (and OMP/MKL threads) per case")
+    timeout_s: float = Field(900, gt=0, le=7 * 24 * 3600,
+                             description="a case still running after this is killed and recorded")
     reference: str | None = Field(None, description="variant label every other variant is compared to")
     peak_memory_bandwidth_gbs: float | None = Field(
         None, gt=0, description="the device's peak memory bandwidth in GB/s, for MBU (known GPUs need none)")
     regression: SuiteRegression = SuiteRegression()
-    profile: ProfileSettings = ProfileSettings()
+    profile: SuiteProfile = SuiteProfile()
+
+    @field_validator("models")
+    @classmethod
+    def _named(cls, models):
+        if any(not m.strip() for m in models):
+            raise ValueError("an empty model name; give a built-in name, a local directory or a hub id")
+        if len(set(models)) != len(models):
+            raise ValueError("a model is listed twice")
+        return models
+
+    @field_validator("tasks")
+    @classmethod
+    def _once(cls, tasks):
+        if len(set(tasks)) != len(tasks):
+            raise ValueError("a task is listed twice")
+        return tasks

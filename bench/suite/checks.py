@@ -1,0 +1,161 @@
+"""Checks a suite must pass beyond its schema, so a mistake fails `validate` in a second, not a run later.
+
+Each names the file, the line and the field: models that cannot be found, an evaluation text that is
+missing, empty or not UTF-8 text, workloads longer than a model's context, more threads than this
+machine has, an interpreter that cannot be executed, two variants with the same label, a suite that
+expands to no case.
+"""
+from __future__ import annotations
+
+import codecs
+import json
+import os
+import re
+from pathlib import Path
+
+from backends import backend_class
+from bench.measure.evaltext import NAMES as EVAL_TEXT_NAMES
+from bench.records.schema import CaseSpec
+from bench.suite.expand import option_grid, variant_label
+from bench.suite.reader import LineIndex, SuiteError, line_of
+from bench.suite.schema import Suite
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")  # `name` or `org/name`
+TEXT_PROBE_BYTES = 1 << 20  # the evaluation text's first MiB is checked to be UTF-8
+
+
+def _at(path: Path, index: LineIndex, loc: tuple, message: str) -> SuiteError:
+    field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+    return SuiteError(f"{path}:{line_of(index, loc)}: {field}: {message}")
+
+
+def model_context(model: str) -> int | None:
+    """The model's context length in tokens when it can be read without loading it (config.json), else None."""
+    from bench.models import BUILTIN_CONTEXT
+
+    if model in BUILTIN_CONTEXT:
+        return BUILTIN_CONTEXT[model]
+    config = Path(model).expanduser() / "config.json"
+    try:
+        value = json.loads(config.read_text()).get("max_position_embeddings")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def check_models(path: Path, index: LineIndex, suite: Suite) -> None:
+    from bench.models import BUILTIN_MODELS
+
+    for i, model in enumerate(suite.models):
+        if model in BUILTIN_MODELS:
+            continue
+        local = Path(model).expanduser()
+        if local.exists():
+            if local.is_dir() and not (local / "config.json").is_file():
+                raise _at(path, index, ("models", i), f"{model} is a directory without config.json: not a Hugging "
+                                                      f"Face model directory")
+            continue
+        looks_local = model.startswith(("/", "./", "../", "~")) or model.endswith((".gguf", ".onnx"))
+        if looks_local or not HUB_ID.fullmatch(model):
+            raise _at(path, index, ("models", i), f"{model} does not exist; give a built-in name "
+                                                  f"({', '.join(sorted(BUILTIN_MODELS))}), an existing local "
+                                                  f"directory or file, or a hub id (org/name)")
+
+
+def check_eval_text(path: Path, index: LineIndex, suite: Suite) -> None:
+    """A file named as the evaluation text (prompts are cut from it too) must be non-empty UTF-8 text."""
+    text = suite.perplexity.text
+    if text in EVAL_TEXT_NAMES:
+        return
+    loc = ("perplexity", "text")
+    file = Path(text).expanduser()
+    if not file.is_file():
+        raise _at(path, index, loc, f"{text}: no such file (relative paths are relative to where you run bench); "
+                                    f"valid names: {', '.join(EVAL_TEXT_NAMES)}, or a UTF-8 text file")
+    with open(file, "rb") as f:
+        head = f.read(TEXT_PROBE_BYTES)
+    if not head.strip():
+        raise _at(path, index, loc, f"{text} is empty: prompts and perplexity need text")
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError as exc:
+        raise _at(path, index, loc, f"{text} is not UTF-8 text (byte 0x{head[exc.start]:02x} at offset "
+                                    f"{exc.start})") from None
+
+
+def check_contexts(path: Path, index: LineIndex, suite: Suite) -> None:
+    """Prompt plus new tokens, and the perplexity window, fit every model whose context is known."""
+    for model in suite.models:
+        context = model_context(model)
+        if context is None:
+            continue
+        for w, workload in enumerate(suite.workloads) if "latency" in suite.tasks else ():
+            for point in workload.grid():
+                if point["prompt_tokens"] + point["new_tokens"] > context:
+                    raise _at(path, index, ("workloads", w, "prompt_tokens"),
+                              f"{point['prompt_tokens']} prompt + {point['new_tokens']} new tokens exceed the "
+                              f"{context}-token context of {model}")
+        if "perplexity" in suite.tasks and suite.perplexity.window > context:
+            raise _at(path, index, ("perplexity", "window"),
+                      f"a window of {suite.perplexity.window} tokens exceeds the {context}-token context of {model}")
+
+
+def available_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def check_threads(path: Path, index: LineIndex, suite: Suite) -> None:
+    cpus = available_cpus()
+    if suite.threads > cpus:
+        raise _at(path, index, ("threads",), f"{suite.threads} threads, but this process may use {cpus} CPU(s): "
+                                             f"an oversubscribed case measures the scheduler, not the model")
+
+
+def check_interpreters(path: Path, index: LineIndex, suite: Suite) -> None:
+    for i, variant in enumerate(suite.backends):
+        interpreter = variant.interpreter
+        if not interpreter or interpreter.startswith("env:"):
+            continue  # a managed env may be created later: its cases are skipped with the command until then
+        exe = Path(interpreter).expanduser()
+        if not exe.exists():
+            continue  # made later (the nightly workflow builds its vLLM venv): its cases are skipped until then
+        if not exe.is_file() or not os.access(exe, os.X_OK):
+            raise _at(path, index, ("backends", i, "interpreter"), f"{interpreter} is not an executable file")
+
+
+def check_options(path: Path, index: LineIndex, suite: Suite) -> None:
+    from pydantic import ValidationError
+
+    from bench.suite.reader import format_errors
+
+    for i, variant in enumerate(suite.backends):
+        options_model = backend_class(variant.backend).Options
+        for options in option_grid(variant.options):
+            try:
+                options_model(**options)
+            except ValidationError as exc:
+                raise SuiteError(format_errors(path, index, exc.errors(), options_model,
+                                               prefix=("backends", i, "options"))) from None
+
+
+def check_labels(path: Path, index: LineIndex, suite: Suite) -> None:
+    """Every variant label names one report row: two variants may not share one."""
+    seen: dict[str, int] = {}
+    for i, variant in enumerate(suite.backends):
+        grid = option_grid(variant.options)
+        for options in grid:
+            label = variant_label(variant, options, expanded=len(grid) > 1)
+            if label in seen:
+                first = seen[label]
+                raise _at(path, index, ("backends", i), f"its label '{label}' is also that of backends[{first}] "
+                          f"(line {line_of(index, ('backends', first))}); give each variant its own label")
+            seen[label] = i
+
+
+def check_cases(path: Path, index: LineIndex, suite: Suite, cases: list[CaseSpec]) -> None:
+    if not cases:
+        raise SuiteError(f"{path}:1: the suite expands to no case (check models, backends, workloads and tasks)")
+    labels = sorted({c.variant for c in cases})
+    if suite.reference is not None and suite.reference not in labels:
+        raise _at(path, index, ("reference",), f"'{suite.reference}' is not a variant of this suite; "
+                                               f"valid values: {', '.join(labels)}")
