@@ -171,7 +171,7 @@ def _check_structure(path: Path, text: str) -> None:
             if any(frame.anchor == event.anchor for frame in stack):
                 raise fail(event, f"alias *{event.anchor} refers to an anchor that contains it (a recursive "
                                   f"structure)")
-            add(event, sizes.get(event.anchor, 1))
+            add(event, sizes.get(event.anchor or "", 1))
 
 
 def read_yaml(path: Path) -> tuple[dict, LineIndex]:
