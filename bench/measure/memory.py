@@ -59,9 +59,12 @@ class MemoryReading:
 
 
 class MemorySampler:
-    def __init__(self, interval_s: float = SAMPLE_INTERVAL_S) -> None:
+    """Samples the process tree rooted at `pid` (default: this process; a serving case samples its server's)."""
+
+    def __init__(self, interval_s: float = SAMPLE_INTERVAL_S, pid: int | None = None) -> None:
         self.interval_s = interval_s
-        self._process = psutil.Process(os.getpid())
+        self._pid = pid
+        self._process = psutil.Process(pid or os.getpid())
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.baseline_rss = 0
@@ -104,7 +107,10 @@ class MemorySampler:
             self._sample()
 
     def start(self) -> MemorySampler:
-        self.baseline_rss = self._process.memory_info().rss
+        try:
+            self.baseline_rss = self._process.memory_info().rss
+        except psutil.Error:  # another process that already exited
+            self.baseline_rss = 0
         self._sample()
         self._thread = threading.Thread(target=self._loop, name="bench-memory", daemon=True)
         self._thread.start()
@@ -115,7 +121,7 @@ class MemorySampler:
         if self._thread:
             self._thread.join()
         self._sample()
-        hwm = vm_hwm_bytes()
+        hwm = vm_hwm_bytes(self._pid or "self")
         peak = max(self.peak_rss, hwm or 0)
         reading = MemoryReading({
             "peak_rss_bytes": peak,

@@ -68,9 +68,11 @@ def run_case_process(case: CaseSpec, run: RunDir) -> tuple[CaseRecord, RawSample
     except envs.MissingEnv as exc:  # recorded as skipped, with the command that creates the env
         return _record(case, started, status="skipped", reason=str(exc)), None
     command = [python, "-m", "bench.run.worker", str(case_file), str(result_file), str(run.path)]
+    progress = os.dup(sys.stderr.fileno())  # a serving case prints one line per load level here
     with open(log_file, "wb") as log:
-        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=_child_env(case),
-                                 start_new_session=True)
+        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, pass_fds=(progress,),
+                                 env={**_child_env(case), "BENCH_PROGRESS_FD": str(progress)}, start_new_session=True)
+        os.close(progress)
         try:
             returncode = child.wait(timeout=case.timeout_s)
         except subprocess.TimeoutExpired:

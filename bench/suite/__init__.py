@@ -20,14 +20,17 @@ __all__ = ["Suite", "SuiteError", "load_suite"]
 
 
 def _check_options(path: Path, index: LineIndex, suite: Suite) -> None:
-    for i, variant in enumerate(suite.backends):
-        options_model = backend_class(variant.backend).Options
-        for options in option_grid(variant.options):
+    from bench.serving.servers import server_class
+
+    checks = [("backends", i, backend_class(v.backend).Options, v.options) for i, v in enumerate(suite.backends)]
+    checks += [("servers", i, server_class(v.server).Options, v.options) for i, v in enumerate(suite.servers)]
+    for section, i, options_model, declared in checks:
+        for options in option_grid(declared):
             try:
                 options_model(**options)
             except ValidationError as exc:
                 raise SuiteError(format_errors(path, index, exc.errors(), options_model,
-                                               prefix=("backends", i, "options"))) from None
+                                               prefix=(section, i, "options"))) from None
 
 
 def _check_reference(path: Path, index: LineIndex, suite: Suite, cases: list[CaseSpec]) -> None:

@@ -1,7 +1,9 @@
 """The suite file's schema: what a YAML suite may say, validated by pydantic (unknown keys rejected).
 
 A suite is a matrix: models x backend variants (backend + options; a list-valued option expands)
-x tasks (each point of the latency workload grid, plus perplexity). The settings a case carries
+x tasks (each point of the latency workload grid, plus perplexity), and models x server variants
+(`servers:`, bench/serving/servers.py) x the serving task, one case per model and server holding
+every load level of the `serving:` section. The settings a case carries
 into its record (workload, repetitions, perplexity, profile, regression) are defined with the
 records, in bench/records/schema.py, so a finished run is readable without this module.
 """
@@ -13,7 +15,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from backends import UnknownBackend, backend_class
-from bench.records.schema import PerplexitySettings, ProfileSettings, RegressionSettings, Repetitions
+from bench.records.schema import (
+    PerplexitySettings,
+    ProfileSettings,
+    RegressionSettings,
+    Repetitions,
+    ServingSettings,
+)
 
 
 class _Strict(BaseModel):
@@ -94,21 +102,56 @@ class Variant(_Strict):
     @field_validator("interpreter")
     @classmethod
     def _known_env(cls, interpreter):
-        from bench.run import envs
+        return _known_interpreter(interpreter)
 
-        try:
-            return envs.check_interpreter(interpreter)
-        except envs.EnvError as exc:
-            raise ValueError(str(exc)) from None
+
+def _known_interpreter(interpreter: str | None) -> str | None:
+    from bench.run import envs
+
+    try:
+        return envs.check_interpreter(interpreter)
+    except envs.EnvError as exc:
+        raise ValueError(str(exc)) from None
+
+
+class ServerVariant(_Strict):
+    """A server the serving task starts (or an external endpoint), with its options."""
+
+    server: str
+    label: str | None = Field(None, description="name shown in reports (default: server[options])")
+    options: dict[str, Any] = Field(default_factory=dict)
+    interpreter: str | None = Field(None, description="Python interpreter that runs the server: a path, or "
+                                    "env:NAME (e.g. env:vllm-cpu for vllm-server)")
+
+    @property
+    def backend(self) -> str:
+        """The server kind: a serving case's `backend`."""
+        return self.server
+
+    @field_validator("server")
+    @classmethod
+    def _registered(cls, name):
+        from bench.serving.servers import SERVERS
+
+        if name not in SERVERS:
+            raise ValueError(f"unknown server '{name}'; registered: {', '.join(sorted(SERVERS))}")
+        return name
+
+    @field_validator("interpreter")
+    @classmethod
+    def _known_env(cls, interpreter):
+        return _known_interpreter(interpreter)
 
 
 class Suite(_Strict):
     name: str
     description: str = ""
     models: list[str] = Field(min_length=1)
-    backends: list[Variant] = Field(min_length=1)
+    backends: list[Variant] = Field(default_factory=list)
+    servers: list[ServerVariant] = Field(default_factory=list, description="servers of the serving task")
     workloads: list[WorkloadGrid] = Field(default_factory=lambda: [WorkloadGrid()])
-    tasks: list[Literal["latency", "perplexity"]] = ["latency", "perplexity"]
+    tasks: list[Literal["latency", "perplexity", "serving"]] = ["latency", "perplexity"]
+    serving: ServingSettings | None = Field(None, description="load levels, request shape, SLOs of serving cases")
     repetitions: SuiteRepetitions = SuiteRepetitions()
     perplexity: SuitePerplexity = SuitePerplexity()
     threads: int = Field(1, ge=1, description="torch intra-op threads (and OMP/MKL threads) per case")
@@ -118,3 +161,13 @@ class Suite(_Strict):
         None, gt=0, description="the device's peak memory bandwidth in GB/s, for MBU (known GPUs need none)")
     regression: SuiteRegression = SuiteRegression()
     profile: ProfileSettings = ProfileSettings()
+
+    @model_validator(mode="after")
+    def _something_to_run(self):
+        if not self.backends and not self.servers:
+            raise ValueError("give backends (latency, perplexity) or servers (serving), or both")
+        if self.servers and "serving" not in self.tasks:
+            raise ValueError("servers are listed but 'serving' is not in tasks")
+        if "serving" in self.tasks and (not self.servers or self.serving is None):
+            raise ValueError("the serving task needs servers: and a serving: section (levels or a sweep)")
+        return self
