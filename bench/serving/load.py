@@ -68,6 +68,10 @@ class _Level:
         self.stop.set()
 
     def _check_runaway(self) -> None:
+        code = self.server_exit()
+        if code is not None:  # failures caused by a dead server: say so, not "runaway"
+            self.halt(f"server exited with code {code} during the level")
+            return
         done = self.finished
         if len(done) < self.limits.min_requests:
             return

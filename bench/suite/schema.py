@@ -82,12 +82,28 @@ class SuiteRegression(RegressionSettings):
         return value
 
 
-class Variant(_Strict):
-    backend: str
-    label: str | None = Field(None, description="name shown in reports (default: backend[options])")
+class _Runnable(_Strict):
+    """What backend and server variants share: a label, options (a list expands), an interpreter."""
+
+    label: str | None = Field(None, description="name shown in reports (default: name[options])")
     options: dict[str, Any] = Field(default_factory=dict)
-    interpreter: str | None = Field(None, description="Python interpreter for this backend's cases: a path, "
-                                    "or env:NAME for a managed env (python -m bench env create NAME)")
+    interpreter: str | None = Field(None, description="Python interpreter for its cases (for a server: the one "
+                                    "that runs the server): a path, or env:NAME for a managed env "
+                                    "(python -m bench env create NAME)")
+
+    @field_validator("interpreter")
+    @classmethod
+    def _known_env(cls, interpreter):
+        from bench.run import envs
+
+        try:
+            return envs.check_interpreter(interpreter)
+        except envs.EnvError as exc:
+            raise ValueError(str(exc)) from None
+
+
+class Variant(_Runnable):
+    backend: str
     profile: ProfileSettings | None = Field(None, description="overrides the suite's profile settings for this variant")
 
     @field_validator("backend")
@@ -99,29 +115,11 @@ class Variant(_Strict):
             raise ValueError(str(exc)) from None
         return name
 
-    @field_validator("interpreter")
-    @classmethod
-    def _known_env(cls, interpreter):
-        return _known_interpreter(interpreter)
 
-
-def _known_interpreter(interpreter: str | None) -> str | None:
-    from bench.run import envs
-
-    try:
-        return envs.check_interpreter(interpreter)
-    except envs.EnvError as exc:
-        raise ValueError(str(exc)) from None
-
-
-class ServerVariant(_Strict):
+class ServerVariant(_Runnable):
     """A server the serving task starts (or an external endpoint), with its options."""
 
     server: str
-    label: str | None = Field(None, description="name shown in reports (default: server[options])")
-    options: dict[str, Any] = Field(default_factory=dict)
-    interpreter: str | None = Field(None, description="Python interpreter that runs the server: a path, or "
-                                    "env:NAME (e.g. env:vllm-cpu for vllm-server)")
 
     @property
     def backend(self) -> str:
@@ -136,11 +134,6 @@ class ServerVariant(_Strict):
         if name not in SERVERS:
             raise ValueError(f"unknown server '{name}'; registered: {', '.join(sorted(SERVERS))}")
         return name
-
-    @field_validator("interpreter")
-    @classmethod
-    def _known_env(cls, interpreter):
-        return _known_interpreter(interpreter)
 
 
 class Suite(_Strict):
