@@ -157,7 +157,8 @@ async def send(http, target: Target, prompt: str, output_tokens: int, out: Outco
         out.fail("timeout", f"no complete answer after {target.timeout_s:g} s")
     except aiohttp.ClientConnectorError as exc:
         out.fail("connect", str(exc))
-    except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, ConnectionResetError) as exc:
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError,
+            ConnectionResetError) as exc:  # ClientOSError: a reset connection (connect errors are caught above)
         out.fail("disconnected", f"{type(exc).__name__}: {exc}")
     except aiohttp.ClientResponseError as exc:
         out.fail(f"http_{exc.status}", str(exc))
