@@ -148,6 +148,69 @@ _METRICS = [
            "Self time of an operator over the profiled generations: time inside it, excluding operators it called, "
            "summed over its calls (CPU, and device where traced). Shares are fractions of the summed self time of "
            "all operators; categories (attention / matmul / other) go by operator name."),
+    # serving: one load level of a real server (bench/serving/); per request, then per level
+    Metric("serve_ttft_ms", "TTFT", "ms", "sampled", "lower",
+           "Serving time to first token: from the request's actual send until the first streamed chunk that carries "
+           "content (text, or a chat delta's content), one sample per successful request."),
+    Metric("serve_tpot_ms", "TPOT", "ms", "sampled", "lower",
+           "Serving time per output token: (e2e - TTFT) / (output tokens - 1) per successful request, output tokens "
+           "counted with the model's tokenizer."),
+    Metric("serve_itl_ms", "ITL", "ms", "sampled", "lower",
+           "Serving inter-token latency: every gap between consecutive content chunks, pooled over the level's "
+           "requests (a chunk may carry more than one token; serve_tokens_per_chunk says how many on average)."),
+    Metric("serve_e2e_ms", "e2e", "ms", "sampled", "lower",
+           "Serving end-to-end latency: from the request's actual send until its last chunk (or the end of the "
+           "stream), per successful request."),
+    Metric("serve_ttft_sched_ms", "TTFT from schedule", "ms", "sampled", "lower",
+           "Open loop: time to first token measured from the request's scheduled send time (what a user arriving "
+           "then waits; corrects coordinated omission). Closed loop: equal to serve_ttft_ms."),
+    Metric("serve_e2e_sched_ms", "e2e from schedule", "ms", "sampled", "lower",
+           "Open loop: end-to-end latency from the scheduled send time (corrects coordinated omission)."),
+    Metric("serve_schedule_lag_ms", "schedule lag", "ms", "info", "lower",
+           "Open loop: how far behind its schedule each request was sent (actual - scheduled send time), every "
+           "request sent; includes waiting for a free slot under a concurrency ceiling. A property of the client "
+           "and the schedule, so shown but never gated."),
+    Metric("serve_request_rps", "throughput", "req/s", "throughput", "higher",
+           "Request throughput: successful requests / the level's duration (first send to last answer)."),
+    Metric("serve_output_tok_s", "output", "tok/s", "throughput", "higher",
+           "Output token throughput: output tokens of the successful requests / the level's duration."),
+    Metric("serve_total_tok_s", "total", "tok/s", "throughput", "higher",
+           "Total token throughput: input + output tokens of the successful requests / the level's duration."),
+    Metric("serve_tok_s_per_user", "per user", "tok/s", "sampled", "higher",
+           "Tokens per second one user sees: a request's output tokens / its e2e latency, per successful request."),
+    Metric("serve_goodput_rps", "goodput", "req/s", "throughput", "higher",
+           "Goodput: successful requests that met every SLO the suite states (serving.slo) / the level's duration; "
+           "equal to serve_request_rps when no SLO is stated."),
+    Metric("serve_slo_fraction", "SLO met", "fraction", "scalar", "higher",
+           "Share of the level's sent requests that succeeded and met every stated SLO."),
+    Metric("serve_error_rate", "errors", "fraction", "scalar", "lower",
+           "Share of the level's sent requests that failed (any kind: connection, HTTP status, not SSE, malformed "
+           "chunk, timeout, disconnect, server crash); counts by kind are in the level's errors."),
+    Metric("serve_offered_rps", "offered", "req/s", "info", None,
+           "Open loop: the rate the level's arrival schedule asked for (requests / scheduled span)."),
+    Metric("serve_duration_s", "duration", "s", "info", None,
+           "The level's duration: from its first send to its last answer (the denominator of its throughputs)."),
+    Metric("serve_requests", "requests", "count", "info", None, "Requests the level sent."),
+    Metric("serve_ok_requests", "ok", "count", "info", None, "Requests that succeeded."),
+    Metric("serve_input_tokens", "input tokens", "count", "info", None,
+           "Prompt tokens of the successful requests, counted with the model's tokenizer on the text sent."),
+    Metric("serve_output_tokens", "output tokens", "count", "info", None,
+           "Generated tokens of the successful requests: their streamed text re-tokenized with the model's "
+           "tokenizer."),
+    Metric("serve_tokens_per_chunk", "tokens/chunk", "", "info", None,
+           "Output tokens / content chunks over the successful requests (1: one token per SSE event)."),
+    Metric("serve_usage_mismatches", "usage mismatches", "count", "info", None,
+           "Successful requests whose server-reported usage (prompt or completion tokens) differs from bench's "
+           "count with the model's tokenizer; requests without usage are not counted."),
+    _bytes("serve_server_rss_bytes", "server RSS", "scalar",
+           "Peak resident memory of the server's process tree during the level (psutil, sampled every 50 ms)."),
+    Metric("serve_client_cpu", "client CPU", "fraction", "info", "lower",
+           "CPU time the client process used during the level / the level's wall time (1.0 = one core busy)."),
+    Metric("serve_client_max_rps", "client max", "req/s", "info", "higher",
+           "Self-check: requests per second of client CPU time against the stub server (the rate at which the "
+           "client alone would keep one core busy), with this level's output length."),
+    Metric("serve_ready_s", "ready", "s", "timing", "lower",
+           "Server start: from launching its process until its readiness endpoint answered 200."),
     Metric("profile_step_ms", "profiled step", "ms", "info", "lower",
            "Wall time of one generation under the profiler (mean over the profiled steps), split into prefill (until "
            "the first token) and decode; the profiler's overhead is included."),

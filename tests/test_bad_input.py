@@ -68,8 +68,11 @@ CORPUS: list[tuple[str, str, str, str]] = [
     ("model not a string", GOOD.replace("[synthetic]", "[42]"), "models:", "models[0]: Input should be a valid"),
     ("model name not a hub id", GOOD.replace("[synthetic]", '["a b c"]'), "models:", "does not exist"),
     # -- backends
-    ("no backends", "name: bad\nmodels: [x]\n" + WORK + TEXT, "", "backends: required field is missing"),
-    ("empty backends", "name: bad\nmodels: [x]\nbackends: []\n" + WORK + TEXT, "backends:", "at least 1 item"),
+    ("no backends", "name: bad\nmodels: [x]\n" + WORK + TEXT, "", "backends: give backends (latency, perplexity) or"),
+    ("empty backends", "name: bad\nmodels: [x]\nbackends: []\n" + WORK + TEXT, "backends:", "give backends"),
+    ("servers without the serving task", GOOD + "servers: [{server: stub}]\n", "servers", "'serving' is not in"),
+    ("serving without servers", suite(work=WORK.replace("[latency]", "[latency, serving]")), "tasks:",
+     "the serving task needs servers"),
     ("unknown backend", GOOD.replace("hf-eager", "hf-eagr"), "hf-eagr", "backends[0].backend: unknown backend"),
     ("module:function backend", GOOD.replace("hf-eager", '"os:system"'), "os:system", "is not a backend"),
     ("module that does not import", GOOD.replace("hf-eager", '"no_such_module:X"'), "no_such", "cannot be imported"),

@@ -44,7 +44,7 @@ MALFORMED = [
     ("unknown option", "backends:\n  - backend: bettertransformer\n    options: {flash: true}\n", 5,
      "backends[0].options.flash", "valid fields: device, dtype, compile"),
     ("bad task", "backends: [{backend: hf-eager}]\ntasks: [latency, speed]\n", 4, "tasks[1]",
-     "'latency' or 'perplexity'"),
+     "'latency', 'perplexity' or 'serving'"),
     ("too few tokens", "backends: [{backend: hf-eager}]\nworkloads: [{new_tokens: 1}]\n", 4,
      "workloads[0].new_tokens", "from 2 to"),
     ("bad reference", "backends: [{backend: hf-eager}]\nreference: nope\n", 4, "reference",

@@ -46,6 +46,17 @@ class LlamaCpp(Backend):
     _n_seq: int
     _n_batch: int
 
+    @classmethod
+    def file_for_server(cls, model_dir: str, quant: str) -> tuple[Path, bool, str]:
+        """(GGUF file of an HF directory at `quant`, whether llama.cpp's extra CPU buffer types work on it here,
+        why): what llama.cpp's OpenAI server (bench/serving) runs, with the same conversion and crash probe."""
+        from backends.gguf.convert import gguf_file
+        from backends.gguf.cpu_probe import extra_buffers_work
+
+        llama_cpp = require("llama_cpp", EXTRA, cls.name)
+        path = gguf_file(model_dir, quant)
+        return (path, *extra_buffers_work(path, llama_cpp.__version__))
+
     def load(self, model_path: str) -> None:
         self._lib = llama_cpp = require("llama_cpp", EXTRA, self.name)
         logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's info logs: errors only

@@ -164,30 +164,67 @@ def verdict_scalar(c: Comparison, metric: Metric) -> str:
 def compare_case(base: CaseRecord, cur: CaseRecord, base_raw: RawSamples | None, cur_raw: RawSamples | None,
                  rule: Rule) -> list[Comparison]:
     out = []
-    for name, metric in METRICS.items():
-        b, c = base.value(name), cur.value(name)
-        if b is None or c is None or metric.kind == "info":
+    for name in METRICS:
+        comp = compare_metric(cur.id, cur, name, base.value(name), cur.value(name), units_of(base, base_raw, name),
+                              units_of(cur, cur_raw, name), rule)
+        if comp is not None:
+            out.append(comp)
+    return out + compare_serving(base, cur, base_raw, cur_raw, rule)
+
+
+def compare_serving(base: CaseRecord, cur: CaseRecord, base_raw: RawSamples | None, cur_raw: RawSamples | None,
+                    rule: Rule) -> list[Comparison]:
+    """Serving cases: every metric of every load level both runs measured, per level (`case@level`).
+
+    Per-request latencies are compared on the requests' samples (bootstrap resamples requests), the
+    level's throughputs, error rate and memory against the threshold."""
+    from bench.serving.aggregate import request_units
+
+    if base.serving is None or cur.serving is None:
+        return []
+    measured = ("ok", "stopped")
+    base_levels = {lv.key: lv for lv in base.serving.levels if lv.status in measured}
+    out = []
+    for level in cur.serving.levels:
+        before = base_levels.get(level.key)
+        if before is None or level.status not in measured:
             continue
-        comp = Comparison(case=cur.id, variant=cur.variant, metric=name, unit=metric.unit, better=metric.better or "",
-                          method="threshold only", baseline=float(b), current=float(c), ratio=None,
-                          threshold=rule.threshold_for(cur, name))
-        bu, cu = units_of(base, base_raw, name), units_of(cur, cur_raw, name)
-        if bu is not None and cu is not None:
-            comp.method = "bootstrap+mann-whitney"
-            comp.baseline, comp.current = float(bu[1](bu[0])), float(cu[1](cu[0]))
-            for key, value in compare_sampled(bu, cu, rule, metric, _seed(rule, cur.id, name)).items():
-                setattr(comp, key, value)
-            comp.status = verdict_sampled(comp, metric, rule)
-        else:
-            comp.ratio = c / b if b else (1.0 if c == b else math.inf)
-            if not metric.gated:
-                comp.method, comp.status = "not gated", "not gated"
-                comp.note = "one timing without repetitions: shown, never a regression"
-            else:
-                comp.status = verdict_scalar(comp, metric)
-                comp.note = "scalar without samples: compared with the threshold only"
-        out.append(comp)
+        b_req = (base_raw.serving or {}).get(level.key) if base_raw else None
+        c_req = (cur_raw.serving or {}).get(level.key) if cur_raw else None
+        for name in level.metrics:
+            bu = request_units(b_req, name) if b_req else None
+            cu = request_units(c_req, name) if c_req else None
+            comp = compare_metric(f"{cur.id}@{level.key}", cur, name, before.value(name), level.value(name), bu, cu,
+                                  rule)
+            if comp is not None:
+                out.append(comp)
     return out
+
+
+def compare_metric(case: str, cur: CaseRecord, name: str, b: float | None, c: float | None, bu, cu,
+                   rule: Rule) -> Comparison | None:
+    """One metric of one case (or serving level): None when it is not comparable (missing, or info only)."""
+    metric = METRICS.get(name)
+    if metric is None or b is None or c is None or metric.kind == "info":
+        return None
+    comp = Comparison(case=case, variant=cur.variant, metric=name, unit=metric.unit, better=metric.better or "",
+                      method="threshold only", baseline=float(b), current=float(c), ratio=None,
+                      threshold=rule.threshold_for(cur, name))
+    if bu is not None and cu is not None:
+        comp.method = "bootstrap+mann-whitney"
+        comp.baseline, comp.current = float(bu[1](bu[0])), float(cu[1](cu[0]))
+        for key, value in compare_sampled(bu, cu, rule, metric, _seed(rule, case, name)).items():
+            setattr(comp, key, value)
+        comp.status = verdict_sampled(comp, metric, rule)
+    else:
+        comp.ratio = c / b if b else (1.0 if c == b else math.inf)
+        if not metric.gated:
+            comp.method, comp.status = "not gated", "not gated"
+            comp.note = "one timing without repetitions: shown, never a regression"
+        else:
+            comp.status = verdict_scalar(comp, metric)
+            comp.note = "scalar without samples: compared with the threshold only"
+    return comp
 
 
 def rule_from(run: Run, threshold: float | None = None, **kwargs) -> Rule:

@@ -80,7 +80,7 @@ def record_run(run: Run, db: Path, branch: str | None = None, commit: str | None
                     continue
                 conn.execute("INSERT INTO metrics VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                              (run.run_id, r.id, r.variant, r.model, r.task,
-                              r.workload.short if r.workload else "perplexity", name, shown, low, high, n))
+                              r.workload.short if r.workload else r.task, name, shown, low, high, n))
     conn.close()
     return row
 

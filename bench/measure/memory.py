@@ -63,9 +63,12 @@ class MemoryReading:
 
 
 class MemorySampler:
-    def __init__(self, interval_s: float = SAMPLE_INTERVAL_S) -> None:
+    """Samples the process tree rooted at `pid` (default: this process; a serving case samples its server's)."""
+
+    def __init__(self, interval_s: float = SAMPLE_INTERVAL_S, pid: int | None = None) -> None:
         self.interval_s = interval_s
-        self._process = psutil.Process(os.getpid())
+        self._pid = pid
+        self._process = psutil.Process(pid or os.getpid())
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.baseline_rss = 0
@@ -73,7 +76,7 @@ class MemorySampler:
         self.max_children = 0
         self._children: list[psutil.Process] = []
         self._children_at = -1.0
-        self._own_hwm = vm_hwm_bytes() is not None  # the kernel tracks the own peak; no need to sample it
+        self._own_hwm = vm_hwm_bytes(pid or "self") is not None  # the kernel tracks the root's peak: not sampled
         self._nvml, self._nvml_reason = _nvml_handles()
         self.peak_nvml = 0
 
@@ -121,7 +124,10 @@ class MemorySampler:
             self._sample()
 
     def start(self) -> MemorySampler:
-        self.baseline_rss = self._process.memory_info().rss
+        try:
+            self.baseline_rss = self._process.memory_info().rss
+        except psutil.Error:  # another process that already exited
+            self.baseline_rss = 0
         self._sample(everything=True)
         self._thread = threading.Thread(target=self._loop, name="bench-memory", daemon=True)
         self._thread.start()
@@ -133,7 +139,7 @@ class MemorySampler:
             self._thread.join()
         self._children_at = -1.0  # a last look at the whole tree
         self._sample(everything=True)
-        hwm = vm_hwm_bytes()
+        hwm = vm_hwm_bytes(self._pid or "self")
         peak = max(self.peak_rss, hwm or 0)
         reading = MemoryReading({
             "peak_rss_bytes": peak,

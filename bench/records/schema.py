@@ -15,22 +15,25 @@ Format history (FORMAT_VERSION is what this code writes; `bench.records.upgrade`
   the suite file. A record nests its `case` (CaseSpec, reference included), keeps only metrics
   registered in bench/metrics.py in `metrics` (a Summary, an Estimate with its interval, or a
   number), task details in `latency` / `perplexity`, a typed `backend` description and `profile`.
+  Additive within format 2 (older readers of format 2 are unaffected, older runs load unchanged): the
+  `serving` task, `CaseSpec.serving` (ServingSettings), `CaseRecord.serving` (ServingInfo: one
+  ServingLevel per load level) and `RawSamples.serving` (per-request stamps, one list per level).
 
-Settings shared by suites and records (workload, repetitions, perplexity, profile) are defined here,
+Settings shared by suites and records (workload, repetitions, perplexity, profile, serving) are defined here,
 so reading a run never needs the suite's backends, or even its schema, to still exist.
 """
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bench.core.description import BackendDescription
 
 FORMAT_VERSION = 2
 
 Status = Literal["ok", "failed", "skipped"]
-Task = Literal["latency", "perplexity"]
+Task = Literal["latency", "perplexity", "serving"]
 
 
 class _Record(BaseModel):
@@ -40,9 +43,12 @@ class _Record(BaseModel):
 # ---------------------------------------------------------------- settings (suites and records)
 
 class _Settings(BaseModel):
-    """Settings are finite: `.inf` is not a timeout, a threshold or a target."""
+    """Settings are strict and finite: `true` is not 1, `.inf` is not a timeout, a threshold or a target."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+FROZEN_SETTINGS = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class Workload(_Record):
@@ -106,6 +112,136 @@ class RegressionSettings(_Settings):
     cases: dict[str, float] = Field(default_factory=dict, description="per-case thresholds (case id or variant label)")
 
 
+class LengthDistribution(_Record):
+    """A token length drawn per request (seeded): uniform on [min, max], or normal(mean, std) clipped to it."""
+
+    model_config = FROZEN_SETTINGS
+
+    distribution: Literal["uniform", "normal"] = "uniform"
+    min: int = Field(ge=1)
+    max: int = Field(ge=1)
+    mean: float | None = Field(None, description="normal only (default: the middle of [min, max])")
+    std: float | None = Field(None, gt=0, description="normal only (default: a sixth of max - min)")
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.max < self.min:
+            raise ValueError(f"max ({self.max}) must be >= min ({self.min})")
+        return self
+
+
+class ServingRequest(_Record):
+    """The shape of every request of a serving case."""
+
+    model_config = FROZEN_SETTINGS
+
+    endpoint: Literal["completions", "chat"] = Field("completions", description="/v1/completions or "
+                                                     "/v1/chat/completions (the prompt as one user message)")
+    input_tokens: int | LengthDistribution = Field(64, description="prompt length in tokens of the model's "
+                                                   "tokenizer: a number, or {distribution, min, max, ...}")
+    output_tokens: int = Field(32, ge=2, description="max_tokens, with the server's ignore-EOS / min-tokens "
+                               "option where it has one, so every request generates exactly this many")
+    prompts_file: str | None = Field(None, description="JSONL file of prompts ({\"prompt\": text} per line, "
+                                     "optional \"output_tokens\"), used in turn instead of the evaluation text")
+    text: str = Field("stdlib-heldout", description="evaluation text prompts are cut from (as perplexity.text)")
+
+
+class LoadLevel(_Record):
+    """One load level: a closed loop of `concurrency` users, or an open loop of arrivals at `rate`."""
+
+    model_config = FROZEN_SETTINGS
+
+    mode: Literal["closed", "open"] = "closed"
+    concurrency: int | None = Field(None, ge=1, description="closed: users; open: optional ceiling on requests "
+                                    "in flight (sleep until scheduled, then wait for a free slot)")
+    rate: float | None = Field(None, gt=0, description="open: mean arrivals per second")
+    arrival: Literal["poisson", "gamma", "constant"] = Field("poisson", description="open: inter-arrival times")
+    burstiness: float = Field(1.0, gt=0, description="gamma shape (1 = Poisson; < 1 burstier, > 1 steadier)")
+    requests: int = Field(16, ge=1, description="requests sent at this level")
+    max_seconds: float = Field(60.0, gt=0, description="the level stops sending after this; in-flight requests "
+                               "get request_timeout_s more")
+    key: str | None = Field(None, description="stable name the gate matches levels by (default: from the load)")
+
+    @model_validator(mode="after")
+    def _complete(self):
+        if self.mode == "closed" and self.concurrency is None:
+            raise ValueError("a closed-loop level needs concurrency (the number of users)")
+        if self.mode == "open" and self.rate is None:
+            raise ValueError("an open-loop level needs rate (requests per second)")
+        return self
+
+    @property
+    def name(self) -> str:
+        """The level's stable key: given, or c<N> (closed), r<rate>[-c<N>] (open)."""
+        if self.key:
+            return self.key
+        if self.mode == "closed":
+            return f"c{self.concurrency}"
+        ceiling = f"-c{self.concurrency}" if self.concurrency else ""
+        return f"r{self.rate:g}{ceiling}"
+
+
+class SweepSettings(_Record):
+    """GuideLLM's sweep: a synchronous level (latency floor), a throughput level (ceiling), rates between."""
+
+    model_config = FROZEN_SETTINGS
+
+    rates: int = Field(3, ge=0, description="open-loop levels evenly spaced between the two measured throughputs")
+    arrival: Literal["poisson", "gamma", "constant"] = "poisson"
+    burstiness: float = Field(1.0, gt=0)
+    requests: int = Field(16, ge=1, description="requests per level")
+    throughput_concurrency: int = Field(8, ge=2, description="users of the throughput level")
+    max_seconds: float = Field(60.0, gt=0, description="per level")
+
+
+class SLO(_Record):
+    """Service-level objectives a request must meet to count towards goodput (all that are set)."""
+
+    model_config = FROZEN_SETTINGS
+
+    ttft_ms: float | None = Field(None, gt=0)
+    tpot_ms: float | None = Field(None, gt=0)
+    e2e_ms: float | None = Field(None, gt=0)
+
+
+class RunawayLimits(_Record):
+    """When a level stops early: too many errors, or latency far above the latency floor."""
+
+    model_config = FROZEN_SETTINGS
+
+    min_requests: int = Field(6, ge=1, description="finished requests before the limits apply")
+    error_rate: float = Field(0.5, gt=0, le=1, description="stop when this share of finished requests failed")
+    latency_factor: float = Field(20.0, gt=1, description="stop when the median e2e latency of the last "
+                                  "min_requests requests exceeds this multiple of the first level's median")
+
+
+class ServingSettings(_Record):
+    """A serving case's settings: load levels (and/or a sweep), request shape, SLOs, limits, placement."""
+
+    model_config = FROZEN_SETTINGS
+
+    levels: list[LoadLevel] = Field(default_factory=list, description="run in order, after the sweep if any")
+    sweep: SweepSettings | None = None
+    request: ServingRequest = ServingRequest()
+    slo: SLO = SLO()
+    runaway: RunawayLimits = RunawayLimits()
+    warmup_requests: int = Field(2, ge=0, description="sequential requests before the first level, not recorded")
+    seed: int = Field(0, description="seeds prompt choice, lengths and arrival times")
+    ready_timeout_s: float = Field(240.0, gt=0, description="a server not ready by then is a failed case")
+    request_timeout_s: float = Field(60.0, gt=0, description="a request with no complete answer by then fails")
+    pin: bool = Field(True, description="pin server and client to disjoint CPUs where there are >= 2")
+    self_check: bool = Field(True, description="measure the client against the stub server first")
+
+    @model_validator(mode="after")
+    def _some_load(self):
+        if not self.levels and self.sweep is None:
+            raise ValueError("give load levels, a sweep, or both")
+        keys = [level.name for level in self.levels]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"two levels have the same key ({', '.join(keys)}); give them distinct `key`s")
+        return self
+
+
 # ---------------------------------------------------------------- the case
 
 class CaseSpec(_Record):
@@ -127,6 +263,7 @@ class CaseSpec(_Record):
     timeout_s: float = 900
     interpreter: str | None = None
     profile: ProfileSettings | None = None  # set only on profiled latency cases
+    serving: ServingSettings | None = None  # set only on serving cases
     # not part of the case's identity (its id): what its results are compared with
     reference: str | None = None
     peak_memory_bandwidth_gbs: float | None = None
@@ -161,6 +298,15 @@ class Estimate(_Record):
 
 
 MetricValue = Summary | Estimate | int | float | None
+
+
+def shown_value(value: MetricValue) -> float | None:
+    """The number a report shows for a metric value: a summary's median, an estimate's value, or the scalar."""
+    if isinstance(value, Summary):
+        return value.median
+    if isinstance(value, Estimate):
+        return value.value
+    return None if value is None or isinstance(value, bool) else float(value)
 
 
 class LatencyInfo(_Record):
@@ -211,6 +357,38 @@ class ProfileSummary(_Record):
     traces_dropped: str | None = None  # why the budget stopped profiling or dropped a trace
 
 
+class ServingLevel(_Record):
+    """One load level of a serving case, as measured."""
+
+    key: str = Field(description="stable name the gate matches levels by")
+    label: str = Field(description="human-readable load")
+    load: LoadLevel = Field(description="the load as run (a sweep's rates filled in)")
+    status: Literal["ok", "stopped", "failed", "skipped"] = "ok"
+    reason: str | None = None
+    metrics: dict[str, MetricValue] = Field(default_factory=dict)
+    errors: dict[str, int] = Field(default_factory=dict, description="failed requests by kind")
+    notes: list[str] = Field(default_factory=list)
+
+    def value(self, metric: str) -> float | None:
+        return shown_value(self.metrics.get(metric))
+
+
+class ServingInfo(_Record):
+    """A serving case: what server ran (version, command, log), how client and server were placed, the levels."""
+
+    server: str
+    endpoint: str | None = None
+    version: str | None = None
+    command: list[str] = Field(default_factory=list)
+    log: str | None = None
+    ready_seconds: float | None = None
+    restarts: int = 0
+    placement: dict[str, Any] = Field(default_factory=dict)
+    details: dict[str, Any] = Field(default_factory=dict)
+    client: dict[str, Any] = Field(default_factory=dict)
+    levels: list[ServingLevel] = Field(default_factory=list)
+
+
 class CaseRecord(_Record):
     """One finished case: one line of cases.jsonl."""
 
@@ -228,6 +406,7 @@ class CaseRecord(_Record):
     backend: BackendDescription | None = None
     not_applicable: dict[str, str] = Field(default_factory=dict)
     profile: ProfileSummary | None = None
+    serving: ServingInfo | None = None
     output_tail: str | None = None
 
     # the case's identity, read often enough to deserve short names
@@ -257,12 +436,7 @@ class CaseRecord(_Record):
 
     def value(self, metric: str) -> float | None:
         """The number a report shows for `metric`: a summary's median, an estimate's value, or the scalar."""
-        value = self.metrics.get(metric)
-        if isinstance(value, Summary):
-            return value.median
-        if isinstance(value, Estimate):
-            return value.value
-        return None if value is None or isinstance(value, bool) else float(value)
+        return shown_value(self.metrics.get(metric))
 
     def summary(self, metric: str) -> Summary | None:
         value = self.metrics.get(metric)
@@ -270,6 +444,21 @@ class CaseRecord(_Record):
 
 
 # ---------------------------------------------------------------- raw samples and run metadata
+
+class RequestSample(_Record):
+    """One request of a serving level: ns since the level started, token counts, error."""
+
+    scheduled_ns: int
+    sent_ns: int | None = None
+    chunks_ns: list[int] = Field(default_factory=list, description="arrival of every content chunk")
+    end_ns: int | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = Field(None, description="generated text re-tokenized with the model's tokenizer")
+    usage_input_tokens: int | None = None
+    usage_output_tokens: int | None = None
+    error_kind: str | None = None
+    error: str | None = None
+
 
 class RawSamples(_Record):
     """Everything a latency case measured, before any summary: stamps per repetition, samples per metric."""
@@ -279,6 +468,7 @@ class RawSamples(_Record):
     tpot_ms: list[float] = Field(default_factory=list)
     e2e_ms: list[float] = Field(default_factory=list)
     itl_ms: list[float] = Field(default_factory=list)
+    serving: dict[str, list[RequestSample]] | None = Field(None, description="serving: level key -> its requests")
 
     def series(self, metric: str) -> list[float]:
         return list(getattr(self, metric, None) or [])

@@ -28,12 +28,19 @@ def render(run: Run, run_link: str = ".") -> str:
     entries = [tables.Entry(run.run_id, r) for r in run.records]
     return _template("report.md.j2").render(
         meta=run.meta, reference=run.reference,
-        tables=[(t.title, tables.markdown(t)) for t in tables.result_tables(entries)],
+        tables=[(t.title, tables.markdown(t)) for t in tables.result_tables(entries) + serving(entries)],
         problems=[r for r in run.records if not r.ok], missing=run.missing,
         what_ran=tables.markdown(tables.what_ran(entries)), metrics=METRICS.values(),
         n_ok=sum(r.ok for r in run.records), n_total=len(run.meta.case_ids),
         profiled=profiled_sections(run.records, run_link),
     )
+
+
+def serving(entries: list[tables.Entry], several_runs: bool = False) -> list[tables.Table]:
+    """The serving tables (one per load level) and the servers table, when the runs have serving cases."""
+    if not any(e.record.serving for e in entries):
+        return []
+    return tables.serving_tables(entries, several_runs) + [tables.servers_table(entries, several_runs)]
 
 
 def write_report(run: Run, reports_dir: Path) -> Path:
@@ -51,7 +58,7 @@ def terminal_table(run: Run) -> str:
     for r in run.records:
         latency = r.task == "latency" and r.ok
         rows.append([
-            f"{r.variant} {r.workload.label if r.workload else 'perplexity'}",
+            f"{r.variant} {r.workload.label if r.workload else r.task}",
             r.status + (f": {r.reason[:60]}" if r.reason else ""),
             *(tables.metric_cell(r, m).text if latency else "" for m in ("ttft_ms", "tpot_ms", "decode_tok_s")),
             tables.metric_cell(r, "peak_rss_bytes").text if "peak_rss_bytes" in r.metrics else "",

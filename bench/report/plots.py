@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from bench.metrics import METRICS, MIB
 from bench.records.schema import RawSamples
-from bench.report.tables import Entry
+from bench.report.tables import Entry, serving_levels
 
 
 @dataclass
@@ -48,7 +48,7 @@ def _png(fig) -> str:
 
 def case_label(entry: Entry, several_runs: bool) -> str:
     r = entry.record
-    label = f"{r.variant} · {r.workload.short if r.workload else 'perplexity'}"
+    label = f"{r.variant} · {r.workload.short if r.workload else r.task}"
     return f"{entry.run} · {label}" if several_runs else label
 
 
@@ -245,3 +245,75 @@ def trend(rows: list[dict], metric: str, change_points: dict[str, list[int]]) ->
                 f"One line per case, oldest run first; dashed lines: {n_cp} detected change point(s) (binary "
                 f"segmentation on per-run medians, minimum effect 5 %, see bench/changepoints.py).", _png(fig),
                 (metric,))
+
+
+# ---------------------------------------------------------------- serving (bench/serving)
+
+def _serving_series(entries: list[Entry], several_runs: bool) -> dict[tuple[str, str], list]:
+    """(model, server label) -> its ok or stopped levels, sorted by request throughput."""
+    series: dict[tuple[str, str], list] = {}
+    for entry, level in serving_levels(entries):
+        if level.status in ("ok", "stopped") and level.value("serve_request_rps"):
+            label = f"{entry.run} · {entry.record.variant}" if several_runs else entry.record.variant
+            series.setdefault((entry.record.model, label), []).append(level)
+    return {k: sorted(v, key=lambda lv: lv.value("serve_request_rps")) for k, v in series.items()}
+
+
+def serving_curves(entries: list[Entry], several_runs: bool) -> list[Plot]:
+    """Latency against throughput per server, one figure per model: where does each server saturate?"""
+    series = _serving_series(entries, several_runs)
+    plots = []
+    for model in sorted({m for m, _ in series}):
+        plt, _ = _plt()
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+        for (m, label), levels in series.items():
+            if m != model:
+                continue
+            xs = [lv.value("serve_request_rps") for lv in levels]
+            for ax, metric in zip(axes, ("serve_ttft_ms", "serve_tpot_ms", "serve_e2e_ms")):
+                med = [(lv.metrics.get(metric).median if lv.metrics.get(metric) else None) for lv in levels]
+                p99 = [(lv.metrics.get(metric).p99 if lv.metrics.get(metric) else None) for lv in levels]
+                line, = ax.plot(xs, [float("nan") if v is None else v for v in med], marker="o", label=label)
+                ax.plot(xs, [float("nan") if v is None else v for v in p99], ls="--", marker=".",
+                        color=line.get_color())
+                ax.set_xlabel("serve_request_rps (requests/s)")
+                ax.set_ylabel(f"{metric} ({METRICS[metric].unit}): p50 solid, p99 dashed")
+                ax.set_yscale("log")
+        axes[0].legend(fontsize=8)
+        name = model.rstrip("/").split("/")[-1]
+        plots.append(Plot(f"serving-curves-{name}", f"{name}: latency vs throughput per server",
+                          "Where does each server saturate: how much latency does each extra request/s cost?",
+                          "One point per load level (closed loops, open-loop rates, the sweep), sorted by achieved "
+                          "request throughput; solid: median, dashed: p99 over the level's requests. A curve that "
+                          "turns up steeply has reached the server's capacity.", _png(fig),
+                          ("serve_request_rps", "serve_ttft_ms", "serve_tpot_ms", "serve_e2e_ms")))
+    return plots
+
+
+def serving_pareto(entries: list[Entry], several_runs: bool) -> Plot | None:
+    """Tokens/s per user against total tokens/s: the trade-off a deployment picks a point on."""
+    points = [(label, lv.value("serve_total_tok_s"), lv.value("serve_tok_s_per_user"), lv.key)
+              for (_, label), levels in _serving_series(entries, several_runs).items() for lv in levels
+              if lv.value("serve_total_tok_s") and lv.value("serve_tok_s_per_user")]
+    if len(points) < 2:
+        return None
+    plt, sns = _plt()
+    fig, ax = plt.subplots(figsize=(9, 5))
+    labels = sorted({p[0] for p in points})
+    colors = dict(zip(labels, sns.color_palette("deep", len(labels))))
+    for label in labels:
+        group = [p for p in points if p[0] == label]
+        ax.scatter([p[1] for p in group], [p[2] for p in group], color=colors[label], label=label, alpha=0.7)
+        for p in group:
+            ax.annotate(p[3], (p[1], p[2]), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    front = sorted((p for p in points if not any(o[1] >= p[1] and o[2] >= p[2] and (o[1] > p[1] or o[2] > p[2])
+                                                 for o in points)), key=lambda p: p[1])
+    ax.plot([p[1] for p in front], [p[2] for p in front], "-", color="black", lw=1.5, label="Pareto front")
+    ax.set_xlabel("serve_total_tok_s (tokens/s, all users) → better")
+    ax.set_ylabel("serve_tok_s_per_user (tokens/s, median user) ↑ better")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    return Plot("serving-pareto", "Tokens/s per user vs total tokens/s",
+                "Which server and load give the most total throughput for a given speed per user?",
+                "Each point is one load level of one server (labelled with its level key); the black line joins "
+                "the points no other point beats on both axes.", _png(fig),
+                ("serve_total_tok_s", "serve_tok_s_per_user"))

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.metrics import METRICS
-from bench.records.schema import CaseRecord, Estimate, Summary
+from bench.records.schema import CaseRecord, Estimate, MetricValue, ServingLevel, Summary
 
 
 @dataclass(frozen=True)
@@ -58,9 +58,13 @@ def fmt(value: float | None, digits: int = 4) -> str:
     return str(value)
 
 
-def metric_cell(record: CaseRecord, name: str) -> Cell:
+def metric_cell(record: CaseRecord | ServingLevel, name: str) -> Cell:
     """The value of metric `name` as shown: scaled to its shown unit, with its interval when it has one."""
-    metric, value = METRICS[name], record.metrics.get(name)
+    return value_cell(name, record.metrics.get(name))
+
+
+def value_cell(name: str, value: MetricValue) -> Cell:
+    metric = METRICS[name]
     if isinstance(value, Summary):
         if not value.n:
             return NA
@@ -160,7 +164,7 @@ def result_tables(entries: list[Entry], several_runs: bool = False) -> list[Tabl
     groups: dict[tuple, list[Entry]] = defaultdict(list)
     for entry in entries:
         r = entry.record
-        if r.ok:
+        if r.ok and r.task != "serving":
             groups[(r.model, r.workload.label if r.workload else "perplexity")].append(entry)
     tables = []
     for (model, what), group in groups.items():
@@ -201,3 +205,94 @@ def markdown(table: Table) -> str:
     """A table as Markdown, its notes below it."""
     body = md_table([c.header for c in table.columns], [[cell.inline() for cell in row] for row in table.rows])
     return "\n\n".join([body, *table.notes])
+
+
+# ---------------------------------------------------------------- serving (bench/serving)
+
+SERVING_RATES = ("serve_request_rps", "serve_output_tok_s", "serve_total_tok_s", "serve_goodput_rps",
+                 "serve_slo_fraction")
+SERVING_LATENCIES = ("serve_ttft_ms", "serve_tpot_ms", "serve_itl_ms", "serve_e2e_ms")
+SERVING_OPEN_LOOP = ("serve_ttft_sched_ms", "serve_e2e_sched_ms", "serve_schedule_lag_ms")
+SERVING_OTHER = ("serve_tok_s_per_user", "serve_error_rate", "serve_server_rss_bytes", "serve_client_cpu")
+
+
+def percentiles_cell(level: ServingLevel, name: str) -> Cell:
+    """A latency's p50 / p90 / p99 over the level's requests, with the median's 95 % CI below."""
+    value = level.metrics.get(name)
+    if not isinstance(value, Summary) or not value.n:
+        return NA
+    metric = METRICS[name]
+    text = " / ".join(fmt(metric.shown(x), metric.digits) for x in (value.median, value.p90, value.p99))
+    return Cell(text, value_cell(name, value).interval)
+
+
+def serving_levels(entries: list[Entry]) -> list[tuple[Entry, ServingLevel]]:
+    return [(e, level) for e in entries if e.record.ok and e.record.serving
+            for level in e.record.serving.levels]
+
+
+def serving_level_table(title: str, rows_in: list[tuple[Entry, ServingLevel]], several_runs: bool,
+                        open_loop: bool) -> Table:
+    latencies = SERVING_LATENCIES + (SERVING_OPEN_LOOP if open_loop else ())
+    columns = _lead(several_runs) + [Column("load", left=True), Column("status", left=True),
+                                     Column("ok / sent", "serve_requests")]
+    columns += [Column(METRICS[m].header, m) for m in SERVING_RATES]
+    columns += [Column(f"{METRICS[m].header} p50 / p90 / p99", m) for m in latencies]
+    columns += [Column(METRICS[m].header, m) for m in SERVING_OTHER]
+    rows, notes = [], []
+    for entry, level in rows_in:
+        counts = f"{fmt(level.value('serve_ok_requests'))} / {fmt(level.value('serve_requests'))}"
+        rows.append(_lead_cells(entry, several_runs) + [Cell(level.label), Cell(level.status), Cell(counts)]
+                    + [metric_cell(level, m) for m in SERVING_RATES]
+                    + [percentiles_cell(level, m) for m in latencies]
+                    + [metric_cell(level, m) for m in SERVING_OTHER])
+        who = f"{entry.record.variant}, {level.key}"
+        if level.reason:
+            notes.append(f"{who}: {level.status}: {level.reason}")
+        if level.errors:
+            notes.append(f"{who}: failed requests by kind: " + ", ".join(f"{k} {n}" for k, n in level.errors.items()))
+        notes += [f"{who}: {note}" for note in level.notes]
+        if level.value("serve_usage_mismatches"):
+            notes.append(f"{who}: {fmt(level.value('serve_usage_mismatches'))} request(s) where the server's usage "
+                         f"disagrees with the model's tokenizer")
+    return Table(title, columns, rows, notes)
+
+
+def serving_tables(entries: list[Entry], several_runs: bool = False) -> list[Table]:
+    """One table per model and load level (its key): every server at that load, side by side."""
+    groups: dict[tuple[str, str], list[tuple[Entry, ServingLevel]]] = defaultdict(list)
+    for entry, level in serving_levels(entries):
+        groups[(entry.record.model, level.key)].append((entry, level))
+    tables = []
+    for (model, key), rows in groups.items():
+        open_loop = any(level.load.mode == "open" for _, level in rows)
+        loads = sorted({level.label for _, level in rows})
+        what = loads[0] if len(loads) == 1 else f"level {key}"
+        tables.append(serving_level_table(f"{Path(model).name}: serving, {what}", rows, several_runs, open_loop))
+    return tables
+
+
+def servers_table(entries: list[Entry], several_runs: bool = False) -> Table:
+    """What served: version, command, readiness, placement, and the client's self-check, per serving case."""
+    columns = _lead(several_runs) + [Column("server", left=True), Column("version", left=True),
+                                     Column(METRICS["serve_ready_s"].header, "serve_ready_s"),
+                                     Column("restarts"), Column("placement", left=True),
+                                     Column("client self-check", left=True), Column("details", left=True)]
+    rows = []
+    for entry in entries:
+        info = entry.record.serving
+        if info is None:
+            continue
+        check = info.client.get("cadence") or {}
+        self_check = ("not run" if not info.client else
+                      f"TTFT {fmt(check.get('ttft_ms'))} ms (stub {fmt(check.get('stub_ttft_ms'))}), ITL "
+                      f"{fmt(check.get('itl_ms'))} ms (stub {fmt(check.get('stub_itl_ms'))}): "
+                      f"{'passed' if check.get('passed') else 'NOT within 1 ms and 2 %'}; max "
+                      f"{fmt(info.client.get('client_max_rps'))} req/s per client CPU second")
+        details = "; ".join(f"{k}: {v}" for k, v in info.details.items())
+        rows.append(_lead_cells(entry, several_runs) + [
+            Cell(info.server), Cell(info.version or "n/a"), metric_cell(entry.record, "serve_ready_s"),
+            Cell(str(info.restarts)), Cell(str(info.placement.get("how", ""))), Cell(self_check), Cell(details)])
+    note = ("Command lines and server logs are in each record's `serving` field (results/<run>/cases.jsonl) and "
+            "logs/<case>.server.log.")
+    return Table("Servers", columns, rows, [note])

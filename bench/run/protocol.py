@@ -8,7 +8,15 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from bench.core.description import BackendDescription
-from bench.records.schema import LatencyInfo, MetricValue, PerplexityInfo, ProfileSummary, RawSamples, Status
+from bench.records.schema import (
+    LatencyInfo,
+    MetricValue,
+    PerplexityInfo,
+    ProfileSummary,
+    RawSamples,
+    ServingInfo,
+    Status,
+)
 
 
 class WorkerResult(BaseModel):
@@ -22,6 +30,7 @@ class WorkerResult(BaseModel):
     backend: BackendDescription | None = None
     not_applicable: dict[str, str] = Field(default_factory=dict)
     profile: ProfileSummary | None = None
+    serving: ServingInfo | None = None
     model_path: str | None = None
     worker_seconds: float | None = None
     python: str | None = None

@@ -17,7 +17,7 @@ from pathlib import Path
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from bench.core.process import die_with_parent
+from bench.core.process import die_with_parent, log_tail
 from bench.measure import quality
 from bench.records.rundir import RunDir
 from bench.records.schema import CaseRecord, CaseSpec, RawSamples, RegressionSettings, RunMeta
@@ -25,7 +25,6 @@ from bench.run import environment, envs
 from bench.run.protocol import WorkerResult
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-STDERR_TAIL_LINES = 25
 
 
 def _child_env(case: CaseSpec) -> dict:
@@ -35,13 +34,6 @@ def _child_env(case: CaseSpec) -> dict:
                TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
     return env
-
-
-def _tail(path: Path, lines: int = STDERR_TAIL_LINES) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 def _exit_reason(returncode: int) -> str:
@@ -70,11 +62,14 @@ def run_case_process(case: CaseSpec, run: RunDir) -> tuple[CaseRecord, RawSample
     # absolute paths: the worker (another interpreter, maybe another working directory) finds the run anyway
     command = [python, "-m", "bench.run.worker", str(case_file.resolve()), str(result_file.resolve()),
                str(run.path.resolve())]
+    progress = os.dup(sys.stderr.fileno())  # a serving case prints one line per load level here
     with open(log_file, "wb") as log:
         # its own session (a timeout kills its whole process group) that dies with the runner (kill -9 included);
         # the preexec_fn makes one prctl call through a ctypes handle made before the fork: no lock is taken
-        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=_child_env(case),
+        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, pass_fds=(progress,),
+                                 env={**_child_env(case), "BENCH_PROGRESS_FD": str(progress)},
                                  start_new_session=True, preexec_fn=die_with_parent())  # noqa: PLW1509
+        os.close(progress)
         try:
             returncode = child.wait(timeout=case.timeout_s)
         except subprocess.TimeoutExpired:
@@ -86,21 +81,21 @@ def run_case_process(case: CaseSpec, run: RunDir) -> tuple[CaseRecord, RawSample
             child.wait()
             raise
     if returncode is None:
-        return _record(case, started, status="failed", output_tail=_tail(log_file),
+        return _record(case, started, status="failed", output_tail=log_tail(log_file),
                        reason=f"timeout: still running after {case.timeout_s:g} s; killed"), None
     if not result_file.exists():
         return _record(case, started, status="failed", reason=_exit_reason(returncode),
-                       output_tail=_tail(log_file)), None
+                       output_tail=log_tail(log_file)), None
     try:
         result = WorkerResult.model_validate_json(result_file.read_text())
     except ValidationError as exc:
-        return _record(case, started, status="failed", output_tail=_tail(log_file),
+        return _record(case, started, status="failed", output_tail=log_tail(log_file),
                        reason=f"the worker's result file is malformed: {exc}"), None
     samples = result.samples
     record = _record(case, started, **result.model_dump(exclude={"samples"}))
     if record.ok:
         return record, samples
-    record.output_tail = _tail(log_file)
+    record.output_tail = log_tail(log_file)
     return record, None
 
 

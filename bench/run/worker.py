@@ -60,6 +60,10 @@ def _latency_task(case: CaseSpec, backend, prompts: list[list[int]], clock: Cloc
 
 def run_case(case: CaseSpec, run_dir: Path | None = None) -> WorkerResult:
     """Measure one case in this process. `run_dir`: where the reference's log-probs and traces live."""
+    if case.task == "serving":  # a server under load, no backend in this process (bench/serving/run.py)
+        from bench.serving.run import run_serving_case
+
+        return run_serving_case(case, run_dir)
     from bench.models import resolve_model
 
     started = time.monotonic()

@@ -12,6 +12,7 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 from backends import backend_class
 from bench.measure.evaltext import NAMES as EVAL_TEXT_NAMES
@@ -111,8 +112,14 @@ def check_threads(path: Path, index: LineIndex, suite: Suite) -> None:
                                              f"an oversubscribed case measures the scheduler, not the model")
 
 
+def _variants(suite: Suite) -> list[tuple[str, int, Any]]:
+    """(section, index, variant) of every backend and server variant."""
+    return [("backends", i, v) for i, v in enumerate(suite.backends)] + \
+        [("servers", i, v) for i, v in enumerate(suite.servers)]
+
+
 def check_interpreters(path: Path, index: LineIndex, suite: Suite) -> None:
-    for i, variant in enumerate(suite.backends):
+    for section, i, variant in _variants(suite):
         interpreter = variant.interpreter
         if not interpreter or interpreter.startswith("env:"):
             continue  # a managed env may be created later: its cases are skipped with the command until then
@@ -120,36 +127,52 @@ def check_interpreters(path: Path, index: LineIndex, suite: Suite) -> None:
         if not exe.exists():
             continue  # made later (the nightly workflow builds its vLLM venv): its cases are skipped until then
         if not exe.is_file() or not os.access(exe, os.X_OK):
-            raise _at(path, index, ("backends", i, "interpreter"), f"{interpreter} is not an executable file")
+            raise _at(path, index, (section, i, "interpreter"), f"{interpreter} is not an executable file")
 
 
 def check_options(path: Path, index: LineIndex, suite: Suite) -> None:
     from pydantic import ValidationError
 
+    from bench.serving.servers import server_class
     from bench.suite.reader import format_errors
 
-    for i, variant in enumerate(suite.backends):
-        options_model = backend_class(variant.backend).Options
+    for section, i, variant in _variants(suite):
+        owner = backend_class(variant.backend) if section == "backends" else server_class(variant.server)
+        options_model = owner.Options
         for options in option_grid(variant.options):
             try:
                 options_model(**options)
             except ValidationError as exc:
                 raise SuiteError(format_errors(path, index, exc.errors(), options_model,
-                                               prefix=("backends", i, "options"))) from None
+                                               prefix=(section, i, "options"))) from None
 
 
 def check_labels(path: Path, index: LineIndex, suite: Suite) -> None:
     """Every variant label names one report row: two variants may not share one."""
-    seen: dict[str, int] = {}
-    for i, variant in enumerate(suite.backends):
+    seen: dict[str, tuple[str, int]] = {}
+    for section, i, variant in _variants(suite):
         grid = option_grid(variant.options)
         for options in grid:
             label = variant_label(variant, options, expanded=len(grid) > 1)
             if label in seen:
                 first = seen[label]
-                raise _at(path, index, ("backends", i), f"its label '{label}' is also that of backends[{first}] "
-                          f"(line {line_of(index, ('backends', first))}); give each variant its own label")
-            seen[label] = i
+                raise _at(path, index, (section, i), f"its label '{label}' is also that of {first[0]}[{first[1]}] "
+                          f"(line {line_of(index, first)}); give each variant its own label")
+            seen[label] = (section, i)
+
+
+def check_something_to_run(path: Path, index: LineIndex, suite: Suite) -> None:
+    """Backends for latency and perplexity, servers for serving: each task has what it runs."""
+    if not suite.backends and not suite.servers:
+        raise _at(path, index, ("backends",), "give backends (latency, perplexity) or servers (serving), or both")
+    if suite.servers and "serving" not in suite.tasks:
+        raise _at(path, index, ("servers",), "servers are listed but 'serving' is not in tasks")
+    if "serving" in suite.tasks and (not suite.servers or suite.serving is None):
+        raise _at(path, index, ("tasks",), "the serving task needs servers: and a serving: section "
+                                           "(levels or a sweep)")
+    if not suite.backends and set(suite.tasks) & {"latency", "perplexity"}:
+        raise _at(path, index, ("tasks",), "latency and perplexity run backends: give backends, or only the "
+                                           "serving task")
 
 
 def check_cases(path: Path, index: LineIndex, suite: Suite, cases: list[CaseSpec]) -> None:

@@ -1,5 +1,8 @@
 """A validated suite expanded into cases: variant labels, case ids, profiling forced on.
 
+Serving cases (models x servers) hash their own identity: no workload, repetitions or perplexity
+settings, and the `serving` settings instead; the identity of every other case is unchanged.
+
 Case ids are stable: the same suite gives the same ids in every version of bench, so a baseline run
 compares with a new one case by case. An id is `<variant>.<model>.<task>.<hash>`, the hash taken over
 the case's identity (everything but what it is compared with).
@@ -15,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.records.schema import CaseSpec, PerplexitySettings, Repetitions, Workload
-from bench.suite.schema import Suite, Variant
+from bench.suite.schema import ServerVariant, Suite, Variant
 
 # Settings added after format 1, with their defaults: left out of a case's identity while at their default,
 # so a suite that does not use them keeps the case ids it had (and old baselines still match case by case).
@@ -35,7 +38,7 @@ def option_grid(options: dict[str, Any]) -> list[dict[str, Any]]:
     return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())] or [{}]
 
 
-def variant_label(variant: Variant, options: dict[str, Any], expanded: bool) -> str:
+def variant_label(variant: Variant | ServerVariant, options: dict[str, Any], expanded: bool) -> str:
     if variant.label and not expanded:
         return variant.label
     shown = ",".join(f"{k}={v}" for k, v in options.items() if k in variant.options)
@@ -70,6 +73,24 @@ def force_profile(data: dict, settings: dict) -> dict:
     return data
 
 
+def _serving_identities(suite: Suite) -> list[dict[str, Any]]:
+    """One serving case per model x server variant: it starts the server once and runs every load level."""
+    if "serving" not in suite.tasks or suite.serving is None:
+        return []
+    serving = suite.serving.model_dump()
+    identities = []
+    for model, server in itertools.product(suite.models, suite.servers):
+        grid = option_grid(server.options)
+        for options in grid:
+            label = variant_label(server, options, expanded=len(grid) > 1)
+            if server.interpreter:  # the server's Python; the worker (the client) runs in bench's own
+                options = {**options, "interpreter": server.interpreter}
+            identities.append({"suite": suite.name, "model": model, "backend": server.server, "variant": label,
+                               "options": options, "task": "serving", "workload": None, "serving": serving,
+                               "threads": suite.threads, "timeout_s": suite.timeout_s, "interpreter": None})
+    return identities
+
+
 def expand(suite: Suite) -> list[CaseSpec]:
     """Every case of the suite, in run order: model, then variant, then task."""
     identities = []
@@ -93,6 +114,7 @@ def expand(suite: Suite) -> list[CaseSpec]:
                 if task == "latency" and profile["enabled"]:  # only then, so unprofiled case ids do not change
                     identity["profile"] = _identity_settings("profile", profile)
                 identities.append(identity)
+    identities += _serving_identities(suite)
     reference = suite.reference or (identities[0]["variant"] if identities else None)
     return [CaseSpec(id=case_id(identity), **identity, reference=reference,
                      peak_memory_bandwidth_gbs=suite.peak_memory_bandwidth_gbs) for identity in identities]

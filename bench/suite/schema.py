@@ -1,7 +1,9 @@
 """The suite file's schema: what a YAML suite may say, validated by pydantic (unknown keys rejected).
 
 A suite is a matrix: models x backend variants (backend + options; a list-valued option expands)
-x tasks (each point of the latency workload grid, plus perplexity). The settings a case carries
+x tasks (each point of the latency workload grid, plus perplexity), and models x server variants
+(`servers:`, bench/serving/servers.py) x the serving task, one case per model and server holding
+every load level of the `serving:` section. The settings a case carries
 into its record (workload, repetitions, perplexity, profile, regression) are defined with the
 records, in bench/records/schema.py, so a finished run is readable without this module.
 """
@@ -13,7 +15,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from backends import UnknownBackend, backend_class
-from bench.records.schema import PerplexitySettings, ProfileSettings, RegressionSettings, Repetitions
+from bench.records.schema import (
+    PerplexitySettings,
+    ProfileSettings,
+    RegressionSettings,
+    Repetitions,
+    ServingSettings,
+)
 
 # Strict: YAML's `true` is not the integer 1, "2" is not 2; finite: `.inf` is not a timeout or a threshold.
 STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
@@ -92,22 +100,14 @@ class SuiteProfile(ProfileSettings):
     model_config = STRICT
 
 
-class Variant(_Strict):
-    backend: str
-    label: str | None = Field(None, description="name shown in reports (default: backend[options])")
-    options: dict[str, Any] = Field(default_factory=dict)
-    interpreter: str | None = Field(None, description="Python interpreter for this backend's cases: a path, "
-                                    "or env:NAME for a managed env (python -m bench env create NAME)")
-    profile: SuiteProfile | None = Field(None, description="overrides the suite's profile settings for this variant")
+class _Runnable(_Strict):
+    """What backend and server variants share: a label, options (a list expands), an interpreter."""
 
-    @field_validator("backend")
-    @classmethod
-    def _registered(cls, name):
-        try:
-            backend_class(name)
-        except UnknownBackend as exc:  # a KeyError; pydantic reports only ValueErrors as field errors
-            raise ValueError(str(exc)) from None
-        return name
+    label: str | None = Field(None, description="name shown in reports (default: name[options])")
+    options: dict[str, Any] = Field(default_factory=dict)
+    interpreter: str | None = Field(None, description="Python interpreter for its cases (for a server: the one "
+                                    "that runs the server): a path, or env:NAME for a managed env "
+                                    "(python -m bench env create NAME)")
 
     @field_validator("label")
     @classmethod
@@ -135,13 +135,49 @@ class Variant(_Strict):
             raise ValueError(str(exc)) from None
 
 
+class Variant(_Runnable):
+    backend: str
+    profile: SuiteProfile | None = Field(None, description="overrides the suite's profile settings for this variant")
+
+    @field_validator("backend")
+    @classmethod
+    def _registered(cls, name):
+        try:
+            backend_class(name)
+        except UnknownBackend as exc:  # a KeyError; pydantic reports only ValueErrors as field errors
+            raise ValueError(str(exc)) from None
+        return name
+
+
+class ServerVariant(_Runnable):
+    """A server the serving task starts (or an external endpoint), with its options."""
+
+    server: str
+
+    @property
+    def backend(self) -> str:
+        """The server kind: a serving case's `backend`."""
+        return self.server
+
+    @field_validator("server")
+    @classmethod
+    def _registered(cls, name):
+        from bench.serving.servers import SERVERS
+
+        if name not in SERVERS:
+            raise ValueError(f"unknown server '{name}'; registered: {', '.join(sorted(SERVERS))}")
+        return name
+
+
 class Suite(_Strict):
     name: str = Field(pattern=PLAIN_NAME, description="names its runs: letters, digits and . _ = + -")
     description: str = ""
     models: list[str] = Field(min_length=1)
-    backends: list[Variant] = Field(min_length=1)
+    backends: list[Variant] = Field(default_factory=list)
+    servers: list[ServerVariant] = Field(default_factory=list, description="servers of the serving task")
     workloads: list[WorkloadGrid] = Field(default_factory=lambda: [WorkloadGrid()], min_length=1)
-    tasks: list[Literal["latency", "perplexity"]] = Field(["latency", "perplexity"], min_length=1)
+    tasks: list[Literal["latency", "perplexity", "serving"]] = Field(["latency", "perplexity"], min_length=1)
+    serving: ServingSettings | None = Field(None, description="load levels, request shape, SLOs of serving cases")
     repetitions: SuiteRepetitions = SuiteRepetitions()
     perplexity: SuitePerplexity = SuitePerplexity()
     threads: int = Field(1, ge=1, le=1024, description="torch intra-op threads (and OMP/MKL threads) per case")
@@ -168,3 +204,5 @@ class Suite(_Strict):
         if len(set(tasks)) != len(tasks):
             raise ValueError("a task is listed twice")
         return tasks
+
+

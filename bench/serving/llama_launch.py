@@ -1,0 +1,36 @@
+"""Start llama-cpp-python's OpenAI server with llama.cpp's extra CPU buffer types on or off.
+
+`python -m bench.serving.llama_launch --use-extra-bufts 0|1 SERVER-ARGS...` runs
+`python -m llama_cpp.server SERVER-ARGS...`, having set `use_extra_bufts` in llama.cpp's default model
+parameters, which the server's `Llama(...)` starts from: the server has no setting for it, and on CPUs
+whose AMX tiles fault (backends/gguf/cpu_probe.py) the default crashes the server at its first decode.
+Imports nothing of bench, so it runs in any interpreter that has llama-cpp-python.
+"""
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) < 2 or argv[0] != "--use-extra-bufts" or argv[1] not in ("0", "1"):
+        raise SystemExit("usage: python -m bench.serving.llama_launch --use-extra-bufts 0|1 SERVER-ARGS...")
+    use_extra_bufts = argv[1] == "1"
+    import llama_cpp.llama_cpp as lib
+
+    default_params = lib.llama_model_default_params
+
+    def model_params():
+        params = default_params()
+        params.use_extra_bufts = use_extra_bufts
+        return params
+
+    lib.llama_model_default_params = model_params
+    print(f"llama.cpp extra CPU buffer types: {'on' if use_extra_bufts else 'off'}", flush=True)
+    from llama_cpp.server.__main__ import main as serve
+
+    sys.argv = ["llama_cpp.server", *argv[2:]]
+    serve()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
