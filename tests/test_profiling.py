@@ -206,7 +206,8 @@ def test_profiled_case_trace_opens_in_tensorboard_and_report_shows_where_time_go
     # the profiler off, and only then the profiled ones (1 discarded warm-up, 2 kept). Structural, because
     # timing comparisons between cases are too noisy on a shared machine to detect a profiler's overhead.
     calls = probe_log.read_text().split()
-    n_timed = 2 + profiled.latency.repetitions  # the case's warm-up + measured repetitions
+    # each of the case's processes warms up, then the measured repetitions; the last process profiles after them
+    n_timed = 2 * profiled.latency.processes + profiled.latency.repetitions
     assert calls == ["measured"] * n_timed + ["profiled"] * 3, calls
 
     report = (tmp_path / "reports/r/report.md").read_text()

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from tests.conftest import KNOWN_ANSWER, ROOT, record_lines, run_bench, write_suite
 
@@ -116,3 +117,17 @@ def test_retry_failed_reruns_only_the_failed_case(tmp_path):
     _, records = _records(tmp_path / "results")
     assert [r.variant for r in records] == ["ok", "flaky", "flaky"]
     assert [r.status for r in records] == ["ok", "failed", "ok"]
+
+
+def test_a_worker_finds_bench_on_its_path_whatever_its_interpreter():
+    """A side environment has no bench installed: the runner puts the repository on the worker's PYTHONPATH."""
+    from bench.records.schema import CaseSpec
+    from bench.run.envs import PROJECT_ROOT as ENVS_ROOT
+    from bench.run.spawn import child_env
+
+    case = CaseSpec(id="x", suite="s", model="m", backend="b", variant="v", task="latency", threads=3)
+    env = child_env(case)
+    first = env["PYTHONPATH"].split(os.pathsep)[0]
+    assert (Path(first) / "bench" / "__init__.py").is_file() and Path(first) == ROOT
+    assert (ENVS_ROOT / "pyproject.toml").is_file()  # where the side envs read bench's core dependencies
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "3"

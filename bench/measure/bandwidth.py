@@ -67,11 +67,3 @@ def mbu(model_size_bytes: int | None, tpot_ms: float | None, peak_gbs: float | N
     if peak_gbs is None:
         return metrics, {"mbu": peak_source}
     return {**metrics, "mbu": achieved / peak_gbs, "peak_memory_bandwidth_gbs": peak_gbs}, {}
-
-
-def for_case(stated_peak_gbs: float | None, device: str, model_size_bytes: int | None,
-             tpot_ms: float | None) -> tuple[dict, dict, str]:
-    """(metrics, not_applicable, peak source) of a latency case; the peak is the suite's, else the GPU's."""
-    peak, source = peak_bandwidth(device, stated_peak_gbs)
-    metrics, not_applicable = mbu(model_size_bytes, tpot_ms, peak, source)
-    return metrics, not_applicable, source

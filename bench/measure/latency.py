@@ -56,6 +56,16 @@ def derive(stamps_ns: list[list[int]], batch_size: int, prompt_tokens: int,
     return samples, metrics
 
 
+def one_generation(backend, prompts: list[list[int]], new_tokens: int, clock: Clock) -> list[int]:
+    """The stamps (ns from submitting the prompts to each token) of one timed generation."""
+    clock.start()
+    backend.generate(prompts, new_tokens, clock.mark)
+    stamps = clock.stamps_ns()
+    if len(stamps) != new_tokens:
+        raise RuntimeError(f"backend marked {len(stamps)} token steps for new_tokens={new_tokens}")
+    return stamps
+
+
 def measure(backend, prompts: list[list[int]], new_tokens: int, policy: Repetitions, clock: Clock) -> LatencyResult:
     """Run the repetition policy: warm-up, then timed generations until precise enough or capped."""
     for _ in range(policy.warmup):
@@ -65,11 +75,7 @@ def measure(backend, prompts: list[list[int]], new_tokens: int, policy: Repetiti
     tpot: list[float] = []
     began = time.monotonic()
     while True:
-        clock.start()
-        backend.generate(prompts, new_tokens, clock.mark)
-        stamps = clock.stamps_ns()
-        if len(stamps) != new_tokens:
-            raise RuntimeError(f"backend marked {len(stamps)} token steps for new_tokens={new_tokens}")
+        stamps = one_generation(backend, prompts, new_tokens, clock)
         all_stamps.append(stamps)
         ttft.append(stamps[0])
         tpot.append((stamps[-1] - stamps[0]) / (new_tokens - 1))

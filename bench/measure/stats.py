@@ -63,3 +63,72 @@ def ratio_of_sums(numerators: Sequence[float] | np.ndarray, denominators: Sequen
     """Throughput as total work / total time (never a mean of per-run rates)."""
     total = float(np.sum(denominators))
     return float(np.sum(numerators)) / total if total > 0 else None
+
+
+BOOTSTRAP_RESAMPLES = 1000
+HIERARCHICAL_METHOD = ("bootstrap over processes, then over repetitions within each ({n} resamples, seeded): covers "
+                       "the variation between processes as well as within them")
+ORDER_STATISTICS_METHOD = "distribution-free, from order statistics (one process: variation within it only)"
+
+
+def _grouped(values: Sequence[float] | np.ndarray, groups: Sequence[int]) -> list[np.ndarray]:
+    x, g = np.asarray(values, dtype=float), np.asarray(groups)
+    return [x[g == key] for key in np.unique(g)]
+
+
+def hierarchical_median_ci(values: Sequence[float] | np.ndarray, groups: Sequence[int], level: float = 0.95,
+                           resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> tuple[float, float] | None:
+    """CI of the median of values measured in several processes (`groups`): a two-stage bootstrap that draws
+    processes with replacement, then values within each drawn process, so the interval widens when processes
+    disagree. With one process it is the order-statistics interval (`median_ci`)."""
+    parts = _grouped(values, groups)
+    if len(parts) < 2:
+        return median_ci(values, level)
+    if min(len(p) for p in parts) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    medians = np.empty(resamples)
+    for b in range(resamples):
+        chosen = rng.integers(0, len(parts), len(parts))
+        medians[b] = np.median(np.concatenate([parts[i][rng.integers(0, len(parts[i]), len(parts[i]))]
+                                               for i in chosen]))
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(medians, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def summarize_grouped(values: Sequence[float] | np.ndarray, groups: Sequence[int], level: float = 0.95) -> Summary:
+    """summarize(), with the median's CI accounting for the variation between processes."""
+    summary = summarize(values, level)
+    if len(set(groups)) < 2:
+        return summary.model_copy(update={"ci_method": ORDER_STATISTICS_METHOD})
+    ci = hierarchical_median_ci(values, groups, level)
+    return summary.model_copy(update={"ci_low": ci[0] if ci else None, "ci_high": ci[1] if ci else None,
+                                      "ci_method": HIERARCHICAL_METHOD.format(n=BOOTSTRAP_RESAMPLES)})
+
+
+def ci_halfwidth_rel_grouped(values: Sequence[float] | np.ndarray, groups: Sequence[int],
+                             level: float = 0.95) -> float:
+    """Half-width of the (hierarchical) median CI relative to the median; inf when it cannot be computed yet."""
+    ci = hierarchical_median_ci(values, groups, level, resamples=400)
+    med = float(np.median(np.asarray(values, dtype=float))) if len(values) else 0.0
+    if ci is None or med == 0:
+        return math.inf
+    return (ci[1] - ci[0]) / 2 / abs(med)
+
+
+def paired_ratio(variant: dict[tuple[int, int], list[float]], reference: dict[tuple[int, int], list[float]],
+                 level: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES,
+                 seed: int = 0) -> tuple[float, float | None, float | None, int] | None:
+    """The ratio variant / reference from rounds both measured: per (process, round), the ratio of the two
+    medians; the estimate is the median of those ratios, its CI a bootstrap over processes, then rounds.
+
+    Drift that lasts longer than a round hits both sides of a pair alike and cancels in its ratio.
+    Returns (estimate, CI low, CI high, pairs) or None when no round has both."""
+    keys = sorted(set(variant) & set(reference))
+    if not keys:
+        return None
+    ratios = np.array([np.median(variant[k]) / np.median(reference[k]) for k in keys])
+    processes = [k[0] for k in keys]
+    ci = hierarchical_median_ci(ratios, processes, level, resamples, seed)
+    return float(np.median(ratios)), ci[0] if ci else None, ci[1] if ci else None, len(keys)

@@ -78,6 +78,13 @@ class Repetitions(_Settings):
     max_time_s: float = Field(20.0, gt=0, description="stop once measuring took this long")
     ci_target: float = Field(0.02, gt=0, description="stop when the 95% CI of each median is within +-this")
     ci_level: float = Field(0.95, gt=0, lt=1)
+    processes: int = Field(2, ge=1, description="fresh processes per variant: the CIs cover the variation between "
+                           "processes, not only between repetitions in one")
+    round_repetitions: int = Field(2, ge=1, description="repetitions per variant in each interleaved round")
+    interleave: Literal["resident", "processes"] = Field(
+        "resident", description="resident: the variants of one workload stay loaded side by side, each in its own "
+        "process, and alternate round by round; processes: one short process per variant and round, for variants "
+        "that cannot be resident together (GPU memory)")
 
 
 class PerplexitySettings(_Settings):
@@ -285,6 +292,7 @@ class Summary(_Record):
     ci_level: float | None = None
     ci_low: float | None = None
     ci_high: float | None = None
+    ci_method: str | None = None  # how the median's interval was computed (None in format 1: order statistics)
 
 
 class Estimate(_Record):
@@ -309,10 +317,28 @@ def shown_value(value: MetricValue) -> float | None:
     return None if value is None or isinstance(value, bool) else float(value)
 
 
+class MachineState(_Record):
+    """What else the machine did while a case was measured (sampled around each of its rounds)."""
+
+    cpus: int = Field(description="CPUs this process may use")
+    other_cpu_load_mean: float = Field(description="CPUs busy with other processes, mean over the rounds")
+    other_cpu_load_max: float = Field(description="the same, for the busiest round")
+    cpu_mhz_min: float | None = None  # where the kernel reports CPU frequency
+    cpu_mhz_max: float | None = None
+    gpu_clock_mhz_min: float | None = None  # NVML, where there is a GPU
+    gpu_utilization_max: float | None = None
+    contended: bool = Field(description="other processes kept at least half a CPU busy on average")
+
+
 class LatencyInfo(_Record):
     repetitions: int = Field(description="measured repetitions (warm-up excluded)")
     stop_reason: str = Field(description="ci_target_met, max_repetitions or max_time")
     measure_seconds: float = Field(description="wall time of the measured repetitions")
+    processes: int = Field(1, description="processes the repetitions came from")
+    rounds: int | None = Field(None, description="interleaved rounds (None: measured alone, format 1)")
+    interleave: str | None = Field(None, description="resident, processes, or None (measured alone)")
+    machine: MachineState | None = None
+    warnings: list[str] = Field(default_factory=list)
 
 
 class PerplexityInfo(_Record):
@@ -469,6 +495,8 @@ class RawSamples(_Record):
     e2e_ms: list[float] = Field(default_factory=list)
     itl_ms: list[float] = Field(default_factory=list)
     serving: dict[str, list[RequestSample]] | None = Field(None, description="serving: level key -> its requests")
+    process: list[int] = Field(default_factory=list, description="per repetition: the process (0, 1, ...) it ran in")
+    round: list[int] = Field(default_factory=list, description="per repetition: its interleaved round in that process")
 
     def series(self, metric: str) -> list[float]:
         return list(getattr(self, metric, None) or [])

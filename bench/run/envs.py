@@ -21,7 +21,7 @@ from pathlib import Path
 from bench.core.cache import build_dir_atomically, cache_dir
 from bench.errors import BadInput
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent  # the repo (bench/run/envs.py)
 PREFIX = "env:"
 MARKER = "bench-env.json"  # written last into a complete env: its spec, versions and build time
 

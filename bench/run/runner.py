@@ -12,36 +12,20 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from bench.core.process import die_with_parent, log_tail
-from bench.measure import quality
+from bench.core.process import log_tail
 from bench.records.rundir import RunDir
 from bench.records.schema import CaseRecord, CaseSpec, RawSamples, RegressionSettings, RunMeta
 from bench.run import environment, envs
+from bench.run.plan import Unit, plan
 from bench.run.protocol import WorkerResult
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-
-def _child_env(case: CaseSpec) -> dict:
-    env = dict(os.environ)
-    threads = str(case.threads)
-    env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads,
-               TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
-    return env
-
-
-def _exit_reason(returncode: int) -> str:
-    if returncode < 0:
-        sig = signal.Signals(-returncode)
-        hint = " (likely the out-of-memory killer)" if sig == signal.SIGKILL else ""
-        return f"worker killed by {sig.name}{hint}"
-    return f"worker exited with code {returncode} without writing a result"
+from bench.run.spawn import exit_reason, spawn_worker
 
 
 def _record(case: CaseSpec, started: float, **fields) -> CaseRecord:
@@ -50,26 +34,18 @@ def _record(case: CaseSpec, started: float, **fields) -> CaseRecord:
 
 def run_case_process(case: CaseSpec, run: RunDir) -> tuple[CaseRecord, RawSamples | None]:
     """Run one case in a child process; return (its record for cases.jsonl, its raw samples or None)."""
-    case_file = run.write_case(case)
     result_file, log_file = run.path / "tmp" / f"{case.id}.json", run.log_path(case.id)
     result_file.unlink(missing_ok=True)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    try:
-        python = envs.interpreter_path(case.interpreter)
-    except envs.MissingEnv as exc:  # recorded as skipped, with the command that creates the env
-        return _record(case, started, status="skipped", reason=str(exc)), None
-    # absolute paths: the worker (another interpreter, maybe another working directory) finds the run anyway
-    command = [python, "-m", "bench.run.worker", str(case_file.resolve()), str(result_file.resolve()),
-               str(run.path.resolve())]
     progress = os.dup(sys.stderr.fileno())  # a serving case prints one line per load level here
     with open(log_file, "wb") as log:
-        # its own session (a timeout kills its whole process group) that dies with the runner (kill -9 included);
-        # the preexec_fn makes one prctl call through a ctypes handle made before the fork: no lock is taken
-        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, pass_fds=(progress,),
-                                 env={**_child_env(case), "BENCH_PROGRESS_FD": str(progress)},
-                                 start_new_session=True, preexec_fn=die_with_parent())  # noqa: PLW1509
-        os.close(progress)
+        try:
+            child = spawn_worker(case, run, result_file, log, {"BENCH_PROGRESS_FD": str(progress)}, (progress,))
+        except envs.MissingEnv as exc:  # recorded as skipped, with the command that creates the env
+            return _record(case, started, status="skipped", reason=str(exc)), None
+        finally:
+            os.close(progress)
         try:
             returncode = child.wait(timeout=case.timeout_s)
         except subprocess.TimeoutExpired:
@@ -84,7 +60,7 @@ def run_case_process(case: CaseSpec, run: RunDir) -> tuple[CaseRecord, RawSample
         return _record(case, started, status="failed", output_tail=log_tail(log_file),
                        reason=f"timeout: still running after {case.timeout_s:g} s; killed"), None
     if not result_file.exists():
-        return _record(case, started, status="failed", reason=_exit_reason(returncode),
+        return _record(case, started, status="failed", reason=exit_reason(returncode),
                        output_tail=log_tail(log_file)), None
     try:
         result = WorkerResult.model_validate_json(result_file.read_text())
@@ -99,26 +75,66 @@ def run_case_process(case: CaseSpec, run: RunDir) -> tuple[CaseRecord, RawSample
     return record, None
 
 
-def run_cases(cases: list[CaseSpec], run: RunDir, retry_failed: bool = False) -> list[CaseRecord]:
-    """Run every case that has no record yet (and failed ones if retry_failed)."""
+def run_unit(unit: Unit, run: RunDir) -> Iterator[tuple[CaseRecord, RawSamples | None]]:
+    """Run one unit of work into `run` (bench/run/plan.py), yielding each case's record as it finishes."""
+    if unit.kind == "interleaved":
+        from bench.run.interleave import run_group
+
+        yield from run_group(list(unit.cases), run)
+    else:
+        for case in unit.cases:
+            yield run_case_process(case, run)
+
+
+class Executor(Protocol):
+    """Runs units somewhere and hands every finished case back to the one writer, `record`."""
+
+    def run(self, units: list[Unit], run: RunDir,
+            record: Callable[[CaseRecord, RawSamples | None], None]) -> None: ...
+
+
+class LocalExecutor:
+    """Units one after another on this machine (the default)."""
+
+    def run(self, units: list[Unit], run: RunDir,
+            record: Callable[[CaseRecord, RawSamples | None], None]) -> None:
+        for unit in units:
+            for case_record, samples in run_unit(unit, run):
+                record(case_record, samples)
+
+
+def todo_cases(cases: list[CaseSpec], run: RunDir, retry_failed: bool = False) -> list[CaseSpec]:
+    """The cases that have no record yet in `run` (and the failed ones if retry_failed)."""
     done = {r.id: r for r in run.records()}
-    todo = [c for c in cases if c.id not in done or (retry_failed and done[c.id].status == "failed")]
-    todo = quality.reference_first(todo)  # the others' perplexity cases read the reference's log-probs
+    return [c for c in cases if c.id not in done or (retry_failed and done[c.id].status == "failed")]
+
+
+def run_cases(cases: list[CaseSpec], run: RunDir, retry_failed: bool = False,
+              executor: Executor | None = None) -> list[CaseRecord]:
+    """Run every case that has no record yet (and failed ones if retry_failed), unit by unit."""
+    todo = todo_cases(cases, run, retry_failed)
     if len(todo) < len(cases):
         print(f"resuming {run.run_id}: {len(cases) - len(todo)} of {len(cases)} cases already finished",
               file=sys.stderr)
     bar = tqdm(total=len(cases), initial=len(cases) - len(todo), unit="case", file=sys.stderr,
                disable=not sys.stderr.isatty(), bar_format="{l_bar}{bar:20}| {n_fmt}/{total_fmt} cases [{elapsed}]")
+    finished = len(cases) - len(todo)
+
+    def record(case_record: CaseRecord, samples: RawSamples | None) -> None:
+        nonlocal finished
+        if samples is not None:
+            run.write_samples(case_record.id, samples)
+        run.append(case_record)
+        finished += 1
+        outcome = case_record.status + (f": {case_record.reason}" if case_record.reason else "")
+        bar.write(f"[{finished}/{len(cases)}] {case_record.id}: {outcome} ({case_record.wall_seconds:.1f} s)",
+                  file=sys.stderr)
+        for warning in case_record.latency.warnings if case_record.latency else []:
+            bar.write(f"  warning: {warning}", file=sys.stderr)
+        bar.update()
+
     try:
-        for n, case in enumerate(todo, len(cases) - len(todo) + 1):
-            bar.set_description(case.id[:60])
-            record, samples = run_case_process(case, run)
-            if samples is not None:
-                run.write_samples(case.id, samples)
-            run.append(record)
-            outcome = record.status + (f": {record.reason}" if record.reason else "")
-            bar.write(f"[{n}/{len(cases)}] {case.id}: {outcome} ({record.wall_seconds:.1f} s)", file=sys.stderr)
-            bar.update()
+        (executor or LocalExecutor()).run(plan(todo), run, record)
     finally:
         bar.close()
     return run.records()

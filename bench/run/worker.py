@@ -14,6 +14,7 @@ import sys
 import time
 import traceback
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 from backends import backend_class
@@ -22,7 +23,7 @@ from bench.core.deps import MissingDependency, NotSupportedHere
 from bench.core.timing import Clock, make_clock
 from bench.measure import bandwidth
 from bench.measure.evaltext import eval_text
-from bench.measure.latency import measure, prompt_batch
+from bench.measure.latency import measure, one_generation, prompt_batch
 from bench.measure.memory import MemorySampler
 from bench.measure.perplexity import perplexity
 from bench.measure.quality import QualitySession
@@ -58,8 +59,46 @@ def _latency_task(case: CaseSpec, backend, prompts: list[list[int]], clock: Cloc
     return WorkerResult(status="ok", metrics=result.metrics, latency=result.info, samples=result.samples)
 
 
-def run_case(case: CaseSpec, run_dir: Path | None = None) -> WorkerResult:
-    """Measure one case in this process. `run_dir`: where the reference's log-probs and traces live."""
+class Driver:
+    """The runner's end of a driven latency case (bench/run/interleave.py): JSON lines over two pipes.
+
+    The worker loads, warms up and says {"ready": ...}; then each {"measure": k} is answered with the stamps of
+    k timed generations, until {"finish": true}."""
+
+    def __init__(self, commands_fd: int, replies_fd: int) -> None:
+        self.commands = os.fdopen(commands_fd, "r")
+        self.replies = os.fdopen(replies_fd, "w")
+
+    def reply(self, message: dict) -> None:
+        self.replies.write(json.dumps(message) + "\n")
+        self.replies.flush()
+
+    def commands_until_finish(self) -> Iterator[dict]:
+        for line in self.commands:
+            command = json.loads(line)
+            if command.get("finish"):
+                return
+            yield command
+
+
+def _driven_latency(case: CaseSpec, backend, prompts: list[list[int]], clock: Clock, driver: Driver) -> WorkerResult:
+    """Warm up, then measure what the runner asks for, round by round; the runner keeps the stamps."""
+    assert case.workload is not None
+    for _ in range(case.repetitions.warmup):
+        backend.generate(prompts, case.workload.new_tokens, lambda: None)
+    driver.reply({"ready": True})
+    for command in driver.commands_until_finish():
+        began = time.monotonic()
+        stamps = [one_generation(backend, prompts, case.workload.new_tokens, clock) for _ in range(command["measure"])]
+        driver.reply({"stamps": stamps, "seconds": time.monotonic() - began})
+    return WorkerResult(status="ok")
+
+
+def run_case(case: CaseSpec, run_dir: Path | None = None, driver: Driver | None = None,
+             profile: bool = True) -> WorkerResult:
+    """Measure one case in this process. `run_dir`: where the reference's log-probs and traces live; `driver`:
+    the runner paces a latency case round by round (interleaved with other variants); `profile`: whether
+    this process profiles a profiled case (the last of a case's processes does)."""
     if case.task == "serving":  # a server under load, no backend in this process (bench/serving/run.py)
         from bench.serving.run import run_serving_case
 
@@ -81,10 +120,11 @@ def run_case(case: CaseSpec, run_dir: Path | None = None) -> WorkerResult:
         else:
             assert case.workload is not None
             prompts = prompt_batch(ids, case.workload.batch_size, case.workload.prompt_tokens)
-            result = _latency_task(case, backend, prompts, clock)
+            result = (_driven_latency(case, backend, prompts, clock, driver) if driver is not None
+                      else _latency_task(case, backend, prompts, clock))
         description = backend.describe()
         memory = sampler.stop()
-        if case.profile and prompts is not None and run_dir is not None:  # after measuring: never perturbs it
+        if case.profile and profile and prompts is not None and run_dir is not None:  # after measuring
             from bench.measure.profiling import profile_case
 
             result.profile = profile_case(case, backend, prompts, run_dir / "traces" / case.id)
@@ -92,12 +132,14 @@ def run_case(case: CaseSpec, run_dir: Path | None = None) -> WorkerResult:
         backend.close()
     result.metrics.update(load_s=load_ns / 1e9, model_size_bytes=description.model_size_bytes, **memory.metrics)
     result.not_applicable.update(memory.not_applicable)
-    if case.task == "latency":  # MBU: weight bytes read per decode step / TPOT, over the known peak
-        rates, unknown, source = bandwidth.for_case(case.peak_memory_bandwidth_gbs, backend.device,
-                                                    description.model_size_bytes, _median(result, "tpot_ms"))
-        result.metrics.update(rates)
-        result.not_applicable.update(unknown)
+    if case.task == "latency":  # the device's peak bandwidth: MBU is weight bytes per step / TPOT over it
+        peak, source = bandwidth.peak_bandwidth(backend.device, case.peak_memory_bandwidth_gbs)
+        description.details["peak_memory_bandwidth_gbs"] = peak
         description.details["peak_memory_bandwidth_source"] = source
+        if driver is None:  # measured alone: TPOT is known here (driven: the runner has the samples)
+            rates, unknown = bandwidth.mbu(description.model_size_bytes, _median(result, "tpot_ms"), peak, source)
+            result.metrics.update(rates)
+            result.not_applicable.update(unknown)
     result.backend = description
     result.model_path = model_path
     result.worker_seconds = time.monotonic() - started
@@ -117,17 +159,24 @@ def failure(exc: BaseException) -> WorkerResult:
 DEPRECATIONS_AS_ERRORS = "BENCH_DEPRECATIONS_AS_ERRORS"
 
 
+DRIVE_FDS = "BENCH_DRIVE_FDS"  # "COMMANDS_FD,REPLIES_FD": the runner paces this latency case (interleave.py)
+NO_PROFILE = "BENCH_NO_PROFILE"  # set for all but the last process of a profiled case
+
+
 def main(argv: list[str]) -> int:
     if os.environ.get(DEPRECATIONS_AS_ERRORS):  # a developer switch (the tests set it): fail on deprecated APIs
         warnings.filterwarnings("error", message=".*deprecated", category=FutureWarning)
     case_path, result_path = Path(argv[0]), Path(argv[1])
     run_dir = Path(argv[2]) if len(argv) > 2 else None
     case = CaseSpec.model_validate_json(case_path.read_text())
+    driver = Driver(*map(int, os.environ[DRIVE_FDS].split(","))) if os.environ.get(DRIVE_FDS) else None
     try:
-        result = run_case(case, run_dir)
+        result = run_case(case, run_dir, driver, profile=not os.environ.get(NO_PROFILE))
     except Exception as exc:  # noqa: BLE001 - recorded, never lost: the runner goes on with the next case
         traceback.print_exc()
         result = failure(exc)
+        if driver is not None:  # the runner may be waiting for a reply: tell it, rather than make it time out
+            driver.reply({"failed": result.model_dump(mode="json")})
     write_json_atomic(result_path, result.model_dump(mode="json"))
     return 0
 

@@ -101,11 +101,9 @@ def check_contexts(path: Path, index: LineIndex, suite: Suite) -> None:
                       f"a window of {suite.perplexity.window} tokens exceeds the {context}-token context of {model}")
 
 
-def available_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def check_threads(path: Path, index: LineIndex, suite: Suite) -> None:
+    from bench.measure.machine import available_cpus
+
     cpus = available_cpus()
     if suite.threads > cpus:
         raise _at(path, index, ("threads",), f"{suite.threads} threads, but this process may use {cpus} CPU(s): "

@@ -24,6 +24,7 @@ from bench.suite.schema import ServerVariant, Suite, Variant
 # so a suite that does not use them keeps the case ids it had (and old baselines still match case by case).
 ADDED_SETTINGS: dict[str, dict[str, Any]] = {
     "profile": {"decode_steps": 4, "max_trace_mb": 20.0},
+    "repetitions": {"processes": 2, "round_repetitions": 2, "interleave": "resident"},
 }
 
 
@@ -94,7 +95,7 @@ def _serving_identities(suite: Suite) -> list[dict[str, Any]]:
 def expand(suite: Suite) -> list[CaseSpec]:
     """Every case of the suite, in run order: model, then variant, then task."""
     identities = []
-    repetitions = Repetitions(**suite.repetitions.model_dump()).model_dump()
+    repetitions = _identity_settings("repetitions", Repetitions(**suite.repetitions.model_dump()).model_dump())
     perplexity = PerplexitySettings(**suite.perplexity.model_dump()).model_dump()
     for model, variant in itertools.product(suite.models, suite.backends):
         grid = option_grid(variant.options)

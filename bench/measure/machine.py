@@ -1,0 +1,103 @@
+"""What the machine did while a case was measured: load from other processes, CPU and GPU clocks.
+
+`Probe(pid).start()` ... `stop()` around a measured round gives the CPUs kept busy by *other* processes
+(system-wide busy CPU time minus the measured process's and this one's, per second of wall time), the
+CPU frequency where the kernel reports it, and the GPU's SM clock and utilization where NVML has them.
+`summarize` turns a case's rounds into a `MachineState`, marked contended when others kept at least
+half a CPU busy on average: its numbers were measured on a shared machine.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import psutil
+
+from bench.records.schema import MachineState
+
+CONTENDED_CPUS = 0.5  # others' mean load (in CPUs) from which a case is marked as measured under contention
+
+
+def available_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _busy_seconds() -> float:
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
+def _process_seconds(proc: psutil.Process) -> float:
+    try:
+        t = proc.cpu_times()
+        return t.user + t.system + t.children_user + t.children_system
+    except psutil.Error:
+        return 0.0
+
+
+def _cpu_mhz() -> float | None:
+    try:
+        freq = psutil.cpu_freq()
+    except (OSError, NotImplementedError, AttributeError):
+        return None
+    return float(freq.current) if freq and freq.current else None
+
+
+def _gpu() -> tuple[float | None, float | None]:
+    """(lowest SM clock MHz, highest utilization %) over the GPUs NVML sees, or (None, None)."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+        if not handles:
+            return None, None
+        clocks = [pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM) for h in handles]
+        util = [pynvml.nvmlDeviceGetUtilizationRates(h).gpu for h in handles]
+        return float(min(clocks)), float(max(util))
+    except Exception:  # noqa: BLE001 - no pynvml, no driver, no GPU: nothing to report
+        return None, None
+
+
+@dataclass
+class Reading:
+    other_cpus: float
+    cpu_mhz: float | None
+    gpu_clock_mhz: float | None
+    gpu_utilization: float | None
+
+
+class Probe:
+    """Around one measured stretch of process `pid`: how much else the machine did meanwhile."""
+
+    def __init__(self, pid: int) -> None:
+        self._measured = psutil.Process(pid)
+        self._self = psutil.Process()
+
+    def start(self) -> Probe:
+        self._t0, self._busy0 = time.monotonic(), _busy_seconds()
+        self._mine0 = _process_seconds(self._measured) + _process_seconds(self._self)
+        return self
+
+    def stop(self) -> Reading:
+        wall = max(time.monotonic() - self._t0, 1e-9)
+        busy = _busy_seconds() - self._busy0
+        mine = _process_seconds(self._measured) + _process_seconds(self._self) - self._mine0
+        clock, util = _gpu()
+        return Reading(max(0.0, (busy - mine) / wall), _cpu_mhz(), clock, util)
+
+
+def summarize(readings: list[Reading]) -> MachineState | None:
+    if not readings:
+        return None
+    others = [r.other_cpus for r in readings]
+    mhz = [r.cpu_mhz for r in readings if r.cpu_mhz is not None]
+    gpu_clock = [r.gpu_clock_mhz for r in readings if r.gpu_clock_mhz is not None]
+    gpu_util = [r.gpu_utilization for r in readings if r.gpu_utilization is not None]
+    mean = sum(others) / len(others)
+    return MachineState(cpus=available_cpus(), other_cpu_load_mean=mean, other_cpu_load_max=max(others),
+                        cpu_mhz_min=min(mhz) if mhz else None, cpu_mhz_max=max(mhz) if mhz else None,
+                        gpu_clock_mhz_min=min(gpu_clock) if gpu_clock else None,
+                        gpu_utilization_max=max(gpu_util) if gpu_util else None,
+                        contended=mean >= CONTENDED_CPUS)

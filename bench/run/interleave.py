@@ -1,0 +1,379 @@
+"""Interleaved measurement of the variants of one model and workload (a unit of bench/run/plan.py).
+
+Resident (the default): each variant runs in its own worker process (memory stays per case), all of
+them loaded side by side and driven round by round through pipes (bench/run/worker.py `Driver`). In
+each round every variant measures `round_repetitions` generations, in a new random order, while the
+others wait, so drift of the machine hits all variants alike. This is done in `processes` fresh sets
+of worker processes, one after the other, so the confidence interval of each median covers the
+variation between processes, not only between the repetitions inside one (a two-stage bootstrap,
+bench/measure/stats.py). The last set measures until every variant's TTFT and TPOT medians are
+within `ci_target` or it reaches `max` repetitions or `max_time_s` of its own measuring time.
+
+Processes: where variants cannot be resident together (several large models on one GPU), every
+round of every variant is a short process of its own, alternating between variants.
+
+A variant whose worker crashes, hangs past `timeout_s` (per step: loading, one round, finishing) or
+fails is recorded as failed with the reason and its output; the others go on. Each variant's ratio to
+the reference comes from the rounds both measured (per round: the ratio of their medians).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import select
+import signal
+import statistics
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from pydantic import ValidationError
+
+from bench.core.process import log_tail
+from bench.measure import bandwidth, machine, stats
+from bench.measure.latency import derive
+from bench.records.rundir import RunDir
+from bench.records.schema import CaseRecord, CaseSpec, Estimate, LatencyInfo, MetricValue, RawSamples, Summary
+from bench.run import envs
+from bench.run.protocol import WorkerResult
+from bench.run.spawn import exit_reason, spawn_worker
+from bench.run.worker import DRIVE_FDS, NO_PROFILE
+
+PAIRED = {"ttft_ms": "ttft_vs_reference", "tpot_ms": "tpot_vs_reference"}
+MAX_METRICS = ("peak_rss_bytes", "peak_rss_delta_bytes", "peak_rss_sampled_bytes", "vm_hwm_bytes",
+               "processes_sampled", "cuda_max_allocated_bytes", "cuda_max_reserved_bytes", "nvml_peak_process_bytes")
+
+
+class WorkerGone(Exception):
+    """The worker died, timed out or reported a failure; `result` is what goes into the case's record."""
+
+    def __init__(self, result: WorkerResult) -> None:
+        super().__init__(result.reason)
+        self.result = result
+
+
+class DrivenWorker:
+    """One variant's worker process, held open and paced over a pair of pipes."""
+
+    def __init__(self, case: CaseSpec, run: RunDir, process: int, profile: bool) -> None:
+        self.case, self.run = case, run
+        self.result_file = run.path / "tmp" / f"{case.id}.p{process}.json"
+        self.result_file.unlink(missing_ok=True)
+        commands_r, commands_w = os.pipe()
+        replies_r, replies_w = os.pipe()
+        log_path = run.log_path(case.id)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {DRIVE_FDS: f"{commands_r},{replies_w}", **({} if profile else {NO_PROFILE: "1"})}
+        try:
+            with open(log_path, "ab") as log:
+                log.write(f"=== process {process + 1} ===\n".encode())
+                log.flush()
+                self.proc = spawn_worker(case, run, self.result_file, log, env, (commands_r, replies_w))
+        except BaseException:  # MissingEnv (the caller records a skip), or a failed start
+            os.close(commands_w)
+            os.close(replies_r)
+            raise
+        finally:  # the worker's ends, now its own
+            os.close(commands_r)
+            os.close(replies_w)
+        self._commands = os.fdopen(commands_w, "w")
+        self._replies = os.fdopen(replies_r, "r")
+
+    def _gone(self, reason: str) -> WorkerGone:
+        self.kill()
+        if self.result_file.exists():  # the worker wrote why it stopped
+            try:
+                result = WorkerResult.model_validate_json(self.result_file.read_text())
+                if result.status != "ok":
+                    return WorkerGone(result)
+            except ValidationError:
+                pass
+        return WorkerGone(WorkerResult(status="failed", reason=reason))
+
+    def _reply(self, timeout_s: float) -> dict:
+        ready, _, _ = select.select([self._replies], [], [], timeout_s)
+        if not ready:
+            raise self._gone(f"timeout: still running after {timeout_s:g} s without answering; killed")
+        line = self._replies.readline()
+        if not line:
+            self.proc.wait()
+            raise self._gone(_exit_reason(self.proc.returncode))
+        reply = json.loads(line)
+        if "failed" in reply:
+            self.proc.wait()
+            raise WorkerGone(WorkerResult.model_validate(reply["failed"]))
+        return reply
+
+    def ready(self) -> None:
+        self._reply(self.case.timeout_s)
+
+    def measure(self, repetitions: int) -> tuple[list[list[int]], float]:
+        try:
+            self._commands.write(json.dumps({"measure": repetitions}) + "\n")
+            self._commands.flush()
+        except BrokenPipeError:
+            self.proc.wait()
+            raise self._gone(_exit_reason(self.proc.returncode)) from None
+        reply = self._reply(self.case.timeout_s)
+        return reply["stamps"], reply["seconds"]
+
+    def finish(self) -> WorkerResult:
+        try:
+            self._commands.write(json.dumps({"finish": True}) + "\n")
+            self._commands.close()
+            self.proc.wait(timeout=self.case.timeout_s)
+        except (BrokenPipeError, subprocess.TimeoutExpired):
+            raise self._gone(f"timeout: still finishing after {self.case.timeout_s:g} s; killed") from None
+        if not self.result_file.exists():
+            raise self._gone(_exit_reason(self.proc.returncode))
+        return WorkerResult.model_validate_json(self.result_file.read_text())
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
+
+
+def _exit_reason(returncode: int | None) -> str:
+    return exit_reason(returncode if returncode is not None else -signal.SIGKILL)
+
+
+@dataclass
+class _Measured:
+    """Everything one case measured so far, over all its processes."""
+
+    case: CaseSpec
+    stamps: list[list[int]] = field(default_factory=list)
+    process: list[int] = field(default_factory=list)
+    round: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+    results: list[WorkerResult] = field(default_factory=list)
+    readings: list[machine.Reading] = field(default_factory=list)
+    gone: WorkerResult | None = None
+    started: float = field(default_factory=time.time)
+    rounds: int = 0
+
+    def add(self, stamps: list[list[int]], seconds: float, process: int, round_index: int,
+            reading: machine.Reading) -> None:
+        self.stamps += stamps
+        self.process += [process] * len(stamps)
+        self.round += [round_index] * len(stamps)
+        self.seconds += seconds
+        self.readings.append(reading)
+        self.rounds += 1
+
+    def series(self, name: str) -> list[float]:
+        if name == "ttft_ms":
+            return [s[0] / 1e6 for s in self.stamps]
+        return [(s[-1] - s[0]) / (len(s) - 1) / 1e6 for s in self.stamps]  # tpot_ms
+
+    def halfwidths(self) -> dict[str, float]:
+        level = self.case.repetitions.ci_level
+        return {m: stats.ci_halfwidth_rel_grouped(self.series(m), self.process, level) for m in PAIRED}
+
+    def done(self) -> bool:
+        policy, n = self.case.repetitions, len(self.stamps)
+        if self.gone is not None:
+            return True
+        if n < policy.min:
+            return False
+        return (n >= policy.max or self.seconds >= policy.max_time_s
+                or all(h <= policy.ci_target for h in self.halfwidths().values()))
+
+    def stop_reason(self) -> str:
+        policy = self.case.repetitions
+        if len(self.stamps) >= policy.min and all(h <= policy.ci_target for h in self.halfwidths().values()):
+            return "ci_target_met"
+        return "max_repetitions" if len(self.stamps) >= policy.max else "max_time"
+
+
+def _measure_round(workers: dict[str, DrivenWorker], measured: dict[str, _Measured], process: int,
+                   round_index: int, rng: random.Random) -> None:
+    """One round: every live variant measures round_repetitions generations, in a new random order."""
+    order = [case_id for case_id in workers if not measured[case_id].done()]
+    rng.shuffle(order)
+    for case_id in order:
+        worker, case = workers[case_id], measured[case_id].case
+        probe = machine.Probe(worker.proc.pid).start()
+        try:
+            stamps, seconds = worker.measure(case.repetitions.round_repetitions)
+        except WorkerGone as gone:
+            measured[case_id].gone = gone.result
+            continue
+        measured[case_id].add(stamps, seconds, process, round_index, probe.stop())
+
+
+def _start(cases: list[CaseSpec], measured: dict[str, _Measured], run: RunDir, process: int,
+           last: bool) -> dict[str, DrivenWorker]:
+    """Start a worker per live case (they load side by side), and wait until each is warmed up."""
+    workers: dict[str, DrivenWorker] = {}
+    for case in cases:
+        if measured[case.id].gone is None:
+            try:
+                workers[case.id] = DrivenWorker(case, run, process, profile=last)
+            except envs.MissingEnv as exc:
+                measured[case.id].gone = WorkerResult(status="skipped", reason=str(exc))
+    for case_id, worker in list(workers.items()):
+        try:
+            worker.ready()
+        except WorkerGone as gone:
+            measured[case_id].gone = gone.result
+            del workers[case_id]
+    return workers
+
+
+def _finish(workers: dict[str, DrivenWorker], measured: dict[str, _Measured]) -> None:
+    for case_id, worker in workers.items():
+        try:
+            measured[case_id].results.append(worker.finish())
+        except WorkerGone as gone:
+            measured[case_id].gone = gone.result
+
+
+def _resident(cases: list[CaseSpec], run: RunDir, measured: dict[str, _Measured], rng: random.Random) -> None:
+    policy = cases[0].repetitions
+    for process in range(policy.processes):
+        last = process == policy.processes - 1
+        quota = math.ceil(policy.min * (process + 1) / policy.processes)  # repetitions due by this process's end
+        workers = _start(cases, measured, run, process, last)
+        try:
+            round_index = 0
+            while any(not measured[c].done() and (last or len(measured[c].stamps) < quota) for c in workers):
+                _measure_round(workers, measured, process, round_index, rng)
+                round_index += 1
+        finally:
+            _finish(workers, measured)
+
+
+def _processes(cases: list[CaseSpec], run: RunDir, measured: dict[str, _Measured], rng: random.Random) -> None:
+    """One short process per variant and round, alternating: no two variants resident at once."""
+    round_index = 0
+    while any(not m.done() for m in measured.values()):
+        order = [c for c in cases if not measured[c.id].done()]
+        rng.shuffle(order)
+        for case in order:
+            workers = _start([case], measured, run, round_index, last=True)
+            try:
+                _measure_round(workers, measured, round_index, 0, rng)
+            finally:
+                _finish(workers, measured)
+        round_index += 1
+
+
+def run_group(cases: list[CaseSpec], run: RunDir) -> Iterator[tuple[CaseRecord, RawSamples | None]]:
+    """Measure the variants of one model and workload interleaved; one record (and samples) per case."""
+    measured = {case.id: _Measured(case) for case in cases}
+    rng = random.Random(hash(tuple(sorted(measured))) & 0xFFFFFFFF)
+    mode = cases[0].repetitions.interleave
+    (_resident if mode == "resident" else _processes)(cases, run, measured, rng)
+    reference = next((m for m in measured.values() if m.case.variant == m.case.reference and m.gone is None), None)
+    for m in measured.values():
+        yield _record(m, reference, mode, len(cases), run)
+
+
+def _rounds_of(m: _Measured, metric: str) -> dict[tuple[int, int], list[float]]:
+    series = m.series(metric)
+    out: dict[tuple[int, int], list[float]] = {}
+    for value, p, r in zip(series, m.process, m.round, strict=True):
+        out.setdefault((p, r), []).append(value)
+    return out
+
+
+def _metrics(m: _Measured, samples: RawSamples) -> dict[str, MetricValue]:
+    case = m.case
+    assert case.workload is not None
+    level = case.repetitions.ci_level
+    _, metrics = derive(m.stamps, case.workload.batch_size, case.workload.prompt_tokens, level)
+    for name in ("ttft_ms", "tpot_ms", "e2e_ms"):
+        metrics[name] = stats.summarize_grouped(samples.series(name), m.process, level)
+    gaps_per_rep = len(m.stamps[0]) - 1
+    metrics["itl_ms"] = stats.summarize_grouped(samples.itl_ms, [p for p in m.process for _ in range(gaps_per_rep)],
+                                                level)
+    for result in m.results:
+        for name in MAX_METRICS:
+            value = result.metrics.get(name)
+            if isinstance(value, int | float) and value > (_number(metrics.get(name)) or -1):
+                metrics[name] = value
+    loads = [v for r in m.results if isinstance(v := r.metrics.get("load_s"), int | float)]
+    metrics["load_s"] = statistics.median(loads) if loads else None
+    first = m.results[0].metrics
+    metrics["baseline_rss_bytes"] = first.get("baseline_rss_bytes")
+    return metrics
+
+
+def _number(value: MetricValue) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _warnings(m: _Measured, info: LatencyInfo) -> list[str]:
+    out = []
+    target = m.case.repetitions.ci_target
+    wide = {name: h for name, h in m.halfwidths().items() if h > target}
+    if wide and info.stop_reason != "ci_target_met":
+        spread = ", ".join(f"{name} +-{100 * h:.1f} %" if math.isfinite(h) else f"{name} (no interval yet)"
+                           for name, h in wide.items())
+        out.append(f"the 95 % CI of the median ({spread}) is wider than ci_target (+-{100 * target:g} %) after "
+                   f"{info.repetitions} repetitions in {info.processes} process(es): processes disagree or "
+                   f"repetitions are noisy; raise repetitions.max/max_time_s or measure on a quieter machine")
+    if info.machine is not None and info.machine.contended:
+        out.append(f"measured under contention: other processes kept {info.machine.other_cpu_load_mean:.2f} of "
+                   f"{info.machine.cpus} CPUs busy on average (up to {info.machine.other_cpu_load_max:.2f})")
+    return out
+
+
+def _record(m: _Measured, reference: _Measured | None, mode: str, group_size: int,
+            run: RunDir) -> tuple[CaseRecord, RawSamples | None]:
+    case = m.case
+    wall = time.time() - m.started
+    if m.gone is not None or not m.results or not m.stamps:
+        gone = m.gone or WorkerResult(status="failed", reason="no repetition was measured")
+        record = CaseRecord(case=case, started_at=m.started, wall_seconds=wall,
+                            **gone.model_dump(exclude={"samples"}))
+        if record.status == "failed":
+            record.output_tail = log_tail(run.log_path(case.id))
+        return record, None
+    samples, _ = derive(m.stamps, case.workload.batch_size if case.workload else 1,
+                        case.workload.prompt_tokens if case.workload else 1)
+    samples.process, samples.round = list(m.process), list(m.round)
+    metrics = _metrics(m, samples)
+    last = m.results[-1]
+    description = last.backend
+    info = LatencyInfo(repetitions=len(m.stamps), stop_reason=m.stop_reason(), measure_seconds=m.seconds,
+                       processes=len(set(m.process)), rounds=m.rounds, interleave=mode if group_size > 1 or
+                       case.repetitions.processes > 1 else None, machine=machine.summarize(m.readings))
+    info.warnings = _warnings(m, info)
+    not_applicable: dict[str, str] = {}
+    for result in m.results:
+        not_applicable.update(result.not_applicable)
+    if description is not None:
+        tpot = metrics["tpot_ms"]
+        rates, unknown = bandwidth.mbu(description.model_size_bytes, _median(tpot),
+                                       description.details.get("peak_memory_bandwidth_gbs"),
+                                       str(description.details.get("peak_memory_bandwidth_source", "")))
+        metrics.update(rates)
+        not_applicable.update(unknown)
+        metrics["model_size_bytes"] = description.model_size_bytes
+    if reference is not None and reference is not m:
+        for metric, name in PAIRED.items():
+            ratio = stats.paired_ratio(_rounds_of(m, metric), _rounds_of(reference, metric), case.repetitions.ci_level)
+            if ratio is not None:
+                metrics[name] = Estimate(value=ratio[0], ci_low=ratio[1], ci_high=ratio[2],
+                                         ci_level=case.repetitions.ci_level,
+                                         method=f"median over {ratio[3]} paired rounds of the ratio of round medians "
+                                                f"to the reference's; bootstrap over processes, then rounds")
+    record = CaseRecord(case=case, status="ok", started_at=m.started, wall_seconds=wall,
+                        worker_seconds=sum(r.worker_seconds or 0 for r in m.results), python=last.python,
+                        model_path=last.model_path, metrics=metrics, latency=info, backend=description,
+                        not_applicable=not_applicable, profile=last.profile)
+    return record, samples
+
+
+def _median(value: MetricValue) -> float | None:
+    return value.median if isinstance(value, Summary) else None
+

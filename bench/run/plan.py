@@ -1,0 +1,49 @@
+"""How a run's cases are grouped into units of work, the thing an executor runs (locally, or on a Ray node).
+
+- `interleaved`: the latency cases of one model and workload, one per variant. They are measured
+  together, in rounds, in a shuffled order each round (bench/run/interleave.py), so machine drift hits
+  every variant alike and each variant's ratio to the reference comes from paired rounds.
+- `sequential`: the perplexity cases of one model, the reference first (the others read its
+  log-probabilities from the run directory), so they belong on one machine, in this order.
+- `single`: any other case (a serving case), alone.
+
+A unit is self-contained: given a run directory (the run's own, or a scratch one on another machine) it
+produces its cases' records, samples, logs and traces there.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Literal
+
+from bench.measure.quality import reference_first
+from bench.records.schema import CaseSpec
+
+UnitKind = Literal["interleaved", "sequential", "single"]
+
+
+@dataclass(frozen=True)
+class Unit:
+    kind: UnitKind
+    cases: tuple[CaseSpec, ...]
+
+    @property
+    def label(self) -> str:
+        first = self.cases[0]
+        what = first.workload.short if first.workload else first.task
+        return f"{len(self.cases)} {first.task} case(s) of {first.model} ({what})"
+
+
+def plan(cases: list[CaseSpec]) -> list[Unit]:
+    """Units in run order (the order of each unit's first case); every case in exactly one unit."""
+    groups: dict[tuple, list[CaseSpec]] = defaultdict(list)
+    for case in cases:
+        if case.task == "latency":
+            key: tuple = ("interleaved", case.model, case.workload)
+        elif case.task == "perplexity":
+            key = ("sequential", case.model)
+        else:
+            key = ("single", case.id)
+        groups[key].append(case)
+    return [Unit(key[0], tuple(reference_first(members) if key[0] == "sequential" else members))
+            for key, members in groups.items()]

@@ -1,0 +1,47 @@
+"""Starting a case's worker process: its interpreter, environment, session, and death with the runner."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+from bench.core.process import die_with_parent
+from bench.records.rundir import RunDir
+from bench.records.schema import CaseSpec
+from bench.run import envs
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def child_env(case: CaseSpec) -> dict:
+    env = dict(os.environ)
+    threads = str(case.threads)
+    env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads,
+               TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def exit_reason(returncode: int) -> str:
+    if returncode < 0:
+        sig = signal.Signals(-returncode)
+        hint = " (likely the out-of-memory killer)" if sig == signal.SIGKILL else ""
+        return f"worker killed by {sig.name}{hint}"
+    return f"worker exited with code {returncode} without writing a result"
+
+
+def spawn_worker(case: CaseSpec, run: RunDir, result_file: Path, log, env: dict[str, str] | None = None,
+                 pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
+    """Start `python -m bench.run.worker` for `case` under its interpreter (MissingEnv if that does not exist).
+
+    Its own session (a timeout kills its whole process group), and it dies with this process (kill -9
+    included): the preexec_fn makes one prctl call through a ctypes handle made before the fork, no lock.
+    Paths are absolute: the worker (another interpreter, maybe another working directory) finds the run."""
+    python = envs.interpreter_path(case.interpreter)
+    case_file = run.write_case(case)
+    command = [python, "-m", "bench.run.worker", str(case_file.resolve()), str(result_file.resolve()),
+               str(run.path.resolve())]
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, pass_fds=pass_fds,
+                            env={**child_env(case), **(env or {})}, start_new_session=True,
+                            preexec_fn=die_with_parent())  # noqa: PLW1509
