@@ -78,6 +78,13 @@ _METRICS = [
     Metric("decode_tok_s", "decode", "tok/s", "throughput", "higher",
            "Decode throughput: sum of tokens generated after the first (batch size x (new tokens - 1)) over all "
            "measured repetitions divided by the sum of their decode times (e2e - TTFT)."),
+    Metric("ttft_vs_reference", "TTFT vs reference", "ratio", "info", "lower",
+           "TTFT of the variant over the reference's on the same model and workload, from the rounds both measured "
+           "interleaved: per round the ratio of their medians; the median of those ratios with a bootstrap interval "
+           "over processes, then rounds. Drift that outlasts a round cancels in each ratio. `bench compare RUN` "
+           "gates on it."),
+    Metric("tpot_vs_reference", "TPOT vs reference", "ratio", "info", "lower",
+           "TPOT of the variant over the reference's, from paired interleaved rounds (as ttft_vs_reference)."),
     Metric("load_s", "load", "s", "timing", "lower",
            "Load time: from the start of the backend's load call until the model is ready to run (weights read, "
            "moved to device, any conversion or compilation done eagerly)."),

@@ -71,15 +71,16 @@ def slowed_copy(root, source: str, name: str, variant: str, batch: int, factor: 
     return case_id
 
 
-def test_a_a_runs_pass_the_gate(runs):
-    # Two separate runs on a shared 2-core machine (load average ~8 while these tests were written) drift
-    # by more than 5 % from CPU contention alone, and the gate rightly sees that; the rule's own false-alarm
-    # rate is measured on recorded samples in test_regression_rule.py. Here: a 30 % allowance for drift.
-    proc = run_bench("compare", "a", "b", "--threshold", "0.3", "--json", "aa.json", cwd=runs, check_exit=0)
+def test_a_a_runs_never_get_a_regression_verdict(runs):
+    """Two runs of the same code: the gate says 'no regression', or 'inconclusive' when the machine's drift
+    between them is too large to tell (exit 4, never 1); how often each happens is measured by
+    benchmarks/gate_noise.py on recorded rounds."""
+    proc = run_bench("compare", "a", "b", "--json", "aa.json", cwd=runs, check_exit=None)
     result = json.loads((runs / "aa.json").read_text())
-    assert result["verdict"] == "no regression" and "no regression" in proc.stdout
+    assert proc.returncode in (0, 4) and result["exit_code"] == proc.returncode, proc.stdout
+    assert not [c for c in result["comparisons"] if c["status"] == "regression"], proc.stdout
     methods = {c["metric"]: c["method"] for c in result["comparisons"]}
-    assert methods["tpot_ms"] == "bootstrap+mann-whitney" and methods["decode_tok_s"] == "bootstrap+mann-whitney"
+    assert methods["tpot_ms"] == "two-stage bootstrap" and methods["decode_tok_s"] == "two-stage bootstrap"
     assert methods["perplexity"] == "threshold only" and methods["load_s"] == "not gated"
     assert result["summary"]["perplexity"]["geomean_ratio"] == pytest.approx(1.0)  # same text, same logits
 
@@ -113,7 +114,21 @@ def test_a_failed_case_or_no_comparable_data_exits_3(runs, tmp_path):
     assert "only in" in proc.stdout
 
 
-@pytest.mark.parametrize("args", [["a"], ["a", "no-such-run"], ["last:main", "a"], ["a", "b", "--threshold", "x"]])
+def test_one_run_compares_each_variant_with_its_reference_from_paired_rounds(runs):
+    """Known answer: 'slow' injects 30 ms per token and 20 ms of prefill against 'fast''s 20 and 10."""
+    proc = run_bench("compare", "a", "--json", "within.json", cwd=runs, check_exit=1)
+    result = json.loads((runs / "within.json").read_text())
+    flagged = {(c["variant"], c["metric"]): c for c in result["comparisons"]}
+    assert {v for v, _ in flagged} == {"slow"}  # the reference is not compared with itself
+    tpot, ttft = flagged[("slow", "tpot_ms")], flagged[("slow", "ttft_ms")]
+    assert tpot["method"] == "paired rounds" and tpot["status"] == "regression"
+    assert tpot["ratio"] == pytest.approx(1.5, rel=0.01) and tpot["ci_low"] <= 1.5 <= tpot["ci_high"] * 1.001
+    assert ttft["ratio"] == pytest.approx(50 / 30, rel=0.02)  # (20 + 30) / (10 + 20) ms to the first token
+    assert "paired rounds" in proc.stdout and result["flagged"]
+
+
+@pytest.mark.parametrize("args", [["a", "no-such-run"], ["last:main", "a"], ["a", "b", "--threshold", "x"],
+                                  ["a", "b", "c"]])
 def test_bad_input_exits_2(runs, args):
     proc = run_bench("compare", *args, cwd=runs, check_exit=2)
     assert "error" in proc.stderr

@@ -35,18 +35,29 @@ def open_run(spec: str, results_dir: Path, history_db: Path | None):
 
 
 def cmd_compare(args) -> ExitCode:
-    from bench.gate import alerts
-    from bench.gate.compare import compare_runs, rule_from
+    from bench.gate import alerts, history
+    from bench.gate.compare import compare_runs, compare_within, confirm, rule_from
 
     runs = list(args.runs)
     if args.baseline:
         runs.insert(0, args.baseline)
-    if len(runs) != 2:
-        raise BadInput("compare: give BASELINE CURRENT (run ids, run directories or last:BRANCH), "
-                       "or --baseline BASELINE CURRENT")
-    baseline, current = (open_run(spec, args.results_dir, args.history_db) for spec in runs)
-    rule = rule_from(current, threshold=args.threshold, alpha=args.alpha, seed=args.seed)
-    result = compare_runs(baseline, current, rule)
+    if len(runs) not in (1, 2):
+        raise BadInput("compare: give BASELINE CURRENT (run ids, run directories or last:BRANCH) to compare two "
+                       "runs, or one RUN to compare its variants with its reference")
+    opened = [open_run(spec, args.results_dir, args.history_db) for spec in runs]
+    rule = rule_from(opened[-1], threshold=args.threshold, alpha=args.alpha, seed=args.seed)
+    if len(opened) == 1:
+        result = compare_within(opened[0], rule)
+    else:
+        db = history.db_path(args.history_db, args.results_dir)
+        noise = history.noise_lookup(db, opened[1]) if db.exists() else None
+        result = compare_runs(opened[0], opened[1], rule, noise)
+    if args.confirming:
+        try:
+            first = json.loads(Path(args.confirming).read_text())
+        except (OSError, ValueError) as exc:
+            raise BadInput(f"--confirming {args.confirming}: not a comparison written by --json ({exc})") from None
+        result = confirm(first, result)
     text = alerts.markdown(result)
     if args.markdown:
         _write(args.markdown, text, append=args.append)
@@ -92,12 +103,16 @@ def add_commands(sub) -> list:
     """Register compare and history; returns the parsers that take --results-dir/--reports-dir."""
     compare = sub.add_parser("compare", help="regression gate: compare CURRENT with BASELINE (exit 1 on regression)")
     compare.add_argument("runs", nargs="+", metavar="RUN", help="BASELINE CURRENT: run ids, run directories, "
-                         "or last:BRANCH (the last run recorded on BRANCH in the history database)")
+                         "or last:BRANCH (the last run recorded on BRANCH in the history database); or one RUN: "
+                         "each variant against the run's reference, from their interleaved rounds")
     compare.add_argument("--baseline", help="the baseline (then give only CURRENT), e.g. last:main")
     compare.add_argument("--threshold", type=_fraction("--threshold", 0, 10),
                          help="default relative threshold (suite: regression.threshold, else 0.05)")
-    compare.add_argument("--alpha", type=_fraction("--alpha", 0, 1), default=0.02,
-                         help="rank test significance level (default 0.02)")
+    compare.add_argument("--alpha", type=_fraction("--alpha", 0, 1), default=0.05,
+                         help="the intervals are (1 - alpha) confidence intervals (default 0.05)")
+    compare.add_argument("--confirming", type=Path, metavar="FILE",
+                         help="the --json of an earlier comparison whose flagged cases this run re-measured: say "
+                              "which regressions the re-measurement confirms")
     compare.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     compare.add_argument("--markdown", type=Path, metavar="FILE", help="write the Markdown alert here "
                          "(e.g. $GITHUB_STEP_SUMMARY)")

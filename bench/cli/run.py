@@ -1,6 +1,7 @@
 """`run`, `profile` and `validate`: suites in, results and reports out."""
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -37,6 +38,28 @@ def _execute(args, suite, cases, run, profile_source: str | None = None) -> Exit
     return ExitCode.CASE_FAILED if any(r.status == "failed" for r in records) else ExitCode.OK
 
 
+def _selected(cases, args):
+    """The cases --only / --only-from name (case ids or variant labels), with the reference case of each chosen
+    latency case's workload, so its paired rounds against the reference are measured too."""
+    names = set(getattr(args, "only", None) or [])
+    if getattr(args, "only_from", None):
+        try:
+            names |= set(json.loads(Path(args.only_from).read_text())["flagged"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise BadInput(f"--only-from {args.only_from}: not a comparison written by compare --json ({exc})") \
+                from None
+    if not names and not getattr(args, "only_from", None):
+        return cases
+    chosen = [c for c in cases if c.id in names or c.variant in names]
+    if not chosen:
+        raise BadInput(f"--only/--only-from: no case of the suite has the id or label {', '.join(sorted(names))}"
+                       if names else f"--only-from {args.only_from}: the comparison flagged no case")
+    groups = {(c.model, c.workload) for c in chosen if c.task == "latency"}
+    references = [c for c in cases if c.task == "latency" and c.variant == c.reference
+                  and (c.model, c.workload) in groups]
+    return [c for c in cases if c in chosen or c in references]
+
+
 def check_writable(directory: Path, what: str) -> None:
     """Fail before running anything when `directory` cannot be created or written."""
     existing = Path(directory).resolve()
@@ -52,6 +75,7 @@ def _new_run(args, suite_path: Path, profile: dict | None):
     from bench.suite import load_suite
 
     suite, cases = load_suite(suite_path, profile=profile)
+    cases = _selected(cases, args)
     check_writable(args.results_dir, "--results-dir")
     check_writable(args.reports_dir, "--reports-dir")
     if args.run_id is not None:
@@ -77,6 +101,9 @@ def cmd_run(args) -> ExitCode:
             raise BadInput(f"--resume: no run '{args.resume}' in {args.results_dir}")
         _check_unedited(run, args.allow_edited_suite)
         suite, cases = load_suite(run.suite_snapshot)
+        planned = set(run.meta().case_ids)
+        if not args.allow_edited_suite:  # a run made with --only keeps its selection
+            cases = [c for c in cases if c.id in planned]
         check_writable(args.reports_dir, "--reports-dir")
         return _execute(args, suite, cases, run)
     if not args.suite:
@@ -134,6 +161,10 @@ def add_commands(sub) -> list:
     run.add_argument("--retry-failed", action="store_true", help="with --resume: run failed cases again")
     run.add_argument("--allow-edited-suite", action="store_true",
                      help="with --resume: accept a suite.yaml edited since the run started")
+    run.add_argument("--only", action="append", metavar="CASE_OR_LABEL",
+                     help="run only these cases (case ids or variant labels; repeatable), with their references")
+    run.add_argument("--only-from", metavar="COMPARE_JSON",
+                     help="run only the cases a comparison flagged (its --json file): the nightly's re-measurement")
     run.add_argument("--run-id", help="name of the new run (default: <suite>-<UTC time>)")
     run.set_defaults(func=cmd_run)
 

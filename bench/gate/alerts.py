@@ -11,7 +11,7 @@ import urllib.request
 from bench.metrics import METRICS
 
 WEBHOOK_ENV = "BENCH_WEBHOOK_URL"
-ICON = {0: "✅", 1: "🔴", 3: "⚠️"}
+ICON = {0: "✅", 1: "🔴", 3: "⚠️", 4: "❔"}
 
 
 def _pct(x: float | None) -> str:
@@ -29,9 +29,8 @@ def _metric_link(name: str) -> str:
 
 def _row(c: dict) -> str:
     ci = f" [{_pct(c['ci_low'])}, {_pct(c['ci_high'])}]" if c["ci_low"] is not None else ""
-    p = f"{c['p_value']:.2g}" if c["p_value"] is not None else c["method"]
     return (f"| `{c['case']}` | {_metric_link(c['metric'])} | {_num(c['baseline'])} | {_num(c['current'])} | "
-            f"{_pct(c['ratio'])}{ci} | {p} | {c['threshold'] * 100:g} % |")
+            f"{_pct(c['ratio'])}{ci} | {c['method']} | {c['threshold'] * 100:g} % |")
 
 
 def headline(result: dict) -> str:
@@ -42,14 +41,23 @@ def headline(result: dict) -> str:
 def markdown(result: dict) -> str:
     rule = result["rule"]
     lines = [f"### {headline(result)}", ""]
-    regressions = [c for c in result["comparisons"] if c["status"] == "regression"]
-    improvements = [c for c in result["comparisons"] if c["status"] == "improvement"]
+    by_status = {s: [c for c in result["comparisons"] if c["status"] == s]
+                 for s in ("regression", "inconclusive", "improvement")}
     if result["exit_code"]:
         lines += ["> [!CAUTION]" if result["exit_code"] == 1 else "> [!WARNING]", f"> {result['verdict']}", ""]
-    header = ["| case | metric | baseline | current | change [CI] | p | threshold |", "|---|---|---|---|---|---|---|"]
-    for title, rows in (("Regressions", regressions), ("Improvements", improvements)):
+    header = ["| case | metric | baseline | current | change [CI] | method | threshold |",
+              "|---|---|---|---|---|---|---|"]
+    titles = {"regression": "Regressions", "inconclusive": "Inconclusive (the interval straddles the threshold)",
+              "improvement": "Improvements"}
+    for status, rows in by_status.items():
         if rows:
-            lines += [f"#### {title}", "", *header, *map(_row, rows), ""]
+            lines += [f"#### {titles[status]}", "", *header, *map(_row, rows), ""]
+    if result.get("confirmation"):
+        lines += ["#### Re-measured", "", "| case | metric | first | re-measured | confirmed |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| `{c['case']}` | {_metric_link(c['metric'])} | {c['first']} | {c['again'] or 'not measured'} | "
+                  f"{'yes' if c['confirmed'] else 'no'} |" for c in result["confirmation"]]
+        lines.append("")
     if result["summary"]:
         lines += ["#### Suite summary (geometric mean of current/baseline over cases)", "",
                   "| metric | better | geomean ratio | cases |", "|---|---|---|---|"]
@@ -60,18 +68,20 @@ def markdown(result: dict) -> str:
     problems += [(f"skipped in {s['run']}", s["case"], s["reason"]) for s in result["skipped"]]
     problems += [("not compared", n["case"], f"baseline {n['baseline']}; current {n['current']}")
                  for n in result["not_compared"]]
-    problems += [("only in baseline", case, "") for case in result["only_in_baseline"]]
-    problems += [("only in current", case, "") for case in result["only_in_current"]]
+    problems += [("only in baseline", case, "") for case in result.get("only_in_baseline", [])]
+    problems += [("only in current", case, "") for case in result.get("only_in_current", [])]
     if problems:
         lines += ["#### Cases not compared", ""]
         lines += [f"- **{what}**: `{case}`" + (f": {reason[:300]}" if reason else "")
                   for what, case, reason in problems]
         lines.append("")
-    lines += [(f"<sub>Rule: regression = Mann-Whitney p < {rule['alpha']} in the bad direction and the "
-               f"{rule['ci_level'] * 100:g} % bootstrap CI of the ratio of medians ({rule['n_boot']} resamples, "
-               f"seed {rule['seed']}) reaches the threshold (default {rule['threshold'] * 100:g} %). Scalars without "
-               f"samples (quality, memory) are compared with the threshold only. "
-               f"{len(result['comparisons'])} case × metric comparisons.</sub>"), ""]
+    lines += [(f"<sub>Rule (bench/gate/rule.py): from the ratio and its {rule['ci_level'] * 100:g} % interval "
+               f"(two-stage bootstrap over processes and repetitions, {rule['n_boot']} resamples, seed {rule['seed']}; "
+               f"widened by the history's between-run spread where there is one; within one run, paired rounds "
+               f"against the reference): regression when the interval excludes no change and the estimate is at "
+               f"least the threshold (default {rule['threshold'] * 100:g} %); unchanged when the whole interval is "
+               f"within the threshold; inconclusive otherwise. Scalars without samples (quality, memory) against "
+               f"the threshold only. {len(result['comparisons'])} case × metric comparisons.</sub>"), ""]
     return "\n".join(lines)
 
 

@@ -1,54 +1,34 @@
-"""Regression gate: compare a CURRENT run with a BASELINE run, case by case and metric by metric.
+"""Regression gate: compare a CURRENT run with a BASELINE run (or the variants of one run with its
+reference), case by case and metric by metric, with three verdicts (bench/gate/rule.py).
 
-For a metric with raw samples (TTFT, TPOT, e2e, inter-token latency, and the decode/prefill
-throughputs rebuilt per repetition) the effect is the ratio current/baseline of the statistic the
-report shows (median; total tokens / total time for throughputs), with a seeded bootstrap CI that
-resamples whole repetitions, and a Mann-Whitney U test on the per-repetition values.
-
-The rule (documented in the README): a change is a **regression** when
-  1. the rank test finds a difference (two-sided p < alpha, default 0.02) and the point estimate
-     lies in the metric's bad direction (from `METRICS[...].better`), and
-  2. the bootstrap CI of the change reaches the threshold (default 5 %) in the bad direction, i.e.
-     the data cannot show that the change stays below the threshold.
-Condition 2 is an equivalence test: a change is forgiven only when it is demonstrably small.
-Comparing the point estimate with the threshold instead would detect a true 5 % slowdown only half
-of the time; requiring the whole CI beyond it would detect it almost never.
-
-Scalar metrics without samples are compared with the threshold only: quality (perplexity, NLL,
-KLD, ...) and memory (bytes; a change must also exceed 1 MiB, the allocator's granularity). Single
-timings without repetitions (load time, perplexity evaluation speed) are shown but never gate.
+- Sampled metrics (TTFT, TPOT, e2e, inter-token latency) and throughputs (rebuilt per repetition):
+  the ratio of the reported statistic with a two-stage bootstrap interval, widened by the case's
+  between-run noise from the history on the same machine when there is any.
+- Within one run (`bench compare RUN`): each variant against the run's reference from the rounds both
+  measured, interleaved (`tpot_vs_reference`, `ttft_vs_reference`).
+- Scalars (quality, memory): against the threshold alone; single timings (load time): shown, never gated.
+- Serving cases: every metric of every load level both runs measured (`case@level`).
+Cases measured on different machines (bench/records/schema.py `Environment.machine_id`) are not compared.
 """
 from __future__ import annotations
 
 import math
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
+
+import numpy as np
 
 from bench.errors import BadInput, ExitCode
-from bench.metrics import METRICS, Metric
+from bench.gate.rule import Rule, Units, ratio_ci, verdict, verdict_scalar, widen
+from bench.metrics import METRICS
 from bench.records.rundir import Run
-from bench.records.schema import CaseRecord, RawSamples, RegressionSettings
+from bench.records.schema import CaseRecord, Estimate, RawSamples, RegressionSettings
+
+__all__ = ["CompareError", "Comparison", "Rule", "compare_runs", "compare_within", "rule_from", "units_of"]
 
 
 class CompareError(BadInput):
     """Bad input (unknown run, unreadable file, bad thresholds): exit code 2."""
-
-
-@dataclass(frozen=True)
-class Rule:
-    threshold: float = 0.05
-    alpha: float = 0.02
-    ci_level: float = 0.95
-    n_boot: int = 2000
-    seed: int = 0
-    metric_thresholds: dict = field(default_factory=dict)
-    case_thresholds: dict = field(default_factory=dict)
-
-    def threshold_for(self, record: CaseRecord, metric: str) -> float:
-        for key in (record.id, record.variant):
-            if key in self.case_thresholds:
-                return self.case_thresholds[key]
-        return self.metric_thresholds.get(metric, self.threshold)
 
 
 @dataclass
@@ -58,7 +38,7 @@ class Comparison:
     metric: str
     unit: str
     better: str
-    method: str  # "bootstrap+mann-whitney", "threshold only", "not gated"
+    method: str  # "two-stage bootstrap", "paired rounds", "threshold only", "not gated"
     baseline: float | None
     current: float | None
     ratio: float | None
@@ -68,32 +48,28 @@ class Comparison:
     n_baseline: int | None = None
     n_current: int | None = None
     threshold: float = 0.0
-    status: str = "unchanged"  # regression | improvement | unchanged | not gated
+    status: str = "unchanged"  # regression | improvement | unchanged | inconclusive | not gated
     note: str = ""
+    between_run_sigma: float | None = None  # from the history: widened the interval (cross-run only)
 
 
 # ---------------------------------------------------------------- per-repetition units of a metric
 
-def units_of(record: CaseRecord, raw: RawSamples | None, metric: str):
-    """(units [n_rep, k], statistic, per_rep values) for a metric with raw samples, or None.
-
-    `statistic` maps resampled units [..., n_rep, k] to the reported statistic [...].
-    """
-    import numpy as np
-
+def units_of(record: CaseRecord, raw: RawSamples | None, metric: str) -> Units | None:
+    """The rows a sampled metric or throughput was computed from, with the process of each row; or None."""
     kind = METRICS[metric].kind
     if raw is None or record.task != "latency" or record.workload is None:
         return None
+    reps = len(raw.stamps_ns or raw.ttft_ms)
+    groups = np.asarray(raw.process if len(raw.process) == reps else [0] * reps)
     if kind == "sampled" and raw.series(metric):
         values = np.asarray(raw.series(metric), dtype=float)
-        reps = len(raw.stamps_ns or raw.ttft_ms)
         if reps == 0 or len(values) % reps:
             return None
-        units = values.reshape(reps, -1)
 
         def median(u):
             return np.median(u.reshape(*u.shape[:-2], -1), axis=-1)
-        return units, median, np.median(units, axis=1)
+        return Units(values.reshape(reps, -1), median, groups)
     if kind == "throughput" and raw.ttft_ms and raw.e2e_ms:
         work = record.workload
         ttft, e2e = np.asarray(raw.ttft_ms) / 1e3, np.asarray(raw.e2e_ms) / 1e3
@@ -101,72 +77,23 @@ def units_of(record: CaseRecord, raw: RawSamples | None, metric: str):
             tokens, seconds = work.batch_size * (work.new_tokens - 1), e2e - ttft
         else:
             tokens, seconds = work.batch_size * work.prompt_tokens, ttft
-        units = np.stack([np.full_like(seconds, tokens), seconds], axis=1)
 
         def ratio_of_sums(u):
             return u[..., 0].sum(axis=-1) / u[..., 1].sum(axis=-1)
-        return units, ratio_of_sums, units[:, 0] / units[:, 1]
+        return Units(np.stack([np.full_like(seconds, tokens), seconds], axis=1), ratio_of_sums, groups)
     return None
-
-
-def _bad_change(ratio: float, metric: Metric) -> float:
-    """Relative change in the metric's bad direction (positive = worse)."""
-    return ratio - 1 if metric.better == "lower" else 1 - ratio
 
 
 def _seed(rule: Rule, case_id: str, metric: str) -> int:
     return zlib.crc32(f"{rule.seed}:{case_id}:{metric}".encode())
 
 
-def compare_sampled(base_units, cur_units, rule: Rule, metric: Metric, seed: int) -> dict:
-    """Ratio of the statistic, its bootstrap CI, Mann-Whitney p and the verdict."""
-    import numpy as np
-    from scipy.stats import mannwhitneyu
-
-    (bu, stat, b_rep), (cu, _, c_rep) = base_units, cur_units
-    rng = np.random.default_rng(seed)
-    b_boot = stat(bu[rng.integers(0, len(bu), (rule.n_boot, len(bu)))])
-    c_boot = stat(cu[rng.integers(0, len(cu), (rule.n_boot, len(cu)))])
-    tail = (1 - rule.ci_level) / 2 * 100
-    lo, hi = np.percentile(c_boot / b_boot, [tail, 100 - tail])
-    ratio = float(stat(cu) / stat(bu))
-    if np.array_equal(b_rep, c_rep) or (np.ptp(np.concatenate([b_rep, c_rep])) == 0):
-        p = 1.0
-    else:
-        p = float(mannwhitneyu(c_rep, b_rep, alternative="two-sided").pvalue)
-    return {"ratio": ratio, "ci_low": float(lo), "ci_high": float(hi), "p_value": p,
-            "n_baseline": len(bu), "n_current": len(cu)}
-
-
-def verdict_sampled(c: Comparison, metric: Metric, rule: Rule) -> str:
-    assert c.ratio is not None and c.ci_low is not None and c.ci_high is not None and c.p_value is not None
-    change = _bad_change(c.ratio, metric)
-    bounds = sorted(_bad_change(x, metric) for x in (c.ci_low, c.ci_high))
-    if c.p_value < rule.alpha and change > 0 and bounds[1] >= c.threshold:
-        return "regression"
-    if c.p_value < rule.alpha and change < 0 and bounds[0] <= -c.threshold:
-        return "improvement"
-    return "unchanged"
-
-
-def verdict_scalar(c: Comparison, metric: Metric) -> str:
-    assert c.ratio is not None and c.current is not None and c.baseline is not None
-    change = _bad_change(c.ratio, metric)
-    if abs(c.current - c.baseline) < metric.min_change:
-        return "unchanged"
-    if change > c.threshold:
-        return "regression"
-    if change < -c.threshold:
-        return "improvement"
-    return "unchanged"
-
-
 def compare_case(base: CaseRecord, cur: CaseRecord, base_raw: RawSamples | None, cur_raw: RawSamples | None,
-                 rule: Rule) -> list[Comparison]:
+                 rule: Rule, noise=None) -> list[Comparison]:
     out = []
     for name in METRICS:
         comp = compare_metric(cur.id, cur, name, base.value(name), cur.value(name), units_of(base, base_raw, name),
-                              units_of(cur, cur_raw, name), rule)
+                              units_of(cur, cur_raw, name), rule, noise)
         if comp is not None:
             out.append(comp)
     return out + compare_serving(base, cur, base_raw, cur_raw, rule)
@@ -192,8 +119,8 @@ def compare_serving(base: CaseRecord, cur: CaseRecord, base_raw: RawSamples | No
         b_req = (base_raw.serving or {}).get(level.key) if base_raw else None
         c_req = (cur_raw.serving or {}).get(level.key) if cur_raw else None
         for name in level.metrics:
-            bu = request_units(b_req, name) if b_req else None
-            cu = request_units(c_req, name) if c_req else None
+            bu = _request_units(request_units(b_req, name) if b_req else None)
+            cu = _request_units(request_units(c_req, name) if c_req else None)
             comp = compare_metric(f"{cur.id}@{level.key}", cur, name, before.value(name), level.value(name), bu, cu,
                                   rule)
             if comp is not None:
@@ -201,9 +128,16 @@ def compare_serving(base: CaseRecord, cur: CaseRecord, base_raw: RawSamples | No
     return out
 
 
-def compare_metric(case: str, cur: CaseRecord, name: str, b: float | None, c: float | None, bu, cu,
-                   rule: Rule) -> Comparison | None:
-    """One metric of one case (or serving level): None when it is not comparable (missing, or info only)."""
+def _request_units(found) -> Units | None:
+    """A serving level's per-request rows (one client, one process)."""
+    return None if found is None else Units(found[0], found[1], np.zeros(len(found[0]), dtype=int))
+
+
+def compare_metric(case: str, cur: CaseRecord, name: str, b: float | None, c: float | None, bu: Units | None,
+                   cu: Units | None, rule: Rule, noise=None) -> Comparison | None:
+    """One metric of one case (or serving level): None when it is not comparable (missing, or info only).
+
+    `noise(record, metric)`: the case's between-run noise on this machine from the history, or None."""
     metric = METRICS.get(name)
     if metric is None or b is None or c is None or metric.kind == "info":
         return None
@@ -211,18 +145,27 @@ def compare_metric(case: str, cur: CaseRecord, name: str, b: float | None, c: fl
                       method="threshold only", baseline=float(b), current=float(c), ratio=None,
                       threshold=rule.threshold_for(cur, name))
     if bu is not None and cu is not None:
-        comp.method = "bootstrap+mann-whitney"
-        comp.baseline, comp.current = float(bu[1](bu[0])), float(cu[1](cu[0]))
-        for key, value in compare_sampled(bu, cu, rule, metric, _seed(rule, case, name)).items():
-            setattr(comp, key, value)
-        comp.status = verdict_sampled(comp, metric, rule)
+        comp.method = "two-stage bootstrap"
+        comp.baseline, comp.current = bu.stat(), cu.stat()
+        comp.ratio, comp.ci_low, comp.ci_high = ratio_ci(bu, cu, rule, _seed(rule, case, name))
+        comp.n_baseline, comp.n_current = len(bu.values), len(cu.values)
+        known = noise(cur, name) if noise is not None else None
+        if known is not None:
+            comp.between_run_sigma = known[0]
+            comp.ci_low, comp.ci_high = widen(comp.ratio, comp.ci_low, comp.ci_high, known[0], rule.ci_level)
+            comp.note = (f"interval widened by the between-run spread of {known[1]} earlier runs of this case on "
+                         f"this machine (sd of log medians {100 * known[0]:.1f} %)")
+        elif noise is not None:
+            comp.note = "no earlier runs of this case on this machine in the history: within-run variation only"
+        comp.status = verdict(comp.ratio, comp.ci_low, comp.ci_high, metric, comp.threshold)
     else:
         comp.ratio = c / b if b else (1.0 if c == b else math.inf)
         if not metric.gated:
             comp.method, comp.status = "not gated", "not gated"
             comp.note = "one timing without repetitions: shown, never a regression"
         else:
-            comp.status = verdict_scalar(comp, metric)
+            comp.status = verdict_scalar(comp.baseline or 0.0, comp.current or 0.0, comp.ratio, metric,
+                                         comp.threshold)
             comp.note = "scalar without samples: compared with the threshold only"
     return comp
 
@@ -234,41 +177,103 @@ def rule_from(run: Run, threshold: float | None = None, **kwargs) -> Rule:
                 metric_thresholds=section.metrics, case_thresholds=section.cases, **kwargs)
 
 
-def compare_runs(baseline: Run, current: Run, rule: Rule) -> dict:
-    """The whole comparison as a JSON-ready dict, with `exit_code` and `verdict`."""
+def _outcome(comparisons: list[Comparison], failed: list, what: str) -> tuple[ExitCode, str]:
+    regressions = [c for c in comparisons if c.status == "regression"]
+    inconclusive = [c for c in comparisons if c.status == "inconclusive"]
+    if failed:
+        return ExitCode.CASE_FAILED, f"{len(failed)} failed case(s): the gate cannot vouch for these runs"
+    if not any(c.status != "not gated" for c in comparisons):
+        return ExitCode.CASE_FAILED, f"no comparable data ({what})"
+    if regressions:
+        return ExitCode.REGRESSION, f"{len(regressions)} regression(s)" + (
+            f", {len(inconclusive)} inconclusive" if inconclusive else "")
+    if inconclusive:
+        return ExitCode.INCONCLUSIVE, (f"{len(inconclusive)} inconclusive: the data cannot tell whether the change "
+                                       f"exceeds its threshold (re-measure, or measure on a quieter machine)")
+    return ExitCode.OK, "no regression"
+
+
+def _result(baseline: Run, current: Run, rule: Rule, comparisons: list[Comparison], not_compared: list,
+            what: str, **extra) -> dict:
+    failed = [{"run": run.run_id, "case": r.id, "reason": r.reason or ""}
+              for run in {id(baseline): baseline, id(current): current}.values() for r in run.records
+              if r.status == "failed"]
+    skipped = [{"run": run.run_id, "case": r.id, "reason": r.reason or ""}
+               for run in {id(baseline): baseline, id(current): current}.values() for r in run.records
+               if r.status == "skipped"]
+    exit_code, text = _outcome(comparisons, failed, what)
+    return {
+        "baseline": _describe(baseline), "current": _describe(current),
+        "rule": {**asdict(rule), "ci_level": rule.ci_level},
+        "exit_code": int(exit_code), "verdict": text,
+        "comparisons": [asdict(c) for c in comparisons],
+        "flagged": sorted({c.case.split("@")[0] for c in comparisons if c.status in ("regression", "inconclusive")}),
+        "summary": geomean_summary(comparisons),
+        "not_compared": not_compared, "failed": failed, "skipped": skipped, **extra,
+    }
+
+
+def compare_runs(baseline: Run, current: Run, rule: Rule, noise=None) -> dict:
+    """The whole comparison as a JSON-ready dict, with `exit_code`, `verdict` and the `flagged` cases.
+
+    `noise(record, metric)`: between-run noise of a case on its machine, from the history (or None)."""
     base = {r.id: r for r in baseline.records}
     cur = {r.id: r for r in current.records}
     comparisons: list[Comparison] = []
     not_compared = []
+    machines = baseline.meta.environment.machine_id, current.meta.environment.machine_id
     for case_id in [c for c in cur if c in base]:
         b, c = base[case_id], cur[case_id]
         if not b.ok or not c.ok:
             not_compared.append({"case": case_id, "baseline": _status(b), "current": _status(c)})
+        elif machines[0] != machines[1]:
+            not_compared.append({"case": case_id, "baseline": f"measured on machine {machines[0]}",
+                                 "current": f"measured on machine {machines[1]}: different hardware, not compared"})
+        else:
+            comparisons += compare_case(b, c, baseline.samples(case_id), current.samples(case_id), rule, noise)
+    return _result(baseline, current, rule, comparisons, not_compared, "no case finished ok in both runs",
+                   only_in_baseline=sorted(set(base) - set(cur)), only_in_current=sorted(set(cur) - set(base)))
+
+
+PAIRED = {"ttft_ms": "ttft_vs_reference", "tpot_ms": "tpot_vs_reference"}
+
+
+def compare_within(run: Run, rule: Rule) -> dict:
+    """Each variant against the run's reference, from the rounds both measured interleaved (one run)."""
+    comparisons: list[Comparison] = []
+    for record in run.records:
+        if not record.ok:
             continue
-        comparisons += compare_case(b, c, baseline.samples(case_id), current.samples(case_id), rule)
-    failed = [{"run": run.run_id, "case": r.id, "reason": r.reason or ""}
-              for run in (baseline, current) for r in run.records if r.status == "failed"]
-    skipped = [{"run": run.run_id, "case": r.id, "reason": r.reason or ""}
-               for run in (baseline, current) for r in run.records if r.status == "skipped"]
-    regressions = [c for c in comparisons if c.status == "regression"]
-    gated = [c for c in comparisons if c.status != "not gated"]
-    if failed:
-        exit_code, verdict = ExitCode.CASE_FAILED, f"{len(failed)} failed case(s): the gate cannot vouch for these runs"
-    elif not gated:
-        exit_code, verdict = ExitCode.CASE_FAILED, "no comparable data (no case finished ok in both runs)"
-    elif regressions:
-        exit_code, verdict = ExitCode.REGRESSION, f"{len(regressions)} regression(s)"
-    else:
-        exit_code, verdict = ExitCode.OK, "no regression"
-    return {
-        "baseline": _describe(baseline), "current": _describe(current),
-        "rule": {k: v for k, v in asdict(rule).items()},
-        "exit_code": int(exit_code), "verdict": verdict,
-        "comparisons": [asdict(c) for c in comparisons],
-        "summary": geomean_summary(comparisons),
-        "only_in_baseline": sorted(set(base) - set(cur)), "only_in_current": sorted(set(cur) - set(base)),
-        "not_compared": not_compared, "failed": failed, "skipped": skipped,
-    }
+        for metric_name, paired in PAIRED.items():
+            estimate = record.metrics.get(paired)
+            if not isinstance(estimate, Estimate):
+                continue
+            metric = METRICS[metric_name]
+            comp = Comparison(case=record.id, variant=record.variant, metric=metric_name, unit=metric.unit,
+                              better=metric.better or "", method="paired rounds", baseline=None,
+                              current=record.value(metric_name), ratio=estimate.value, ci_low=estimate.ci_low,
+                              ci_high=estimate.ci_high, threshold=rule.threshold_for(record, metric_name),
+                              n_current=record.latency.repetitions if record.latency else None,
+                              note=f"against the reference '{record.case.reference}' in the same run: "
+                                   f"{estimate.method}")
+            comp.status = verdict(estimate.value, estimate.ci_low, estimate.ci_high, metric, comp.threshold)
+            comparisons.append(comp)
+    return _result(run, run, rule, comparisons, [], "no variant has paired rounds with the reference",
+                   within=True)
+
+
+def confirm(first: dict, result: dict) -> dict:
+    """Mark, in a re-measurement's comparison, which of the first comparison's flagged changes it confirms."""
+    flagged = {(c["case"], c["metric"]): c["status"] for c in first["comparisons"]
+               if c["status"] in ("regression", "inconclusive")}
+    again = {(c["case"], c["metric"]): c["status"] for c in result["comparisons"]}
+    result["confirmation"] = [{"case": case, "metric": metric, "first": status, "again": again.get((case, metric)),
+                               "confirmed": status == "regression" and again.get((case, metric)) == "regression"}
+                              for (case, metric), status in sorted(flagged.items())]
+    confirmed = sum(c["confirmed"] for c in result["confirmation"])
+    result["verdict"] += (f"; re-measured {len(flagged)} flagged comparison(s): {confirmed} regression(s) "
+                          f"confirmed")
+    return result
 
 
 def _status(record: CaseRecord) -> str:

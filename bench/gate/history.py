@@ -7,15 +7,17 @@ Default database: $BENCH_HISTORY_DB, else <results-dir>/history.sqlite.
 """
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.errors import BadInput
 from bench.metrics import METRICS
 from bench.records.rundir import Run
-from bench.records.schema import Estimate, Summary
+from bench.records.schema import CaseRecord, Estimate, Summary
 
 ENV = "BENCH_HISTORY_DB"
 SCHEMA = """
@@ -46,6 +48,9 @@ def connect(path: Path, create: bool = False) -> sqlite3.Connection:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(path)
         conn.executescript(SCHEMA)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(runs)")}
+        if "machine" not in columns:  # a database made before runs were tagged with their machine
+            conn.execute("ALTER TABLE runs ADD COLUMN machine TEXT")
     except (OSError, sqlite3.Error) as exc:
         raise HistoryError(f"cannot open the history database {path}: {exc}") from None
     return conn
@@ -56,7 +61,8 @@ def record_run(run: Run, db: Path, branch: str | None = None, commit: str | None
     env = run.meta.environment
     branch = branch or env.git_branch or os.environ.get("GITHUB_REF_NAME") or "unknown"
     commit = commit or env.git_sha or "unknown"
-    row = {"run_id": run.run_id, "suite": run.meta.suite_name, "branch": branch, "git_commit": commit,
+    row = {"run_id": run.run_id, "suite": run.meta.suite_name, "machine": env.machine_id, "branch": branch,
+           "git_commit": commit,
            "dirty": int(bool(env.git_dirty)), "created_at": run.meta.created_at, "recorded_at": time.time(),
            "path": str(run.path.resolve()), "n_cases": len(run.records),
            "n_failed": sum(r.status == "failed" for r in run.records)}
@@ -83,6 +89,35 @@ def record_run(run: Run, db: Path, branch: str | None = None, commit: str | None
                               r.workload.short if r.workload else r.task, name, shown, low, high, n))
     conn.close()
     return row
+
+
+HISTORY_RUNS = 20  # the newest runs of a case whose spread estimates its between-run noise
+MIN_HISTORY_RUNS = 3
+
+
+def between_run_sigma(db: Path, suite: str, machine: str, case_id: str, metric: str,
+                      before: float) -> tuple[float, int] | None:
+    """(standard deviation of the log of the case's per-run medians, runs) over the newest runs of this suite on
+    this machine recorded before `before`; None with fewer than MIN_HISTORY_RUNS."""
+    conn = connect(db)
+    rows = conn.execute(
+        "SELECT m.value FROM metrics m JOIN runs r USING (run_id) WHERE r.suite = ? AND r.machine = ? AND "
+        "m.case_id = ? AND m.metric = ? AND r.created_at < ? AND m.value > 0 ORDER BY r.created_at DESC LIMIT ?",
+        (suite, machine, case_id, metric, before, HISTORY_RUNS)).fetchall()
+    conn.close()
+    if len(rows) < MIN_HISTORY_RUNS:
+        return None
+    logs = [math.log(v) for (v,) in rows]
+    mean = sum(logs) / len(logs)
+    return math.sqrt(sum((x - mean) ** 2 for x in logs) / (len(logs) - 1)), len(logs)
+
+
+def noise_lookup(db: Path, current: Run) -> Callable[[CaseRecord, str], tuple[float, int] | None]:
+    """What the gate asks the history: a case's between-run noise, on the current run's machine."""
+    def lookup(record: CaseRecord, metric: str) -> tuple[float, int] | None:
+        return between_run_sigma(db, current.meta.suite_name, current.meta.environment.machine_id, record.id,
+                                 metric, current.meta.created_at)
+    return lookup
 
 
 def last_run_path(branch: str, db: Path | None = None) -> Path:

@@ -24,6 +24,8 @@ so reading a run never needs the suite's backends, or even its schema, to still 
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -520,6 +522,14 @@ class Environment(_Record):
     git_branch: str | None = None
     git_dirty: bool | None = None
     hostname: str | None = None
+
+    @property
+    def machine_id(self) -> str:
+        """A short hash of the hardware (CPU model and count, GPUs and driver), not of the host's name: runs on
+        the same kind of machine share it; the gate compares only cases measured on the same one."""
+        gpus = self.gpus if isinstance(self.gpus, list) else []
+        hardware = [self.cpu_model, self.cpu_count, [(g.get("name"), g.get("driver")) for g in gpus]]
+        return hashlib.sha256(json.dumps(hardware, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 class RunMeta(_Record):

@@ -112,22 +112,48 @@ LATENCY_METRICS = ("ttft_ms", "tpot_ms", "e2e_ms", "decode_tok_s", "prefill_tok_
 BANDWIDTH_METRICS = ("model_size_bytes", "achieved_bandwidth_gbs", "mbu")
 
 
+def paired_cell(record: CaseRecord, paired: str, metric: str, ref: CaseRecord | None) -> Cell:
+    """A ratio to the reference: from paired interleaved rounds with its interval, else of the two medians."""
+    value = record.metrics.get(paired)
+    if isinstance(value, Estimate):
+        interval = (f"[{value.ci_low:.3f}, {value.ci_high:.3f}]"
+                    if value.ci_low is not None and value.ci_high is not None else "")
+        return Cell(f"{value.value:.3f}x", interval)
+    return ratio_cell(record.value(metric), ref.value(metric) if ref else None)
+
+
+def _repetitions_cell(record: CaseRecord) -> Cell:
+    info = record.latency
+    if info is None:
+        return NA
+    flag = " (contended)" if info.machine is not None and info.machine.contended else ""
+    if info.processes <= 1 and not flag:
+        return Cell(str(info.repetitions))
+    return Cell(str(info.repetitions), f"({info.processes} processes{', contended' if flag else ''})")
+
+
 def latency_table(title: str, entries: list[Entry], several_runs: bool) -> Table:
     reference = _reference_name(entries)
     columns = _lead(several_runs) + [Column(METRICS[m].header, m) for m in LATENCY_METRICS] + [
         Column("n", "repetitions"),
-        Column(f"decode tok/s vs {reference}", "decode_tok_s"), Column(f"TPOT vs {reference}", "tpot_ms"),
+        Column(f"decode tok/s vs {reference}", "decode_tok_s"), Column(f"TPOT vs {reference}", "tpot_vs_reference"),
+        Column(f"TTFT vs {reference}", "ttft_vs_reference"),
     ] + [Column(METRICS[m].header, m) for m in BANDWIDTH_METRICS]
     rows = []
+    notes: list[str] = []
     for entry in entries:
         r, ref = entry.record, _reference_of(entries, entry)
         rows.append(_lead_cells(entry, several_runs) + [metric_cell(r, m) for m in LATENCY_METRICS] + [
-            Cell(str(r.latency.repetitions)) if r.latency else NA,
+            _repetitions_cell(r),
             ratio_cell(r.value("decode_tok_s"), ref.value("decode_tok_s") if ref else None),
-            ratio_cell(r.value("tpot_ms"), ref.value("tpot_ms") if ref else None),
+            paired_cell(r, "tpot_vs_reference", "tpot_ms", ref),
+            paired_cell(r, "ttft_vs_reference", "ttft_ms", ref),
         ] + [metric_cell(r, m) for m in BANDWIDTH_METRICS])
+        notes += [f"{r.variant}: {warning}." for warning in (r.latency.warnings if r.latency else [])]
     reasons = sorted({why for e in entries if (why := e.record.not_applicable.get("mbu"))})
-    return Table(title, columns, rows, [f"MBU not applicable: {why}." for why in reasons])
+    methods = sorted({s.ci_method for e in entries if (s := e.record.summary("tpot_ms")) and s.ci_method})
+    return Table(title, columns, rows, [f"Intervals of the medians: {m}." for m in methods] + notes
+                 + [f"MBU not applicable: {why}." for why in reasons])
 
 
 QUALITY_METRICS = ("kld_mean", "kld_p99", "top1_agreement")

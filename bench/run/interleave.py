@@ -211,20 +211,22 @@ def _measure_round(workers: dict[str, DrivenWorker], measured: dict[str, _Measur
 
 def _start(cases: list[CaseSpec], measured: dict[str, _Measured], run: RunDir, process: int,
            last: bool) -> dict[str, DrivenWorker]:
-    """Start a worker per live case (they load side by side), and wait until each is warmed up."""
+    """Start a worker per live case, one after another (loading alone, so its load time is its own, and warming
+    up alone), and leave them all resident."""
     workers: dict[str, DrivenWorker] = {}
     for case in cases:
-        if measured[case.id].gone is None:
-            try:
-                workers[case.id] = DrivenWorker(case, run, process, profile=last)
-            except envs.MissingEnv as exc:
-                measured[case.id].gone = WorkerResult(status="skipped", reason=str(exc))
-    for case_id, worker in list(workers.items()):
+        if measured[case.id].gone is not None:
+            continue
         try:
+            worker = DrivenWorker(case, run, process, profile=last)
             worker.ready()
+        except envs.MissingEnv as exc:
+            measured[case.id].gone = WorkerResult(status="skipped", reason=str(exc))
+            continue
         except WorkerGone as gone:
-            measured[case_id].gone = gone.result
-            del workers[case_id]
+            measured[case.id].gone = gone.result
+            continue
+        workers[case.id] = worker
     return workers
 
 

@@ -1,0 +1,138 @@
+"""The regression rule: three verdicts from a ratio and its confidence interval, and the interval itself.
+
+A change is judged in its bad direction (slower, less throughput, more memory: from bench/metrics.py)
+against a threshold (default 5 %), from the ratio current / baseline and its confidence interval:
+
+- **regression**: the interval shows a change in the bad direction (its near end is past 1) and the
+  estimate is at least the threshold;
+- **improvement**: the same in the good direction;
+- **unchanged**: the whole interval lies within the threshold on both sides: the data show the
+  change is smaller than what matters;
+- **inconclusive**: anything else: the interval straddles the threshold, so the data cannot tell.
+  A gate that cannot tell does not say "pass" (exit code 4, never 0 or 1).
+
+The interval of a sampled metric is a two-stage bootstrap (processes, then repetitions within each,
+for each run independently) of the reported statistic's ratio: the median, or total work / total time
+for throughputs. It covers the variation between processes. Between runs a machine drifts more than
+within one: when the history has earlier runs of the same case on the same machine, their spread
+(`between_run_sigma`, the standard deviation of log medians) widens the interval; without history
+the comparison says so. Within one run, variants measured interleaved are compared through their
+paired-round ratios to the reference (bench/run/interleave.py), where that drift cancels.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from bench.metrics import Metric
+from bench.records.schema import CaseRecord
+
+Statistic = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Rule:
+    threshold: float = 0.05
+    alpha: float = 0.05  # the interval is a (1 - alpha) confidence interval
+    n_boot: int = 2000
+    seed: int = 0
+    metric_thresholds: dict = field(default_factory=dict)
+    case_thresholds: dict = field(default_factory=dict)
+
+    @property
+    def ci_level(self) -> float:
+        return 1 - self.alpha
+
+    def threshold_for(self, record: CaseRecord, metric: str) -> float:
+        for key in (record.id, record.variant):
+            if key in self.case_thresholds:
+                return self.case_thresholds[key]
+        return self.metric_thresholds.get(metric, self.threshold)
+
+
+@dataclass
+class Units:
+    """What a sampled metric was computed from: rows of `values` ([n, k]) in `groups` (the process of each row);
+    `statistic` maps rows [..., n, k] to the reported number (median, or total tokens / total time)."""
+
+    values: np.ndarray
+    statistic: Statistic
+    groups: np.ndarray
+
+    def stat(self) -> float:
+        return float(self.statistic(self.values))
+
+    def resample(self, rng: np.random.Generator, n_boot: int) -> np.ndarray:
+        """The statistic over n_boot two-stage resamples: processes with replacement, then rows within each."""
+        keys = np.unique(self.groups)
+        if len(keys) == 1:
+            picks = rng.integers(0, len(self.values), (n_boot, len(self.values)))
+            return self.statistic(self.values[picks])
+        members = [np.flatnonzero(self.groups == k) for k in keys]
+        out = np.empty(n_boot)
+        for b in range(n_boot):
+            chosen = rng.integers(0, len(members), len(members))
+            rows = np.concatenate([members[i][rng.integers(0, len(members[i]), len(members[i]))] for i in chosen])
+            out[b] = self.statistic(self.values[rows])
+        return out
+
+
+def bad_change(ratio: float, metric: Metric) -> float:
+    """Relative change in the metric's bad direction (positive = worse)."""
+    return ratio - 1 if metric.better == "lower" else 1 - ratio
+
+
+def ratio_ci(base: Units, cur: Units, rule: Rule, seed: int) -> tuple[float, float, float]:
+    """(current / baseline, CI low, CI high) of the statistic, from independent two-stage bootstraps."""
+    rng = np.random.default_rng(seed)
+    ratios = cur.resample(rng, rule.n_boot) / base.resample(rng, rule.n_boot)
+    tail = rule.alpha / 2 * 100
+    low, high = np.percentile(ratios, [tail, 100 - tail])
+    return cur.stat() / base.stat(), float(low), float(high)
+
+
+def widen(ratio: float, low: float, high: float, sigma: float, level: float) -> tuple[float, float]:
+    """The interval widened by between-run noise `sigma` (sd of log medians of one case over runs): two runs, so
+    sqrt(2) sigma on the log ratio, added in quadrature to each side."""
+    z = _z(level)
+    extra = z * math.sqrt(2) * sigma
+    log_r = math.log(ratio)
+    down = math.hypot(log_r - math.log(low), extra)
+    up = math.hypot(math.log(high) - log_r, extra)
+    return ratio * math.exp(-down), ratio * math.exp(up)
+
+
+def _z(level: float) -> float:
+    from scipy.stats import norm
+
+    return float(norm.ppf(0.5 + level / 2))
+
+
+def verdict(ratio: float, low: float | None, high: float | None, metric: Metric, threshold: float) -> str:
+    """regression, improvement, unchanged or inconclusive (see the module docstring)."""
+    change = bad_change(ratio, metric)
+    if low is None or high is None:
+        return "inconclusive"
+    near, far = sorted(bad_change(x, metric) for x in (low, high))
+    if near > 0 and change >= threshold:
+        return "regression"
+    if far < 0 and -change >= threshold:
+        return "improvement"
+    if near > -threshold and far < threshold:
+        return "unchanged"
+    return "inconclusive"
+
+
+def verdict_scalar(baseline: float, current: float, ratio: float, metric: Metric, threshold: float) -> str:
+    """A deterministic scalar (quality, memory): its change against the threshold alone."""
+    change = bad_change(ratio, metric)
+    if abs(current - baseline) < metric.min_change:
+        return "unchanged"
+    if change > threshold:
+        return "regression"
+    if change < -threshold:
+        return "improvement"
+    return "unchanged"
