@@ -1,7 +1,9 @@
 """A model-free backend for known-answer tests of the harness: exact injected delays and failures.
 
 Each token step waits exactly `token_delay_s` (busy-wait on perf_counter, so the delay is known to
-microseconds), the prompt step additionally `prefill_delay_s`. Logits come from a fixed bigram
+microseconds), the prompt step additionally `prefill_delay_s`; or, with `token_work`, does a fixed
+amount of CPU work per token (a loop of that many iterations), which a busy machine slows down in
+proportion, as it does a model's compute: 10 % more work is 10 % more time however loaded the CPU is. Logits come from a fixed bigram
 table, so perplexity has a closed form. `fail` makes the case crash, hang, raise or run out of
 memory, to check that the runner records it and goes on. Suites name it by import path:
 `backend: tests.known_answer_backend:KnownAnswerBackend`.
@@ -25,6 +27,14 @@ def bigram_logits() -> np.ndarray:
     return np.log(np.arange(1, VOCAB * VOCAB + 1, dtype=np.float64).reshape(VOCAB, VOCAB) % 7 + 1)
 
 
+def work(iterations: int) -> int:
+    """A fixed amount of CPU work (the same instructions every time)."""
+    total = 0
+    for i in range(iterations):
+        total += i
+    return total
+
+
 def wait_ns(duration_ns: int) -> None:
     deadline = time.perf_counter_ns() + duration_ns
     while time.perf_counter_ns() < deadline:
@@ -34,6 +44,7 @@ def wait_ns(duration_ns: int) -> None:
 class KnownAnswerOptions(BackendOptions):
     token_delay_s: float = 0.01
     prefill_delay_s: float = 0.0
+    token_work: int = 0  # if > 0: loop iterations of CPU work per token instead of the timed wait
     fail: Literal["none", "abort", "raise", "hang", "memory", "missing-package"] = "none"
     fail_marker: str | None = None  # fail only while this file does not exist (to test retries)
 
@@ -68,7 +79,10 @@ class KnownAnswerBackend(Backend):
     def generate(self, batch: TokenBatch, new_tokens: int, on_token: Callable[[], None]) -> TokenBatch:
         self.prefill(batch)
         for _ in range(new_tokens):
-            wait_ns(int(self.options.token_delay_s * 1e9))
+            if self.options.token_work:
+                work(self.options.token_work)
+            else:
+                wait_ns(int(self.options.token_delay_s * 1e9))
             on_token()
         return [[0] * new_tokens for _ in batch]
 

@@ -1,0 +1,165 @@
+"""Benchmark: comparisons that survive a noisy machine (issue 11's numbers), through the real CLI.
+
+    python benchmarks/noisy_machine.py [--runs 7] [--tries 20] [--old-tree DIR] [--out DIR]
+
+While a competing CPU load is switched on and off in the background (one busy process, on for
+1-4 s, off for 1-4 s, seeded), it measures:
+
+1. A/A: `--runs` real runs of suites/smoke.yaml, recorded in a history database in order; every pair
+   (earlier, later) is compared by the gate (`bench compare`, with the history's between-run noise of
+   the runs before the later one), and every metric comparison's verdict is counted. Target: no
+   "regression" in >= 99 % of them ("inconclusive" is allowed, and counted).
+2. A true 10 % TPOT slowdown, within one run: `--tries` runs of a two-variant suite of the
+   known-answer backend doing a fixed amount of CPU work per token (30,000 vs 33,000 loop iterations,
+   about 1 ms per token here; interleaved), each compared with `bench compare RUN`. Target: flagged
+   as a regression in >= 95 % of tries.
+3. Wall time of suites/smoke.yaml, this tree against `--old-tree` (a checkout of the single-process
+   runner, e.g. `git worktree add /tmp/old 3ee83e2`), alternating, `--wall-runs` each. Target:
+   median ratio <= 1.5.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class BackgroundLoad:
+    """One process that busy-loops for 1-4 s, then sleeps for 1-4 s, until stopped (seeded)."""
+
+    CODE = textwrap.dedent("""
+        import random, sys, time
+        rng = random.Random(int(sys.argv[1]))
+        while True:
+            end = time.monotonic() + rng.uniform(1, 4)
+            while time.monotonic() < end:
+                pass
+            time.sleep(rng.uniform(1, 4))
+    """)
+
+    def __enter__(self):
+        self.proc = subprocess.Popen([sys.executable, "-c", self.CODE, "11"])
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def bench(tree: Path, cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    proc = subprocess.run([sys.executable, "-m", "bench", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          check=False)
+    if check and proc.returncode not in (0, 1, 3, 4):
+        raise RuntimeError(f"bench {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def a_a(work: Path, runs: int) -> dict:
+    db = work / "history.sqlite"
+    ids = []
+    for i in range(runs):
+        run_id = f"aa-{i}"
+        bench(ROOT, work, "run", str(ROOT / "suites" / "smoke.yaml"), "--run-id", run_id)
+        bench(ROOT, work, "history", "record", run_id, "--db", str(db))
+        ids.append(run_id)
+        print(f"  A/A run {i + 1}/{runs} done", file=sys.stderr)
+    verdicts: Counter[str] = Counter()
+    exits: Counter[int] = Counter()
+    for base, cur in itertools.combinations(ids, 2):
+        out = work / f"{base}-{cur}.json"
+        proc = bench(ROOT, work, "compare", base, cur, "--history-db", str(db), "--json", str(out))
+        exits[proc.returncode] += 1
+        for c in json.loads(out.read_text())["comparisons"]:
+            if c["status"] != "not gated":
+                verdicts[c["status"]] += 1
+    total = sum(verdicts.values())
+    return {"pairs": sum(exits.values()), "comparisons": total, "verdicts": dict(verdicts),
+            "no_regression_share": 1 - verdicts["regression"] / total if total else None,
+            "exit_codes": dict(exits)}
+
+
+SLOWDOWN = """
+name: slowdown
+models: [synthetic]
+backends:
+  - {{backend: "tests.known_answer_backend:KnownAnswerBackend", label: base, options: {{token_work: 30000}}}}
+  - {{backend: "tests.known_answer_backend:KnownAnswerBackend", label: slower, options: {{token_work: 33000}}}}
+reference: base
+workloads: [{{batch_size: 1, prompt_tokens: 8, new_tokens: 32}}]
+tasks: [latency]
+perplexity: {{text: {text}}}
+"""
+
+
+def slowdown(work: Path, tries: int) -> dict:
+    (work / "eval.txt").write_text("evaluation text for the known-answer backend " * 20)
+    (work / "slowdown.yaml").write_text(SLOWDOWN.format(text=work / "eval.txt"))
+    flagged, ratios = 0, []
+    for i in range(tries):
+        run_id = f"slow-{i}"
+        bench(ROOT, work, "run", "slowdown.yaml", "--run-id", run_id)
+        out = work / f"{run_id}.json"
+        bench(ROOT, work, "compare", run_id, "--json", str(out))
+        tpot = next(c for c in json.loads(out.read_text())["comparisons"] if c["metric"] == "tpot_ms")
+        flagged += tpot["status"] == "regression"
+        ratios.append(tpot["ratio"])
+        print(f"  slowdown try {i + 1}/{tries}: {tpot['status']} {tpot['ratio']:.4f}", file=sys.stderr)
+    return {"tries": tries, "flagged_share": flagged / tries, "tpot_ratio_median": statistics.median(ratios),
+            "tpot_ratio_min": min(ratios), "tpot_ratio_max": max(ratios)}
+
+
+def wall_time(work: Path, old_tree: Path, runs: int) -> dict:
+    times: dict[str, list[float]] = {"new": [], "old": []}
+    rng = random.Random(3)
+    for i in range(runs):
+        order = ["new", "old"]
+        rng.shuffle(order)
+        for which in order:
+            tree = ROOT if which == "new" else old_tree
+            started = time.monotonic()
+            bench(tree, work, "run", str(tree / "suites" / "smoke.yaml"), "--run-id", f"wall-{which}-{i}")
+            times[which].append(time.monotonic() - started)
+        print(f"  wall round {i + 1}/{runs}: new {times['new'][-1]:.1f} s, old {times['old'][-1]:.1f} s",
+              file=sys.stderr)
+    ratios = [n / o for n, o in zip(times["new"], times["old"], strict=True)]
+    return {"runs": runs, "new_s": times["new"], "old_s": times["old"], "ratio_median": statistics.median(ratios)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=7, help="A/A smoke runs (pairs: runs x (runs - 1) / 2)")
+    parser.add_argument("--tries", type=int, default=20, help="slowdown runs")
+    parser.add_argument("--old-tree", type=Path, help="a checkout of the single-process runner (3ee83e2)")
+    parser.add_argument("--wall-runs", type=int, default=3)
+    parser.add_argument("--out", type=Path, help="work directory (default: a temporary one)")
+    parser.add_argument("--only", choices=["aa", "slowdown", "wall"], action="append")
+    args = parser.parse_args()
+    work = args.out or Path(tempfile.mkdtemp(prefix="bench-noisy-"))
+    work.mkdir(parents=True, exist_ok=True)
+    chosen = set(args.only or ["aa", "slowdown", "wall"])
+    results: dict = {"work_dir": str(work), "cpus": os.cpu_count()}
+    with BackgroundLoad():
+        if "slowdown" in chosen:
+            results["slowdown"] = slowdown(work, args.tries)
+        if "aa" in chosen:
+            results["a_a"] = a_a(work, args.runs)
+        if "wall" in chosen and args.old_tree:
+            results["wall"] = wall_time(work, args.old_tree, args.wall_runs)
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
