@@ -18,10 +18,12 @@ from bench.records.schema import CaseRecord, Estimate, MetricValue, ServingLevel
 @dataclass(frozen=True)
 class Cell:
     text: str
-    interval: str = ""
+    interval: str = ""  # kept on one line
+    detail: str = ""  # a remark that may wrap
 
     def inline(self) -> str:
-        return f"{self.text} {self.interval}" if self.interval else self.text
+        return " ".join(part for part in (self.text, self.interval, f"({self.detail})" if self.detail else "")
+                        if part)
 
 
 @dataclass
@@ -126,10 +128,10 @@ def _repetitions_cell(record: CaseRecord) -> Cell:
     info = record.latency
     if info is None:
         return NA
-    flag = " (contended)" if info.machine is not None and info.machine.contended else ""
+    flag = "contended" if info.machine is not None and info.machine.contended else ""
     if info.processes <= 1 and not flag:
         return Cell(str(info.repetitions))
-    return Cell(str(info.repetitions), f"({info.processes} processes{', contended' if flag else ''})")
+    return Cell(str(info.repetitions), detail=f"{info.processes} processes{', contended' if flag else ''}")
 
 
 def latency_table(title: str, entries: list[Entry], several_runs: bool) -> Table:
