@@ -417,17 +417,11 @@ class ServingInfo(_Record):
     levels: list[ServingLevel] = Field(default_factory=list)
 
 
-class CaseRecord(_Record):
-    """One finished case: one line of cases.jsonl."""
+class CaseOutcome(_Record):
+    """What a case came to: what its worker reports (bench/run/protocol.py) and its record keeps."""
 
-    case: CaseSpec
     status: Status
     reason: str | None = None
-    started_at: float
-    wall_seconds: float
-    worker_seconds: float | None = None
-    python: str | None = None
-    model_path: str | None = None
     metrics: dict[str, MetricValue] = Field(default_factory=dict)
     latency: LatencyInfo | None = None
     perplexity: PerplexityInfo | None = None
@@ -435,6 +429,17 @@ class CaseRecord(_Record):
     not_applicable: dict[str, str] = Field(default_factory=dict)
     profile: ProfileSummary | None = None
     serving: ServingInfo | None = None
+    model_path: str | None = None
+    worker_seconds: float | None = None
+    python: str | None = None
+
+
+class CaseRecord(CaseOutcome):
+    """One finished case: one line of cases.jsonl."""
+
+    case: CaseSpec
+    started_at: float
+    wall_seconds: float
     output_tail: str | None = None
 
     # the case's identity, read often enough to deserve short names

@@ -5,33 +5,10 @@ the exit status. The runner turns a WorkerResult into the case's CaseRecord and 
 """
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from bench.core.description import BackendDescription
-from bench.records.schema import (
-    LatencyInfo,
-    MetricValue,
-    PerplexityInfo,
-    ProfileSummary,
-    RawSamples,
-    ServingInfo,
-    Status,
-)
+from bench.records.schema import CaseOutcome, RawSamples
 
 
-class WorkerResult(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class WorkerResult(CaseOutcome):
+    """A case's outcome as its worker hands it over, with the raw samples (which go to samples/<id>.json)."""
 
-    status: Status
-    reason: str | None = None
-    metrics: dict[str, MetricValue] = Field(default_factory=dict)
-    latency: LatencyInfo | None = None
-    perplexity: PerplexityInfo | None = None
-    backend: BackendDescription | None = None
-    not_applicable: dict[str, str] = Field(default_factory=dict)
-    profile: ProfileSummary | None = None
-    serving: ServingInfo | None = None
-    model_path: str | None = None
-    worker_seconds: float | None = None
-    python: str | None = None
     samples: RawSamples | None = None
