@@ -18,7 +18,7 @@ from backends import backend_class
 from bench.core.cache import write_json_atomic
 from bench.core.deps import MissingDependency, NotSupportedHere
 from bench.core.timing import Clock, make_clock
-from bench.measure import bandwidth
+from bench.measure import bandwidth, kvcache
 from bench.measure.evaltext import eval_text
 from bench.measure.latency import measure, prompt_batch
 from bench.measure.memory import MemorySampler
@@ -86,6 +86,8 @@ def run_case(case: CaseSpec, run_dir: Path | None = None) -> WorkerResult:
         backend.close()
     result.metrics.update(load_s=load_ns / 1e9, model_size_bytes=description.model_size_bytes, **memory.metrics)
     result.not_applicable.update(memory.not_applicable)
+    if case.task == "latency":  # the KV cache's bytes per token: computed from the config, and measured
+        result.metrics.update(kvcache.metrics(model_path, description))
     if case.task == "latency":  # MBU: weight bytes read per decode step / TPOT, over the known peak
         rates, unknown, source = bandwidth.for_case(case.peak_memory_bandwidth_gbs, backend.device,
                                                     description.model_size_bytes, _median(result, "tpot_ms"))

@@ -20,6 +20,14 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def at_least(value: int | list[int], floor: int) -> int | list[int]:
+    """`value` (an int, or a non-empty list of ints: an axis) if every int is >= floor, else a ValueError."""
+    values = value if isinstance(value, list) else [value]
+    if not values or any(v < floor for v in values):
+        raise ValueError(f"must be an integer >= {floor} (or a non-empty list of them)")
+    return value
+
+
 class WorkloadGrid(_Strict):
     batch_size: int | list[int] = Field(1, description="sequences decoded together")
     prompt_tokens: int | list[int] = Field(64, description="prompt length in tokens")
@@ -28,11 +36,7 @@ class WorkloadGrid(_Strict):
     @field_validator("batch_size", "prompt_tokens", "new_tokens")
     @classmethod
     def _positive(cls, value, info):
-        values = value if isinstance(value, list) else [value]
-        floor = 2 if info.field_name == "new_tokens" else 1
-        if not values or any(v < floor for v in values):
-            raise ValueError(f"must be an integer >= {floor} (or a non-empty list of them)")
-        return value
+        return at_least(value, 2 if info.field_name == "new_tokens" else 1)
 
     def grid(self) -> list[dict[str, int]]:
         axes = {k: (v if isinstance(v, list) else [v]) for k, v in self.model_dump().items()}
@@ -48,11 +52,41 @@ class SuiteRepetitions(Repetitions):
 
 
 class SuitePerplexity(PerplexitySettings):
+    """A case's perplexity settings, except that `window` (and `stride`) may be lists: one case per window."""
+
+    # widened from the record's int: a suite may list several (per_case() gives each case its one)
+    window: int | list[int] = Field(  # type: ignore[assignment]
+        256, description="tokens per forward pass; a list gives one perplexity case per window, over the same tokens")
+    stride: int | list[int] = Field(  # type: ignore[assignment]
+        128, description="tokens the window advances by; with a list of windows, one stride for all or a list "
+                         "of the same length (paired with the windows)")
+
+    @field_validator("window", "stride")
+    @classmethod
+    def _sizes(cls, value, info):
+        return at_least(value, 2 if info.field_name == "window" else 1)
+
+    def pairs(self) -> list[tuple[int, int]]:
+        """(window, stride) of each perplexity case."""
+        windows = self.window if isinstance(self.window, list) else [self.window]
+        strides = self.stride if isinstance(self.stride, list) else [self.stride] * len(windows)
+        return list(zip(windows, strides))
+
     @model_validator(mode="after")
     def _stride_fits(self):
-        if self.stride > self.window:
-            raise ValueError(f"stride ({self.stride}) must be <= window ({self.window}) or tokens go unscored")
+        windows = self.window if isinstance(self.window, list) else [self.window]
+        if isinstance(self.stride, list) and len(self.stride) != len(windows):
+            raise ValueError(f"a list of strides pairs with the windows: {len(self.stride)} strides for "
+                             f"{len(windows)} windows")
+        for window, stride in self.pairs():
+            if stride > window:
+                raise ValueError(f"stride ({stride}) must be <= window ({window}) or tokens go unscored")
         return self
+
+    def per_case(self) -> list[PerplexitySettings]:
+        """The settings of each perplexity case, in the order of the windows."""
+        data = self.model_dump()
+        return [PerplexitySettings(**{**data, "window": window, "stride": stride}) for window, stride in self.pairs()]
 
 
 class SuiteRegression(RegressionSettings):
