@@ -85,6 +85,13 @@ def test_quanto_int4_and_float8_diverge_more_than_quanto_int8(kld):
     assert kld["quanto-float8"] > kld["quanto-int8"]  # e4m3 keeps 3 mantissa bits; int8 per row keeps 8
 
 
+def test_quanto_and_torchao_float8_weights_round_alike(kld):
+    if not {"quanto-float8", "torchao-float8-weight"} <= set(kld):
+        pytest.skip("needs both float8 runs above")
+    # both scale each row by its absmax / 448 and round to the nearest e4m3 value: the same weights
+    assert kld["quanto-float8"] == pytest.approx(kld["torchao-float8-weight"], rel=1e-6)
+
+
 def test_quanto_runs_under_no_grad_where_inference_mode_breaks_its_int_weights(tiny_llama):
     import torch
 

@@ -274,7 +274,8 @@ def context_curves(entries: list[Entry], several_runs: bool) -> Plot | None:
                [(t.ci_high if t and t.ci_high is not None else m) - m for m, t in zip(med, tpot)]]
         ax1.errorbar(xs, med, yerr=err, marker="o", capsize=3, label=key)
         ax2.plot(xs, [(e.record.value("peak_rss_bytes") or float("nan")) / MIB for e in group], marker="o", label=key)
-    ax1.set_ylabel("tpot_ms (ms), median with 95 % CI")
+    ax1.set_yscale("log")  # no cache grows by orders of magnitude over the cached variants
+    ax1.set_ylabel("tpot_ms (ms), median with 95 % CI, log scale")
     ax2.set_ylabel("peak_rss_bytes, in MiB")
     for ax in (ax1, ax2):
         ax.set_xlabel("context: prompt length (tokens)")

@@ -180,8 +180,11 @@ def _bits_per_weight(record: CaseRecord) -> Cell:
 
 
 def _method(record: CaseRecord) -> Cell:
+    """Backend and quantization method (else the weight type's first word: descriptions can be long)."""
     b = record.backend
-    return Cell(f"{record.case.backend}: {b.quantization or b.dtype}") if b is not None else Cell(record.case.backend)
+    if b is None:
+        return Cell(record.case.backend)
+    return Cell(f"{record.case.backend}: {b.quantization or b.dtype.split(' ')[0].split(',')[0]}")
 
 
 def _kv_kind(record: CaseRecord) -> Cell:
