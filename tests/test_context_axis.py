@@ -105,17 +105,27 @@ def _report_tables(records: list[CaseRecord]):
     return tables.summary_tables([tables.Entry("r", r) for r in records])
 
 
-def test_the_reports_show_the_context_table_and_the_quantization_table(context_run):
+def test_the_report_shows_the_context_table_and_no_quantization_table_without_a_quantized_variant(context_run):
     workdir, records = context_run
-    titles = [t.title for t in _report_tables(records)]
-    assert titles == ["m: quantization, quality and speed", "m: cost against context length"]
-    quantization, context = _report_tables(records)
-    assert [row[0].text for row in quantization.rows] == ["ref", "same"]  # one row per variant, at the first window
-    assert "window 4 / stride 2" in quantization.notes[0]
+    (context,) = _report_tables(records)
+    assert context.title == "m: cost against context length"
     assert [(row[0].text, row[1].text) for row in context.rows] == [("ref", "8"), ("ref", "32"), ("same", "8"),
                                                                     ("same", "32")]
     report = (workdir / "reports" / "r" / "report.md").read_text()
-    assert "## m: quantization, quality and speed" in report and "## m: cost against context length" in report
+    assert "## m: cost against context length" in report and "quantization, quality and speed" not in report
+
+
+def test_a_quantized_variant_gets_one_row_per_variant_at_the_first_window(context_run):
+    _, records = context_run
+    marked = [r.model_copy(update={"backend": r.backend.model_copy(update={"quantization": "int4-test"})})
+              if r.variant == "same" and r.backend is not None else r for r in records]
+    quantization, _ = _report_tables(marked)
+    assert quantization.title == "m: quantization, quality and speed"
+    rows = {row[0].text: row for row in quantization.rows}
+    assert list(rows) == ["ref", "same"]  # one row per variant, at the first window only
+    assert rows["same"][1].text == f"{KNOWN_ANSWER}: int4-test" and rows["ref"][1].text == f"{KNOWN_ANSWER}: float64"
+    assert rows["same"][7].text == "0" and rows["same"][8].text == "1"  # KLD, top-1 against the same window's ref
+    assert rows["same"][-1].text.endswith("x") and "window 4 / stride 2" in quantization.notes[0]
 
 
 def test_html_report_plots_decode_time_against_context_and_perplexity_against_window(context_run):

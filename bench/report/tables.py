@@ -2,11 +2,18 @@
 text of each cell. Markdown and HTML draw the same tables from here; column headers come from the
 metric registry (bench/metrics.py), so a header always names its metric and shown unit.
 
+Besides the latency and perplexity tables, `summary_tables` adds per model a quantization table
+(method, bits per weight, weight bytes, perplexity, Δ PPL with its CI, KLD, top-1 agreement, decode
+tok/s, all against the reference) when a variant is quantized and quality was measured, and a context
+table (latency, memory and KV cache bytes per token at each prompt length) when the workloads vary the
+prompt length.
+
 A cell is a main text and an optional interval ("2.002" and "[2.001, 2.004]"): Markdown prints
 them on one line, HTML stacks them so wide tables still fit the page.
 """
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,7 +191,8 @@ def _method(record: CaseRecord) -> Cell:
     b = record.backend
     if b is None:
         return Cell(record.case.backend)
-    return Cell(f"{record.case.backend}: {b.quantization or b.dtype.split(' ')[0].split(',')[0]}")
+    name = re.split(r"[(:,]", b.quantization or b.dtype)[0].strip()
+    return Cell(f"{record.case.backend}: {name if len(name) <= 32 else name.split(' ')[0]}")
 
 
 def _kv_kind(record: CaseRecord) -> Cell:
@@ -199,9 +207,11 @@ def quantization_table(title: str, entries: list[Entry], several_runs: bool) -> 
     """One row per variant: method, bits, weight bytes, quality against the reference, decode speed.
 
     `entries` are one run's (or several runs') records of one model; quality is the variant's perplexity case
-    at the first window the run evaluated, speed its first latency workload. None when no record has quality."""
+    at the first window the run evaluated, speed its first latency workload. None unless some variant is
+    quantized (its description names a quantization method) and quality was measured."""
     perplexity = [e for e in entries if e.record.ok and e.record.task == "perplexity"]
-    if not any(e.record.value("kld_mean") is not None for e in perplexity):
+    if not any(e.record.value("kld_mean") is not None for e in perplexity) or \
+            not any(e.record.backend is not None and e.record.backend.quantization for e in perplexity):
         return None
     first_window = {e.run: e.record.case.perplexity for e in reversed(perplexity)}
     latency: dict[tuple[str, str], CaseRecord] = {}
@@ -263,8 +273,8 @@ def context_table(title: str, entries: list[Entry], several_runs: bool) -> Table
 
 
 def summary_tables(entries: list[Entry], several_runs: bool = False) -> list[Table]:
-    """Per model: the quantization table (when quality was measured) and the context-length table (when the
-    workloads vary the prompt length)."""
+    """Per model: the quantization table (when a variant is quantized and quality was measured) and the
+    context-length table (when the workloads vary the prompt length)."""
     by_model: dict[str, list[Entry]] = defaultdict(list)
     for entry in entries:
         by_model[entry.record.model].append(entry)
