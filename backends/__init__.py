@@ -1,9 +1,10 @@
 """Backend registry: name -> "module:Class", resolved lazily so listing backends imports nothing heavy.
 
 Backends are grouped by family: `hf/` (transformers), `onnx/` (ONNX Runtime), `gguf/` (llama.cpp),
-`vllm/`. To add a backend: write one module implementing `backends.base.Backend` (in its family's
-folder, or a new one), and add one line to REGISTRY. A suite may also name any importable
-"package.module:Class" directly (see the README on what a suite can execute).
+`vllm/`, `openvino/` (and `llmcompressor/`: the GPTQ/AWQ checkpoints HF and vLLM load). To add a
+backend: write one module implementing `backends.base.Backend` (in its family's folder, or a new
+one), and add one line to REGISTRY. A suite may also name any importable "package.module:Class"
+directly (see the README on what a suite can execute).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ REGISTRY: dict[str, str] = {
     "vllm": "backends.vllm.engine:VLLM",
     "onnx-genai": "backends.onnx.genai:OnnxGenai",
     "onnx-ort": "backends.onnx.ort:OnnxOrt",
+    "openvino": "backends.openvino.runtime:OpenVINO",
 }
 
 

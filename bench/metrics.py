@@ -150,6 +150,15 @@ _METRICS = [
     Metric("peak_memory_bandwidth_gbs", "peak bandwidth", "GB/s", "info", "higher",
            "The device's peak memory bandwidth MBU is relative to: the suite's peak_memory_bandwidth_gbs when "
            "stated, else the spec sheet of a known GPU (table in bench/measure/bandwidth.py)."),
+    # the KV cache of a latency case (bench/measure/kvcache.py): computed from the model's config, and measured
+    Metric("kv_cache_bytes_per_token", "KV/token computed", "bytes/token", "info", "lower",
+           "KV cache bytes per token per sequence computed from the model's config: 2 (keys and values) x layers x "
+           "KV heads x head dim x the cache's nominal bits per element / 8 (32 for float32, 4 for an int4 cache; "
+           "scales and any full-precision residual not counted)."),
+    Metric("kv_cache_measured_bytes_per_token", "KV/token measured", "bytes/token", "scalar", "lower",
+           "KV cache bytes per token per sequence the backend held after its last generation: the bytes of every "
+           "tensor of the cache (quantized data, scales, full-precision residual; llama.cpp: its serialized sequence "
+           "state, cell metadata included) divided by the cached tokens (prompt + new tokens - 1) and sequences."),
     # profiles of profiled latency cases ("Where the time goes"; bench/measure/profiling.py), taken after measuring
     Metric("op_self_time_us", "self time", "µs", "info", "lower",
            "Self time of an operator over the profiled generations: time inside it, excluding operators it called, "

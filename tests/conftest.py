@@ -25,6 +25,19 @@ def tiny_llama() -> str:
     return str(build_builtin("tiny-llama"))
 
 
+def load_hf(path: str, **options):
+    """An hf-eager backend with `options`, loaded from `path`; the test is skipped if a package is missing."""
+    from backends.base import MissingDependency
+    from backends.hf.eager import HFEager
+
+    backend = HFEager(HFEager.Options(**options))
+    try:
+        backend.load(path)
+    except MissingDependency as exc:
+        pytest.skip(str(exc))
+    return backend
+
+
 def run_bench(*args: str, cwd: Path, timeout: float = 600, check_exit: int | None = 0) -> subprocess.CompletedProcess:
     """`python -m bench ARGS` in `cwd`, as a user would run it; checks the exit code if given."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

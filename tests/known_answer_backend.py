@@ -3,9 +3,9 @@
 Each token step waits exactly `token_delay_s` (busy-wait on perf_counter, so the delay is known to
 microseconds), the prompt step additionally `prefill_delay_s`; or, with `token_work`, does a fixed
 amount of CPU work per token (a loop of that many iterations), which a busy machine slows down in
-proportion, as it does a model's compute: 10 % more work is 10 % more time however loaded the CPU is. Logits come from a fixed bigram
-table, so perplexity has a closed form. `fail` makes the case crash, hang, raise or run out of
-memory, to check that the runner records it and goes on. Suites name it by import path:
+proportion, as it does a model's compute: 10 % more work is 10 % more time however loaded the CPU is.
+Logits come from a fixed bigram table, so perplexity has a closed form. `fail` makes the case crash,
+hang, raise or run out of memory, to check that the runner records it and goes on. Suites name it by import path:
 `backend: tests.known_answer_backend:KnownAnswerBackend`.
 """
 from __future__ import annotations

@@ -9,27 +9,23 @@ import math
 import numpy as np
 import pytest
 
-from backends.base import MissingDependency, NotSupportedHere
+from backends.base import NotSupportedHere
 from backends.hf.eager import HFEager
 from backends.hf.quant import QUANTIZATIONS, stored_bytes
 from bench.measure.evaltext import eval_text
 from bench.measure.perplexity import perplexity
 from bench.measure.quality import Comparison
-from tests.conftest import load_records, run_bench, write_suite
+from tests.conftest import load_hf, load_records, run_bench, write_suite
 
 pytestmark = pytest.mark.slow
 
-RUNNABLE_ON_CPU = ["torch-dynamic-int8", "torchao-int8-weight", "torchao-int8-dynamic", "bnb-int8", "bnb-nf4"]
+RUNNABLE_ON_CPU = ["torch-dynamic-int8", "torchao-int8-weight", "torchao-int8-dynamic", "bnb-int8", "bnb-nf4",
+                   "torchao-float8-weight", "quanto-int8", "quanto-int4", "quanto-float8"]
 EVAL_TOKENS, WINDOW, STRIDE = 768, 128, 64
 
 
 def _load(path: str, quantization: str) -> HFEager:
-    backend = HFEager(HFEager.Options(quantization=quantization))
-    try:
-        backend.load(path)
-    except MissingDependency as exc:
-        pytest.skip(str(exc))
-    return backend
+    return load_hf(path, quantization=quantization)
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +78,30 @@ def test_quantized_variant_generates_and_its_perplexity_stays_near_fp32(tiny_lla
     assert description.n_parameters == reference.describe().n_parameters
 
 
+def test_quanto_int4_and_float8_diverge_more_than_quanto_int8(kld):
+    if not {"quanto-int8", "quanto-int4", "quanto-float8"} <= set(kld):
+        pytest.skip("needs the three quanto runs above")
+    assert kld["quanto-int4"] > kld["quanto-int8"] > 0
+    assert kld["quanto-float8"] > kld["quanto-int8"]  # e4m3 keeps 3 mantissa bits; int8 per row keeps 8
+
+
+def test_quanto_and_torchao_float8_weights_round_alike(kld):
+    if not {"quanto-float8", "torchao-float8-weight"} <= set(kld):
+        pytest.skip("needs both float8 runs above")
+    # both scale each row by its absmax / 448 and round to the nearest e4m3 value: the same weights
+    assert kld["quanto-float8"] == pytest.approx(kld["torchao-float8-weight"], rel=1e-6)
+
+
+def test_quanto_runs_under_no_grad_where_inference_mode_breaks_its_int_weights(tiny_llama):
+    import torch
+
+    backend = _load(tiny_llama, "quanto-int4")
+    with pytest.raises(RuntimeError, match="version_counter"), torch.inference_mode():
+        backend.model(torch.tensor([[1, 2, 3]]))
+    assert backend._grad is torch.no_grad
+    assert len(backend.generate([[1, 2, 3]], 4, lambda: None)[0]) == 4
+
+
 def test_nf4_diverges_more_than_per_row_int8(kld):
     if not {"bnb-nf4", "bnb-int8", "torchao-int8-weight"} <= set(kld):
         pytest.skip("needs the bnb-nf4, bnb-int8 and torchao-int8-weight runs above")
@@ -95,6 +115,10 @@ def test_nf4_diverges_more_than_per_row_int8(kld):
     ("torchao-int8-dynamic", [], 1.0, 8),
     ("bnb-int8", ["lm_head"], 1.0, 4),            # one float32 absmax (SCB) per row; lm_head kept fp32
     ("bnb-nf4", ["lm_head"], 0.5, 0),             # two weights per byte; absmax per block below
+    ("torchao-float8-weight", [], 1.0, 4),        # float8 e4m3 weights, one float32 scale per row
+    ("quanto-int8", [], 1.0, 4),                  # int8, one float32 scale per row (+ 2 activation scales)
+    ("quanto-float8", [], 1.0, 4),                # float8 e4m3, one float32 scale per row
+    ("quanto-int4", [], 0.5, 0),                  # two weights per byte; scale and shift per 128-weight group
 ])
 def test_quantized_model_size_is_what_is_stored(tiny_llama, layers, quantization, skipped, per_weight, per_row_max):
     linear_numel, rows, other = layers
@@ -106,6 +130,9 @@ def test_quantized_model_size_is_what_is_stored(tiny_llama, layers, quantization
     if quantization == "bnb-nf4":
         blocks = sum(quantized.values()) / 64
         assert 2 * blocks <= extra <= 4 * blocks + 2048  # bf16/fp32 absmax per block, 16-entry code book
+    elif quantization == "quanto-int4":
+        groups = sum(quantized.values()) / 128
+        assert extra == pytest.approx(8 * groups, abs=64 * len(quantized))  # float32 scale + shift per group
     else:
         assert 0 <= extra <= per_row_max * sum(rows[name] for name in quantized) + 64 * len(quantized)
     # a quarter (int8) or an eighth (nf4) of the fp32 Linear bytes, plus at most 4 bytes of scales per 64
@@ -117,6 +144,11 @@ def test_quantized_model_size_is_what_is_stored(tiny_llama, layers, quantization
 def test_torchao_int4_weight_reports_why_it_cannot_run_on_a_cpu(tiny_llama):
     with pytest.raises(NotSupportedHere, match="not supported on the CPU"):  # so the case is skipped, not failed
         _load(tiny_llama, "torchao-int4-weight")
+
+
+def test_torchao_float8_dynamic_reports_why_it_needs_a_recent_gpu(tiny_llama):
+    with pytest.raises(NotSupportedHere, match="compute capability >= 8.9"):  # skipped on a CPU, with why
+        _load(tiny_llama, "torchao-float8-dynamic")
 
 
 def test_every_quantization_option_is_accepted_and_an_unknown_one_is_rejected():

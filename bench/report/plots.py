@@ -247,6 +247,70 @@ def trend(rows: list[dict], metric: str, change_points: dict[str, list[int]]) ->
                 (metric,))
 
 
+# ---------------------------------------------------------------- context (suites/context.yaml)
+
+def _series(entries: list[Entry], several_runs: bool, task: str) -> dict[str, list[Entry]]:
+    """Ok records of `task` grouped into one line per run and variant (and batch size, for latency)."""
+    series: dict[str, list[Entry]] = {}
+    for e in _ok(entries, task):
+        r = e.record
+        key = (f"{e.run} · " if several_runs else "") + r.variant + (f" (batch {r.workload.batch_size})"
+                                                                     if r.workload and task == "latency" else "")
+        series.setdefault(key, []).append(e)
+    return series
+
+
+def context_curves(entries: list[Entry], several_runs: bool) -> Plot | None:
+    """TPOT and peak memory against the prompt length, one line per variant."""
+    rows = [e for e in _ok(entries, "latency") if e.record.workload is not None]
+    if len({e.record.workload.prompt_tokens for e in rows if e.record.workload}) < 2:
+        return None
+    plt, _ = _plt()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for key, group in _series(rows, several_runs, "latency").items():
+        group = sorted(group, key=lambda e: e.record.workload.prompt_tokens if e.record.workload else 0)
+        xs = [e.record.workload.prompt_tokens if e.record.workload else 0 for e in group]
+        tpot = [e.record.summary("tpot_ms") for e in group]
+        med = [t.median if t and t.median is not None else float("nan") for t in tpot]
+        err = [[m - (t.ci_low if t and t.ci_low is not None else m) for m, t in zip(med, tpot)],
+               [(t.ci_high if t and t.ci_high is not None else m) - m for m, t in zip(med, tpot)]]
+        ax1.errorbar(xs, med, yerr=err, marker="o", capsize=3, label=key)
+        ax2.plot(xs, [(e.record.value("peak_rss_bytes") or float("nan")) / MIB for e in group], marker="o", label=key)
+    ax1.set_yscale("log")  # no cache grows by orders of magnitude over the cached variants
+    ax1.set_ylabel("tpot_ms (ms), median with 95 % CI, log scale")
+    ax2.set_ylabel("peak_rss_bytes, in MiB")
+    for ax in (ax1, ax2):
+        ax.set_xlabel("context: prompt length (tokens)")
+    ax2.legend(fontsize=8, loc="best")
+    return Plot("context", "Decode time and memory against context length",
+                "How do the time per output token and the peak memory grow with the context?",
+                "One line per variant. Each point is a latency case at that prompt length; TPOT covers the new tokens "
+                "decoded after the prompt (the KV cache grows from prompt to prompt + new tokens).", _png(fig),
+                ("tpot_ms", "peak_rss_bytes"))
+
+
+def perplexity_vs_window(entries: list[Entry], several_runs: bool) -> Plot | None:
+    """Perplexity against the evaluation window, one line per variant (a suite listing several windows)."""
+    series = {k: g for k, g in _series(entries, several_runs, "perplexity").items()
+              if len({e.record.case.perplexity.window for e in g}) >= 2}
+    if not series:
+        return None
+    plt, _ = _plt()
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for key, group in series.items():
+        group = sorted(group, key=lambda e: e.record.case.perplexity.window)
+        ax.plot([e.record.case.perplexity.window for e in group], [e.record.value("perplexity") for e in group],
+                marker="o", label=key)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("perplexity window (tokens of context per forward pass)")
+    ax.set_ylabel("perplexity ↓ better")
+    ax.legend(fontsize=8, loc="best")
+    return Plot("perplexity-window", "Perplexity against context window",
+                "How much does more context lower perplexity, and does every variant keep that gain?",
+                "One line per variant; every window scores the same tokens (each token once), with up to window - 1 "
+                "tokens of context (at least window - stride).", _png(fig), ("perplexity",))
+
+
 # ---------------------------------------------------------------- serving (bench/serving)
 
 def _serving_series(entries: list[Entry], several_runs: bool) -> dict[tuple[str, str], list]:

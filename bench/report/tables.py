@@ -2,11 +2,18 @@
 text of each cell. Markdown and HTML draw the same tables from here; column headers come from the
 metric registry (bench/metrics.py), so a header always names its metric and shown unit.
 
+Besides the latency and perplexity tables, `summary_tables` adds per model a quantization table
+(method, bits per weight, weight bytes, perplexity, Δ PPL with its CI, KLD, top-1 agreement, decode
+tok/s, all against the reference) when a variant is quantized and quality was measured, and a context
+table (latency, memory and KV cache bytes per token at each prompt length) when the workloads vary the
+prompt length.
+
 A cell is a main text and an optional interval ("2.002" and "[2.001, 2.004]"): Markdown prints
 them on one line, HTML stacks them so wide tables still fit the page.
 """
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,7 +99,8 @@ def _reference_of(entries: list[Entry], entry: Entry) -> CaseRecord | None:
     for other in entries:
         r = other.record
         if other.run == entry.run and r.ok and r.variant == ref and r.model == entry.record.model and \
-                r.task == entry.record.task and r.workload == entry.record.workload:
+                r.task == entry.record.task and r.workload == entry.record.workload and \
+                (r.task != "perplexity" or r.case.perplexity == entry.record.case.perplexity):
             return r
     return None
 
@@ -202,6 +210,112 @@ def result_tables(entries: list[Entry], several_runs: bool = False) -> list[Tabl
         else:
             tables.append(latency_table(f"{name}: latency and throughput, {what}", group, several_runs))
     return tables
+
+
+def _bits_per_weight(record: CaseRecord) -> Cell:
+    """Stored weight bytes x 8 / the weights the model stands for (scales and unquantized tensors included)."""
+    b, size = record.backend, record.value("model_size_bytes")
+    return Cell(f"{size * 8 / b.n_parameters:.2f}") if b is not None and b.n_parameters and size else NA
+
+
+def _method(record: CaseRecord) -> Cell:
+    """Backend and quantization method (else the weight type's first word: descriptions can be long)."""
+    b = record.backend
+    if b is None:
+        return Cell(record.case.backend)
+    name = re.split(r"[(:,]", b.quantization or b.dtype)[0].strip()
+    return Cell(f"{record.case.backend}: {name if len(name) <= 32 else name.split(' ')[0]}")
+
+
+def _kv_kind(record: CaseRecord) -> Cell:
+    kv = record.backend.details.get("kv_cache") if record.backend is not None else None
+    return Cell(str(kv["kind"])) if isinstance(kv, dict) and kv.get("kind") else NA
+
+
+QUANTIZATION_METRICS = ("kld_mean", "top1_agreement")
+
+
+def quantization_table(title: str, entries: list[Entry], several_runs: bool) -> Table | None:
+    """One row per variant: method, bits, weight bytes, quality against the reference, decode speed.
+
+    `entries` are one run's (or several runs') records of one model; quality is the variant's perplexity case
+    at the first window the run evaluated, speed its first latency workload. None unless some variant is
+    quantized (its description names a quantization method) and quality was measured."""
+    perplexity = [e for e in entries if e.record.ok and e.record.task == "perplexity"]
+    if not any(e.record.value("kld_mean") is not None for e in perplexity) or \
+            not any(e.record.backend is not None and e.record.backend.quantization for e in perplexity):
+        return None
+    first_window = {e.run: e.record.case.perplexity for e in reversed(perplexity)}
+    latency: dict[tuple[str, str], CaseRecord] = {}
+    for e in entries:
+        if e.record.ok and e.record.task == "latency":
+            latency.setdefault((e.run, e.record.variant), e.record)
+    reference = _reference_name(entries)
+    columns = _lead(several_runs) + [
+        Column("method", left=True), Column("KV cache", left=True), Column("bits/weight", "model_size_bytes"),
+        Column(METRICS["model_size_bytes"].header, "model_size_bytes"), Column("perplexity", "perplexity"),
+        Column(f"Δ PPL vs {reference} [95 % CI]", "delta_ppl"),
+    ] + [Column(METRICS[m].header, m) for m in QUANTIZATION_METRICS] + [
+        Column(METRICS["decode_tok_s"].header, "decode_tok_s"), Column(f"decode vs {reference}", "decode_tok_s")]
+    rows = []
+    for entry in perplexity:
+        r = entry.record
+        if r.case.perplexity != first_window[entry.run]:
+            continue
+        speed = latency.get((entry.run, r.variant))
+        ref_speed = latency.get((entry.run, r.case.reference or ""))
+        rows.append(_lead_cells(entry, several_runs) + [
+            _method(r), _kv_kind(speed or r), _bits_per_weight(r), metric_cell(r, "model_size_bytes"),
+            metric_cell(r, "perplexity"), metric_cell(r, "delta_ppl")]
+            + [metric_cell(r, m) for m in QUANTIZATION_METRICS] + [metric_cell(speed, "decode_tok_s") if speed else NA,
+               ratio_cell(speed.value("decode_tok_s") if speed else None,
+                          ref_speed.value("decode_tok_s") if ref_speed else None)])
+    window = next(iter(first_window.values()))
+    note = (f"Quality on the perplexity case at window {window.window} / stride {window.stride} against {reference} "
+            f"(same token ids); decode tok/s from each variant's first latency workload. bits/weight = stored weight "
+            f"bytes x 8 / the model's parameter count (scales, zero points and unquantized tensors included).")
+    return Table(title, columns, rows, [note])
+
+
+CONTEXT_METRICS = ("ttft_ms", "tpot_ms", "peak_rss_bytes", "kv_cache_bytes_per_token",
+                   "kv_cache_measured_bytes_per_token")
+
+
+def context_table(title: str, entries: list[Entry], several_runs: bool) -> Table | None:
+    """Latency, memory and KV cache bytes per token at each prompt length; None with fewer than two lengths."""
+    rows_in = [e for e in entries if e.record.ok and e.record.task == "latency" and e.record.workload is not None]
+    if len({e.record.workload.prompt_tokens for e in rows_in if e.record.workload}) < 2:
+        return None
+    rows_in.sort(key=lambda e: (e.run, e.record.variant, e.record.workload.batch_size if e.record.workload else 0,
+                                e.record.workload.prompt_tokens if e.record.workload else 0))
+    columns = _lead(several_runs) + [Column("prompt tokens"), Column("batch")]
+    columns += [Column(METRICS[m].header, m) for m in CONTEXT_METRICS]
+    columns.append(Column("measured / computed", "kv_cache_measured_bytes_per_token"))
+    rows = []
+    for entry in rows_in:
+        r = entry.record
+        assert r.workload is not None
+        rows.append(_lead_cells(entry, several_runs) + [Cell(str(r.workload.prompt_tokens)),
+                                                        Cell(str(r.workload.batch_size))]
+                    + [metric_cell(r, m) for m in CONTEXT_METRICS]
+                    + [ratio_cell(r.value("kv_cache_measured_bytes_per_token"), r.value("kv_cache_bytes_per_token"))])
+    note = ("KV/token computed: from the model's config and the cache's nominal bits per element; measured: the "
+            "bytes the backend's cache held after its last generation over the cached tokens (see the glossary).")
+    return Table(title, columns, rows, [note])
+
+
+def summary_tables(entries: list[Entry], several_runs: bool = False) -> list[Table]:
+    """Per model: the quantization table (when a variant is quantized and quality was measured) and the
+    context-length table (when the workloads vary the prompt length)."""
+    by_model: dict[str, list[Entry]] = defaultdict(list)
+    for entry in entries:
+        by_model[entry.record.model].append(entry)
+    out = []
+    for model, group in by_model.items():
+        name = Path(model).name
+        out += [t for t in (quantization_table(f"{name}: quantization, quality and speed", group, several_runs),
+                            context_table(f"{name}: cost against context length", group, several_runs)) if t]
+    return out
 
 
 def what_ran(entries: list[Entry], several_runs: bool = False) -> Table:

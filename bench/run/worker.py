@@ -21,7 +21,7 @@ from backends import backend_class
 from bench.core.cache import write_json_atomic
 from bench.core.deps import MissingDependency, NotSupportedHere
 from bench.core.timing import Clock, make_clock
-from bench.measure import bandwidth
+from bench.measure import bandwidth, kvcache
 from bench.measure.evaltext import eval_text
 from bench.measure.latency import measure, one_generation, prompt_batch
 from bench.measure.memory import MemorySampler
@@ -132,7 +132,9 @@ def run_case(case: CaseSpec, run_dir: Path | None = None, driver: Driver | None 
         backend.close()
     result.metrics.update(load_s=load_ns / 1e9, model_size_bytes=description.model_size_bytes, **memory.metrics)
     result.not_applicable.update(memory.not_applicable)
-    if case.task == "latency":  # the device's peak bandwidth: MBU is weight bytes per step / TPOT over it
+    if case.task == "latency":  # the KV cache's bytes per token: computed from the config, and measured
+        result.metrics.update(kvcache.metrics(model_path, description))
+        # the device's peak bandwidth: MBU is weight bytes per step / TPOT over it
         peak, source = bandwidth.peak_bandwidth(backend.device, case.peak_memory_bandwidth_gbs)
         description.details["peak_memory_bandwidth_gbs"] = peak
         description.details["peak_memory_bandwidth_source"] = source

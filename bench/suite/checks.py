@@ -96,9 +96,11 @@ def check_contexts(path: Path, index: LineIndex, suite: Suite) -> None:
                     raise _at(path, index, ("workloads", w, "prompt_tokens"),
                               f"{point['prompt_tokens']} prompt + {point['new_tokens']} new tokens exceed the "
                               f"{context}-token context of {model}")
-        if "perplexity" in suite.tasks and suite.perplexity.window > context:
-            raise _at(path, index, ("perplexity", "window"),
-                      f"a window of {suite.perplexity.window} tokens exceeds the {context}-token context of {model}")
+        windows = suite.perplexity.window
+        for i, (window, _) in enumerate(suite.perplexity.pairs() if "perplexity" in suite.tasks else ()):
+            if window > context:
+                raise _at(path, index, ("perplexity", "window") + ((i,) if isinstance(windows, list) else ()),
+                          f"a window of {window} tokens exceeds the {context}-token context of {model}")
 
 
 def check_threads(path: Path, index: LineIndex, suite: Suite) -> None:

@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from bench.records.schema import CaseSpec, PerplexitySettings, Repetitions, Workload
+from bench.records.schema import CaseSpec, Repetitions, Workload
 from bench.suite.schema import ServerVariant, Suite, Variant
 
 # Settings added after format 1, with their defaults: left out of a case's identity while at their default,
@@ -96,20 +96,21 @@ def expand(suite: Suite) -> list[CaseSpec]:
     """Every case of the suite, in run order: model, then variant, then task."""
     identities = []
     repetitions = _identity_settings("repetitions", Repetitions(**suite.repetitions.model_dump()).model_dump())
-    perplexity = PerplexitySettings(**suite.perplexity.model_dump()).model_dump()
+    per_window = [settings.model_dump() for settings in suite.perplexity.per_case()]  # one, unless window is a list
+    perplexity = per_window[0]  # what latency cases carry (their prompts come from the same text)
     for model, variant in itertools.product(suite.models, suite.backends):
         grid = option_grid(variant.options)
         for options in grid:
             label = variant_label(variant, options, expanded=len(grid) > 1)
-            tasks: list[tuple[str, dict | None]] = []
+            tasks: list[tuple[str, dict | None, dict]] = []
             if "latency" in suite.tasks:
-                tasks += [("latency", point) for workload in suite.workloads for point in workload.grid()]
+                tasks += [("latency", point, perplexity) for workload in suite.workloads for point in workload.grid()]
             if "perplexity" in suite.tasks:
-                tasks.append(("perplexity", None))
-            for task, workload in tasks:
+                tasks += [("perplexity", None, settings) for settings in per_window]
+            for task, workload, settings in tasks:
                 identity = {"suite": suite.name, "model": model, "backend": variant.backend, "variant": label,
                             "options": options, "task": task, "workload": workload, "repetitions": repetitions,
-                            "perplexity": perplexity, "threads": suite.threads, "timeout_s": suite.timeout_s,
+                            "perplexity": settings, "threads": suite.threads, "timeout_s": suite.timeout_s,
                             "interpreter": variant.interpreter}
                 profile = _profile_settings(suite, variant)
                 if task == "latency" and profile["enabled"]:  # only then, so unprofiled case ids do not change

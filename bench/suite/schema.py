@@ -26,12 +26,25 @@ from bench.records.schema import (
 # Strict: YAML's `true` is not the integer 1, "2" is not 2; finite: `.inf` is not a timeout or a threshold.
 STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 PLAIN_NAME = r"^[A-Za-z0-9][A-Za-z0-9._=+-]{0,127}$"  # a suite name names its run directory
-# Workload bounds: far beyond any model these run, small enough that a typo fails here, not hours later.
-WORKLOAD_BOUNDS = {"batch_size": (1, 4096), "prompt_tokens": (1, 1 << 20), "new_tokens": (2, 1 << 20)}
+# Axis bounds: far beyond any model these run, small enough that a typo fails here, not hours later.
+AXIS_BOUNDS = {"batch_size": (1, 4096), "prompt_tokens": (1, 1 << 20), "new_tokens": (2, 1 << 20),
+               "window": (2, 1 << 20), "stride": (1, 1 << 20)}
 
 
 class _Strict(BaseModel):
     model_config = STRICT
+
+
+def bounded_axis(value: int | list[int], field: str, distinct: bool = True) -> int | list[int]:
+    """`value` (an int, or a non-empty list of ints, distinct unless told: an axis) if every int is within the
+    field's bounds (AXIS_BOUNDS), else a ValueError."""
+    values = value if isinstance(value, list) else [value]
+    low, high = AXIS_BOUNDS[field]
+    if not values or any(not low <= v <= high for v in values):
+        raise ValueError(f"must be an integer from {low} to {high} (or a non-empty list of them)")
+    if distinct and len(set(values)) != len(values):
+        raise ValueError("a value is listed twice")
+    return value
 
 
 class WorkloadGrid(_Strict):
@@ -42,13 +55,7 @@ class WorkloadGrid(_Strict):
     @field_validator("batch_size", "prompt_tokens", "new_tokens")
     @classmethod
     def _bounded(cls, value, info):
-        values = value if isinstance(value, list) else [value]
-        low, high = WORKLOAD_BOUNDS[info.field_name]
-        if not values or any(not low <= v <= high for v in values):
-            raise ValueError(f"must be an integer from {low} to {high} (or a non-empty list of them)")
-        if len(set(values)) != len(values):
-            raise ValueError("a value is listed twice")
-        return value
+        return bounded_axis(value, info.field_name)
 
     def grid(self) -> list[dict[str, int]]:
         axes = {k: (v if isinstance(v, list) else [v]) for k, v in self.model_dump().items()}
@@ -66,13 +73,43 @@ class SuiteRepetitions(Repetitions):
 
 
 class SuitePerplexity(PerplexitySettings):
+    """A case's perplexity settings, except that `window` (and `stride`) may be lists: one case per window."""
+
     model_config = STRICT
+
+    # widened from the record's int: a suite may list several (per_case() gives each case its one)
+    window: int | list[int] = Field(  # type: ignore[assignment]
+        256, description="tokens per forward pass; a list gives one perplexity case per window, over the same tokens")
+    stride: int | list[int] = Field(  # type: ignore[assignment]
+        128, description="tokens the window advances by; with a list of windows, one stride for all or a list "
+                         "of the same length (paired with the windows)")
+
+    @field_validator("window", "stride")
+    @classmethod
+    def _sizes(cls, value, info):
+        return bounded_axis(value, info.field_name, distinct=info.field_name != "stride")  # strides may repeat
+
+    def pairs(self) -> list[tuple[int, int]]:
+        """(window, stride) of each perplexity case."""
+        windows = self.window if isinstance(self.window, list) else [self.window]
+        strides = self.stride if isinstance(self.stride, list) else [self.stride] * len(windows)
+        return list(zip(windows, strides))
 
     @model_validator(mode="after")
     def _stride_fits(self):
-        if self.stride > self.window:
-            raise ValueError(f"stride ({self.stride}) must be <= window ({self.window}) or tokens go unscored")
+        windows = self.window if isinstance(self.window, list) else [self.window]
+        if isinstance(self.stride, list) and len(self.stride) != len(windows):
+            raise ValueError(f"a list of strides pairs with the windows: {len(self.stride)} strides for "
+                             f"{len(windows)} windows")
+        for window, stride in self.pairs():
+            if stride > window:
+                raise ValueError(f"stride ({stride}) must be <= window ({window}) or tokens go unscored")
         return self
+
+    def per_case(self) -> list[PerplexitySettings]:
+        """The settings of each perplexity case, in the order of the windows."""
+        data = self.model_dump()
+        return [PerplexitySettings(**{**data, "window": window, "stride": stride}) for window, stride in self.pairs()]
 
 
 class SuiteRegression(RegressionSettings):
