@@ -91,12 +91,14 @@ _METRICS = [
     # memory (bench/measure/memory.py)
     _bytes("peak_rss_bytes", "peak RSS", "scalar",
            "Peak resident set size of the case: the larger of the kernel's high-water mark of the case's process "
-           "since its exec (VmHWM) and the largest sampled RSS of its process tree (psutil, every 5 ms, the case's "
-           "process plus any it started). Includes the interpreter and libraries, never the runner's memory."),
+           "since its exec (VmHWM) and the largest sampled memory of its process tree (the case's process plus any "
+           "it started: their summed PSS, so pages a forked child shares with its parent count once; see "
+           "bench/measure/memory.py). Includes the interpreter and libraries, never the runner's memory."),
     _bytes("peak_rss_delta_bytes", "peak RSS delta", "scalar",
            "Peak RSS minus the RSS measured just before the model was loaded: memory the model and its runtime added."),
     _bytes("peak_rss_sampled_bytes", "sampled peak RSS", "info",
-           "Largest RSS of the case's process tree the 5 ms sampler saw (psutil)."),
+           "Largest memory of the case's process tree the sampler saw: its RSS while it is one process, the summed PSS "
+           "(proportional set size) of its processes while it has more."),
     _bytes("vm_hwm_bytes", "VmHWM", "info",
            "The kernel's RSS high-water mark of the case's process since its exec (/proc/self/status VmHWM)."),
     _bytes("ru_maxrss_bytes", "ru_maxrss", "info",

@@ -1,8 +1,10 @@
 """The memory sampler: a known allocation is seen, a large parent does not leak into a case's peak,
 a child process's memory is counted, and GPU metrics say why they do not apply here."""
+import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 
@@ -37,6 +39,23 @@ def test_a_child_process_memory_is_counted_in_the_case_peak():
     reading = sampler.stop()
     assert reading.metrics["processes_sampled"] >= 2
     assert reading.metrics["peak_rss_sampled_bytes"] >= reading.metrics["baseline_rss_bytes"] + 190 * MIB
+
+
+def test_a_forked_child_sharing_its_parents_pages_is_not_counted_twice():
+    """A fork shares every page with its parent until written: summed RSS would count 300 MiB twice, PSS once."""
+    block = np.ones(300 * MIB // 8)  # touched before the fork: shared copy-on-write afterwards
+    sampler = MemorySampler().start()
+    pid = os.fork()
+    if pid == 0:  # the child only holds the shared pages for a while
+        time.sleep(2.5)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    reading = sampler.stop()
+    del block
+    assert reading.metrics["processes_sampled"] >= 2
+    # counted twice, the tree would be >= 600 MiB above the baseline's other memory; once, it stays near it
+    assert reading.metrics["peak_rss_sampled_bytes"] < reading.metrics["baseline_rss_bytes"] + 150 * MIB
+    assert reading.metrics["peak_rss_sampled_bytes"] >= 300 * MIB
 
 
 PARENT = textwrap.dedent("""
