@@ -16,7 +16,7 @@ from bench.core.timing import Clock
 from bench.measure.latency import measure
 from bench.measure.perplexity import perplexity
 from bench.models.corpus import heldout_text
-from bench.records.schema import Repetitions
+from bench.records.schema import ProfileSettings, Repetitions
 from tests.conftest import load_records, run_bench, write_suite
 
 pytest.importorskip("onnxruntime_genai", reason="needs onnxruntime-genai: pip install 'bench[onnx]'")
@@ -189,11 +189,11 @@ def test_a_suite_with_onnx_genai_runs_through_the_cli(tiny_llama, tmp_path, perp
 def test_native_profile_counts_one_forward_per_new_token(loaded, eval_ids, label, tmp_path):
     from bench.measure.profiling import native_profile
 
-    settings = {"warmup": 1, "steps": 2, "top": 20}
+    settings = {**ProfileSettings().model_dump(), "warmup": 1, "steps": 2, "top": 20}
     summary = native_profile(loaded[label], [eval_ids[:32]], 8, settings, tmp_path)
     calls = {op["name"]: op["calls"] for op in summary["top_ops"]}
     forwards = 8 * (settings["warmup"] + settings["steps"])  # the prompt's forward, then one per later token
     assert calls["GroupQueryAttention"] == 2 * forwards  # 2 layers
     assert calls["MatMul"] == 11 * forwards  # the graph's 11 MatMul nodes (describe()'s op count)
-    assert summary["profiler"].startswith("onnxruntime") and list(tmp_path.glob("*.json"))
+    assert summary["profiler"].startswith("onnxruntime") and list(tmp_path.glob("*.json.gz"))
     assert len(loaded[label].generate([eval_ids[:32]], 4, lambda: None)[0]) == 4  # the measured model is back

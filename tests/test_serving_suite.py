@@ -96,12 +96,17 @@ def slowed_copy(root, source: str, name: str, level_key: str, delay_ms: float) -
 
 
 def test_the_gate_compares_serving_levels(runs):
-    run_bench("compare", "fast", "fast2", "--threshold", "0.5", "--json", "aa.json", cwd=runs)
+    """A/A: never a regression; the open-loop levels' 12 requests queue at random, so their TTFT may be
+    inconclusive (exit 4), but the closed loop with one user sees the stub's fixed 10 ms TTFT: unchanged."""
+    proc = run_bench("compare", "fast", "fast2", "--threshold", "0.5", "--json", "aa.json", cwd=runs, check_exit=None)
+    assert proc.returncode in (0, 4), proc.stdout + proc.stderr
     same = json.loads((runs / "aa.json").read_text())
     cases = {c["case"].split("@")[-1] for c in same["comparisons"]}
     assert {"sync", "throughput", "sweep-1", "r30-c3"} <= cases
-    ttft = [c for c in same["comparisons"] if c["metric"] == "serve_ttft_ms"]
-    assert ttft and all(c["method"] == "bootstrap+mann-whitney" for c in ttft)
+    assert not [c for c in same["comparisons"] if c["status"] == "regression"]
+    ttft = {c["case"].split("@")[-1]: c for c in same["comparisons"] if c["metric"] == "serve_ttft_ms"}
+    assert all(c["method"] == "bootstrap" for c in ttft.values())  # requests of one client: no process stage
+    assert ttft["sync"]["status"] == "unchanged"
     slowed_copy(runs, "fast2", "slow", "sync", delay_ms=20)
     run_bench("compare", "fast", "slow", "--json", "ab.json", cwd=runs, check_exit=1)
     slower = json.loads((runs / "ab.json").read_text())

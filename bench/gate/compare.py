@@ -38,7 +38,8 @@ class Comparison:
     metric: str
     unit: str
     better: str
-    method: str  # "two-stage bootstrap", "paired rounds", "threshold only", "not gated"
+    method: str  # "two-stage bootstrap", "bootstrap" (one process: a serving level's requests), "paired rounds",
+    # "threshold only", "not gated"
     baseline: float | None
     current: float | None
     ratio: float | None
@@ -145,7 +146,8 @@ def compare_metric(case: str, cur: CaseRecord, name: str, b: float | None, c: fl
                       method="threshold only", baseline=float(b), current=float(c), ratio=None,
                       threshold=rule.threshold_for(cur, name))
     if bu is not None and cu is not None:
-        comp.method = "two-stage bootstrap"
+        one_process = len(np.unique(bu.groups)) == 1 and len(np.unique(cu.groups)) == 1
+        comp.method = "bootstrap" if one_process else "two-stage bootstrap"
         comp.baseline, comp.current = bu.stat(), cu.stat()
         comp.ratio, comp.ci_low, comp.ci_high = ratio_ci(bu, cu, rule, _seed(rule, case, name))
         comp.n_baseline, comp.n_current = len(bu.values), len(cu.values)

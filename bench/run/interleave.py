@@ -195,14 +195,16 @@ class _Measured:
 
 def _measure_round(workers: dict[str, DrivenWorker], measured: dict[str, _Measured], process: int,
                    round_index: int, rng: random.Random) -> None:
-    """One round: every live variant measures round_repetitions generations, in a new random order."""
+    """One round: every live variant measures round_repetitions generations (fewer where that would pass its
+    `max`), in a new random order."""
     order = [case_id for case_id in workers if not measured[case_id].done()]
     rng.shuffle(order)
     for case_id in order:
         worker, case = workers[case_id], measured[case_id].case
         probe = machine.Probe(worker.proc.pid).start()
         try:
-            stamps, seconds = worker.measure(case.repetitions.round_repetitions)
+            room = case.repetitions.max - len(measured[case_id].stamps)  # >= 1: a case at its max is done
+            stamps, seconds = worker.measure(min(case.repetitions.round_repetitions, room))
         except WorkerGone as gone:
             measured[case_id].gone = gone.result
             continue
@@ -306,6 +308,8 @@ def _metrics(m: _Measured, samples: RawSamples) -> dict[str, MetricValue]:
     metrics["load_s"] = statistics.median(loads) if loads else None
     first = m.results[0].metrics
     metrics["baseline_rss_bytes"] = first.get("baseline_rss_bytes")
+    for name, value in m.results[-1].metrics.items():  # what else a worker measured (e.g. KV cache bytes): the last's
+        metrics.setdefault(name, value)
     return metrics
 
 
