@@ -76,7 +76,8 @@ def render(runs: list[Run], history_db: Path | None = None) -> str:
     env = jinja2.Environment(loader=jinja2.PackageLoader("bench.report", "templates"), autoescape=True,
                              trim_blocks=True, lstrip_blocks=True)
     return env.get_template("report.html.j2").render(
-        runs=runs, several=several, tables=tables.result_tables(entries, several) + serving(entries, several),
+        runs=runs, several=several, tables=tables.result_tables(entries, several) + serving(entries, several)
+        + tables.machine_tables(entries),
         what_ran=tables.what_ran(entries, several), figures=[f for f in figures if f],
         problems=[e for e in entries if not e.record.ok], metrics=METRICS.values(),
     )
