@@ -22,7 +22,7 @@ os.environ["RAY_AUTH_MODE"] = "disabled"
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 cluster_utils = pytest.importorskip("ray.cluster_utils", reason="ray is not installed: pip install 'bench[ray]'")
 
-from tests.conftest import KNOWN_ANSWER, ROOT, record_lines, run_bench, write_suite  # noqa: E402
+from tests.conftest import KNOWN_ANSWER, ROOT, record_lines, run_bench, write_suite
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 LOOPBACK = "127.0.0.1"
@@ -192,3 +192,23 @@ def test_a_resumed_perplexity_unit_gets_the_reference_it_did_not_write_and_unpla
     records = record_lines(tmp_path / "results" / "n")
     assert len(records) == 6 and all(r.reason.startswith("no node of the cluster offers") for r in records)
     assert "1 no-such-resource" in records[0].reason and "prepared in" in proc.stderr
+
+
+def test_a_real_tiny_llama_case_runs_on_a_node_and_its_profiler_traces_come_back(tmp_path, cluster, tiny_llama):
+    write_suite(tmp_path / "suite.yaml", """
+        name: tiny
+        models: [tiny-llama]
+        backends: [{backend: hf-eager}]
+        workloads: [{batch_size: 1, prompt_tokens: 16, new_tokens: 4}]
+        tasks: [latency]
+        repetitions: {warmup: 1, min: 4, max: 4, processes: 1}
+        profile: {enabled: true, warmup: 0, steps: 1, decode_steps: 1}
+        timeout_s: 240
+        """)
+    _ray_run(tmp_path, cluster, "suite.yaml", "--run-id", "t")
+    [record] = record_lines(tmp_path / "results" / "t")
+    assert record.ok and record.machine.node is not None and record.model_path == tiny_llama
+    assert record.value("tpot_ms") > 0 and record.latency.repetitions == 4
+    traces = tmp_path / "results" / "t" / record.profile.trace_dir
+    assert record.profile.files and sorted(p.relative_to(traces).as_posix() for p in traces.rglob("*")
+                                           if p.is_file()) == record.profile.files

@@ -48,9 +48,8 @@ def _executor(args, suite):
     """None for the local executor; the Ray executor (imported only then) for --executor ray."""
     if getattr(args, "executor", "local") != "ray":
         return None
-    from bench.run.cluster.ray_executor import RayExecutor, import_ray
+    from bench.run.cluster.ray_executor import RayExecutor
 
-    import_ray()  # a missing package fails here, before anything runs
     return RayExecutor(args.address, suite.cluster)
 
 
@@ -99,6 +98,10 @@ def cmd_run(args) -> ExitCode:
     from bench.records.rundir import RunDir, check_plain_name
     from bench.suite import load_suite
 
+    if args.executor == "ray":  # a missing package fails here, before anything is written
+        from bench.run.cluster.ray_executor import import_ray
+
+        import_ray()
     if args.resume is not None:
         run = RunDir(args.results_dir, check_plain_name(args.resume, "--resume"))
         if not run.exists():

@@ -27,6 +27,7 @@ from bench.records.rundir import RunDir
 from bench.records.schema import CaseSpec, Machine, RunMeta
 from bench.run import environment
 from bench.run.cluster.bundle import bundle, write_files
+from bench.run.cluster.unit_process import DONE
 from bench.run.prepare import prepare
 from bench.run.spawn import PROJECT_ROOT
 
@@ -101,9 +102,10 @@ def run_unit_on_node(unit_text: str, meta_json: str, inputs: dict[str, bytes], c
             assert proc.stdout is not None
             sent: set[str] = set()
             for line in proc.stdout:
-                case_id = line.decode().strip()
-                record = next(r for r in reversed(run.records()) if r.id == case_id)
-                yield bundle(run, record, sent)
+                text = line.decode(errors="replace")
+                if text.startswith(DONE):
+                    case_id = text[len(DONE):].strip()
+                    yield bundle(run, next(r for r in reversed(run.records()) if r.id == case_id), sent)
             proc.wait()
         yield UnitEnded(proc.returncode, log_tail(log_file))
     finally:

@@ -86,7 +86,10 @@ class RayExecutor:
         options: dict[str, Any] = {"log_to_driver": False, "logging_level": "WARNING", "runtime_env": runtime_env}
         if self.address is None:
             options["include_dashboard"] = False
-        self.ray.init(address=self.address, **options)
+        try:
+            self.ray.init(address=self.address, **options)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise BadInput(f"--executor ray: cannot connect to the Ray cluster at {self.address}: {exc}") from None
 
     def _nodes(self) -> list[dict]:
         return [n for n in self.ray.nodes() if n.get("Alive") and (n.get("Resources") or {}).get("CPU", 0) > 0]

@@ -3,8 +3,9 @@
 A node's Ray task (bench/run/cluster/node.py) starts it as a fresh process in a scratch run directory on
 the node. It runs the unit with `run_unit` (each case in its own worker process, with its own timeouts,
 the same clock and memory sampler as a local run), is that scratch run's one writer (samples written,
-then the record appended), and prints each finished case's id on stdout, one line, for the task to send
-back. It dies with its parent (the Ray worker), and its case workers die with it.
+then the record appended), and prints `DONE` and each finished case's id on stdout, one line, for the
+task to send back (anything else a library prints there is ignored). It dies with its parent (the Ray
+worker), and its case workers die with it.
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from bench.records.rundir import RunDir
 from bench.records.schema import CaseSpec
 from bench.run.plan import Unit
 from bench.run.runner import run_unit
+
+DONE = "bench-case-done "  # the line a finished case's id follows on stdout
 
 
 def unit_json(unit: Unit) -> str:
@@ -36,7 +39,7 @@ def main(argv: list[str]) -> int:
             if samples is not None:
                 run.write_samples(record.id, samples)
             run.append(record)
-            print(record.id, flush=True)
+            print(f"{DONE}{record.id}", flush=True)
     return 0
 
 
