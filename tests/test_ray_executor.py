@@ -151,6 +151,20 @@ def test_a_node_killed_mid_unit_fails_only_that_units_cases_then_resume_finishes
     assert len(final) == 6 and all(r.ok for r in final.values())
 
 
+def test_units_waiting_for_a_node_that_died_fail_instead_of_waiting_forever(tmp_path, cluster):
+    victim = cluster.add_node(num_cpus=1, resources={"victim": 1}, node_ip_address=LOOPBACK)
+    cluster.wait_for_nodes()
+    _suite(tmp_path / "suite.yaml", "cluster: {resources: {victim: 1}}", delays=(0.01, 0.01), tokens=10, reps=30)
+    proc, stderr = _start_ray_run(tmp_path, cluster, "suite.yaml", "--run-id", "r")
+    _wait_until_started_on(victim.node_id, proc, stderr)
+    cluster.remove_node(victim, allow_graceful=False)  # the only node the units fit on; two are still queued
+    assert proc.wait(timeout=120) == 3, stderr.read_text()
+    records = record_lines(tmp_path / "results" / "r")
+    assert len(records) == len({r.id for r in records}) == 6 and not any(r.ok for r in records)
+    waited = "no live node of the cluster offers what this unit needs any more (1 CPU, 0 GPU, 1 victim)"
+    assert sorted(r.reason.split(":")[0] for r in records) == [waited] * 4 + ["node lost"] * 2
+
+
 def test_a_lost_unit_runs_again_elsewhere_when_the_suite_allows_it(tmp_path, cluster):
     victim = cluster.add_node(num_cpus=1, resources={"victim": 1, "spare": 1}, node_ip_address=LOOPBACK)
     cluster.wait_for_nodes()

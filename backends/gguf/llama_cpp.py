@@ -62,6 +62,7 @@ class LlamaCpp(Backend):
         """The GGUF file at the variant's quant (an HF directory only: a .gguf file needs nothing)."""
         from backends.gguf.convert import gguf_file
 
+        require("llama_cpp", EXTRA, cls.name)  # nothing to convert for a case that will be skipped
         source = Path(model_path)
         if isinstance(options, LlamaCppOptions) and not (source.suffix == ".gguf" and source.is_file()):
             gguf_file(source, options.quant, log)

@@ -60,6 +60,7 @@ class OnnxGenai(Backend):
     def prepare(cls, model_path: str, options: BackendOptions, log: Callable[[str], None]) -> None:
         """The CPU export of the variant's precision (a GPU export is made by its first load, under the cache lock)."""
         if isinstance(options, GenaiOptions) and options.execution_provider == "cpu":
+            require_all(cls.name)  # nothing to export for a case that will be skipped
             export(model_path, options.precision, options.execution_provider)
 
     def load(self, model_path: str) -> None:

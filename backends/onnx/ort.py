@@ -42,6 +42,7 @@ class OnnxOrt(Backend):
     def prepare(cls, model_path: str, options: BackendOptions, log: Callable[[str], None]) -> None:
         """The CPU export of the variant's precision (a GPU export is made by its first load, under the cache lock)."""
         if isinstance(options, OrtOptions) and options.execution_provider == "cpu":
+            require_all(cls.name)  # nothing to export for a case that will be skipped
             precision = "fp32" if options.quantization == "none" else options.quantization
             export(model_path, precision, options.execution_provider)
 

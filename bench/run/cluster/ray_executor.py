@@ -11,8 +11,9 @@ then hands record and samples to `record`, the runner's one writer, which append
 
 A node that dies (or a Ray worker that is killed) mid-unit loses only the cases of that unit that had not
 come back: they are recorded as failed with the reason, or, when the suite's `cluster.retry_lost_units`
-allows, run again once more on any node that fits. A unit no node of the cluster can ever run is recorded
-as failed at once (a task asking for what no node has would wait forever).
+allows, run again on any node that fits. A unit no node of the cluster can ever run is recorded as failed
+at once (a task asking for what no node has would wait forever), and so is a queued unit whose only
+fitting nodes died (checked every FEASIBLE_CHECK_S).
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from bench.run.spawn import PROJECT_ROOT
 
 Record = Callable[[CaseRecord, RawSamples | None], None]
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+FEASIBLE_CHECK_S = 5.0  # how often units still waiting for a node are checked against the live nodes
 
 
 def import_ray() -> Any:
@@ -162,6 +164,16 @@ class RayExecutor:
             self._fail(attempt, f"the unit's process {attempt.where()} exited with code {item.returncode} before "
                                 f"this case finished", record, item.output_tail)
 
+    def _drop_infeasible(self, pending: dict[Any, _Attempt], record: Record) -> None:
+        """Units still waiting for a node that no live node can give them (nodes died) fail, not wait forever."""
+        nodes = self._nodes()
+        for generator, attempt in list(pending.items()):
+            if attempt.machine is None and not any(attempt.request.fits(n) for n in nodes):
+                del pending[generator]
+                self.ray.cancel(generator, force=True)
+                self._fail(attempt, f"no live node of the cluster offers what this unit needs any more "
+                                    f"({attempt.request.describe()})", record)
+
     def run(self, units: list[Unit], run: RunDir, record: Record) -> None:
         self._connect()
         pending: dict[Any, _Attempt] = {}
@@ -181,7 +193,10 @@ class RayExecutor:
             meta_json = meta.model_dump_json()
             pending = {self._submit(a, run, meta_json): a for a in runnable}
             while pending:
-                ready, _ = self.ray.wait(list(pending), num_returns=1)
+                ready, _ = self.ray.wait(list(pending), num_returns=1, timeout=FEASIBLE_CHECK_S)
+                if not ready:
+                    self._drop_infeasible(pending, record)
+                    continue
                 generator = ready[0]
                 attempt = pending[generator]
                 try:
