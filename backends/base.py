@@ -65,6 +65,11 @@ class Backend(ABC):
         """Where the harness's clock must read time: "cpu" (host clock) or "cuda[:N]" (CUDA events)."""
         return self.options.device
 
+    @classmethod
+    def prepare(cls, model_path: str, options: BackendOptions, log: Callable[[str], None]) -> None:
+        """Build what `load` would otherwise build on first use (a converted model file), cached, so a machine
+        builds it once before any case runs (bench/run/prepare.py), not inside a case's timed load. Optional."""
+
     @abstractmethod
     def load(self, model_path: str) -> None:
         """Load the model at `model_path` (a local directory or file, or a hub id) and apply `threads`."""

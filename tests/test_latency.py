@@ -29,8 +29,9 @@ def test_tpot_matches_an_injected_per_token_delay_within_one_percent(delay_s):
     assert tpot == pytest.approx(delay_s * 1e3, rel=0.01)
     assert ttft == pytest.approx(20 + delay_s * 1e3, rel=0.01)  # prefill + the first token step
     # throughput is a ratio of sums (a mean), so preemption outliers on a shared machine move it more
-    # than the medians above; it must still count the batch: 2 tokens per step
-    assert result.metrics["decode_tok_s"] == pytest.approx(2 / delay_s, rel=0.05)
+    # than the medians above (-5 % seen with two other test runs on these 2 cores); it must still count the
+    # batch: 2 tokens per step (counting one would be -50 %)
+    assert result.metrics["decode_tok_s"] == pytest.approx(2 / delay_s, rel=0.08)
     assert len(result.samples.stamps_ns) == result.info.repetitions >= POLICY.min
     assert result.info.stop_reason == "ci_target_met"
 

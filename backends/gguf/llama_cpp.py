@@ -62,6 +62,16 @@ class LlamaCpp(Backend):
         path = gguf_file(model_dir, quant)
         return (path, *extra_buffers_work(path, llama_cpp.__version__))
 
+    @classmethod
+    def prepare(cls, model_path: str, options: BackendOptions, log: Callable[[str], None]) -> None:
+        """The GGUF file at the variant's quant (an HF directory only: a .gguf file needs nothing)."""
+        from backends.gguf.convert import gguf_file
+
+        require("llama_cpp", EXTRA, cls.name)  # nothing to convert for a case that will be skipped
+        source = Path(model_path)
+        if isinstance(options, LlamaCppOptions) and not (source.suffix == ".gguf" and source.is_file()):
+            gguf_file(source, options.quant, log)
+
     def load(self, model_path: str) -> None:
         self._lib = llama_cpp = require("llama_cpp", EXTRA, self.name)
         logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's info logs: errors only

@@ -20,7 +20,7 @@ from typing import Literal
 import numpy as np
 from pydantic import model_validator
 
-from backends.base import Backend, BackendDescription, MissingDependency, TokenBatch
+from backends.base import Backend, BackendDescription, BackendOptions, MissingDependency, TokenBatch
 from backends.onnx.export import EXTRA, OnnxOptions, export, model_bytes, require_all, versions
 from backends.onnx.profile import ort_profile_ops
 
@@ -55,6 +55,13 @@ class OnnxGenai(Backend):
     extra = EXTRA
     Options = GenaiOptions
     options: GenaiOptions
+
+    @classmethod
+    def prepare(cls, model_path: str, options: BackendOptions, log: Callable[[str], None]) -> None:
+        """The CPU export of the variant's precision (a GPU export is made by its first load, under the cache lock)."""
+        if isinstance(options, GenaiOptions) and options.execution_provider == "cpu":
+            require_all(cls.name)  # nothing to export for a case that will be skipped
+            export(model_path, options.precision, options.execution_provider)
 
     def load(self, model_path: str) -> None:
         og, _, _ = require_all(self.name)

@@ -15,7 +15,7 @@ from typing import Literal
 
 import numpy as np
 
-from backends.base import Backend, BackendDescription, MissingDependency, TokenBatch
+from backends.base import Backend, BackendDescription, BackendOptions, MissingDependency, TokenBatch
 from backends.onnx.export import EXTRA, OnnxOptions, export, model_bytes, require_all, versions
 from backends.onnx.profile import ort_profile_ops
 
@@ -37,6 +37,14 @@ class OnnxOrt(Backend):
     extra = EXTRA
     Options = OrtOptions
     options: OrtOptions
+
+    @classmethod
+    def prepare(cls, model_path: str, options: BackendOptions, log: Callable[[str], None]) -> None:
+        """The CPU export of the variant's precision (a GPU export is made by its first load, under the cache lock)."""
+        if isinstance(options, OrtOptions) and options.execution_provider == "cpu":
+            require_all(cls.name)  # nothing to export for a case that will be skipped
+            precision = "fp32" if options.quantization == "none" else options.quantization
+            export(model_path, precision, options.execution_provider)
 
     def load(self, model_path: str) -> None:
         _, ort, _ = require_all(self.name)

@@ -14,17 +14,17 @@ PROFILE_FLAGS = ("warmup", "steps", "top", "record_shapes", "profile_memory", "w
 def _execute(args, suite, cases, run, profile_source: str | None = None) -> ExitCode:
     """Run a suite's cases into `run` (new or resumed), then write its reports."""
     from bench.cli.report import write_reports
-    from bench.models import resolve_model
     from bench.records.rundir import load_run
     from bench.report.markdown import terminal_table
     from bench.run import runner
 
     print(f"run {run.run_id}: {len(cases)} cases -> {run.path}", file=sys.stderr)
+    executor = _executor(args, suite)
     with run.writer():
         try:
-            for model in suite.models:  # build built-in models once, here, rather than inside a timed case
-                resolve_model(model, log=lambda line: print(line, file=sys.stderr))
-            records = runner.run_cases(cases, run, retry_failed=args.retry_failed)
+            if executor is None:  # build models and conversions once, here, rather than inside a timed case
+                _prepare_here(cases)
+            records = runner.run_cases(cases, run, retry_failed=args.retry_failed, executor=executor)
         except KeyboardInterrupt:
             print(f"\ninterrupted: finished cases are kept in {run.path}; "
                   f"resume with: python -m bench run --resume {run.run_id}", file=sys.stderr)
@@ -60,6 +60,32 @@ def _selected(cases, args):
     return [c for c in cases if c in chosen or c in references]
 
 
+def _prepare_here(cases) -> None:
+    from bench.run.prepare import prepare
+
+    for note in prepare(cases, log=lambda line: print(line, file=sys.stderr)):
+        print(f"note: {note}", file=sys.stderr)
+
+
+def _executor(args, suite):
+    """None for the local executor; the Ray executor (imported only then) for --executor ray."""
+    if getattr(args, "executor", "local") != "ray":
+        return None
+    from bench.run.cluster.ray_executor import RayExecutor
+
+    return RayExecutor(args.address, suite.cluster)
+
+
+def _shard(args, cases):
+    """The cases of this shard (all of them without --shard), and its ShardInfo for run.json."""
+    if getattr(args, "shard", None) is None:
+        return cases, None
+    from bench.run.shard import parse, shard_cases, shard_info
+
+    index, count = parse(args.shard)
+    return shard_cases(cases, index, count), shard_info(cases, index, count)
+
+
 def check_writable(directory: Path, what: str) -> None:
     """Fail before running anything when `directory` cannot be created or written."""
     existing = Path(directory).resolve()
@@ -75,7 +101,7 @@ def _new_run(args, suite_path: Path, profile: dict | None):
     from bench.suite import load_suite
 
     suite, cases = load_suite(suite_path, profile=profile)
-    cases = _selected(cases, args)
+    cases, shard = _shard(args, _selected(cases, args))
     check_writable(args.results_dir, "--results-dir")
     check_writable(args.reports_dir, "--reports-dir")
     if args.run_id is not None:
@@ -87,7 +113,7 @@ def _new_run(args, suite_path: Path, profile: dict | None):
         raise BadInput(f"run '{run.run_id}' already exists in {args.results_dir}; use --resume {run.run_id}")
     # what --resume and report read: the suite as it runs (with profiling forced on by `bench profile`)
     snapshot = suite_path.read_bytes() if profile is None else _profiled_snapshot(suite, str(suite_path))
-    runner.start_run(suite_path, snapshot, suite.name, cases, run, suite.regression)
+    runner.start_run(suite_path, snapshot, suite.name, cases, run, suite.regression, shard)
     return suite, cases, run
 
 
@@ -95,15 +121,23 @@ def cmd_run(args) -> ExitCode:
     from bench.records.rundir import RunDir, check_plain_name
     from bench.suite import load_suite
 
+    if args.executor == "ray":  # a missing package fails here, before anything is written
+        from bench.run.cluster.ray_executor import import_ray
+
+        import_ray()
     if args.resume is not None:
         run = RunDir(args.results_dir, check_plain_name(args.resume, "--resume"))
         if not run.exists():
             raise BadInput(f"--resume: no run '{args.resume}' in {args.results_dir}")
         _check_unedited(run, args.allow_edited_suite)
         suite, cases = load_suite(run.suite_snapshot)
-        planned = set(run.meta().case_ids)
-        if not args.allow_edited_suite:  # a run made with --only keeps its selection
-            cases = [c for c in cases if c.id in planned]
+        meta = run.meta()
+        if not args.allow_edited_suite:  # the run's own cases: what --only and --shard chose when it started
+            cases = [c for c in cases if c.id in set(meta.case_ids)]
+        elif meta.shard is not None:  # an edited suite: this shard's share of it
+            from bench.run.shard import shard_cases
+
+            cases = shard_cases(cases, meta.shard.index, meta.shard.count)
         check_writable(args.reports_dir, "--reports-dir")
         return _execute(args, suite, cases, run)
     if not args.suite:
@@ -143,6 +177,21 @@ def cmd_profile(args) -> ExitCode:
     return _execute(args, suite, cases, run, profile_source=str(source))
 
 
+def cmd_merge(args) -> ExitCode:
+    from bench.cli.report import write_reports
+    from bench.records.merge import merge_runs
+    from bench.records.rundir import RunDir, check_plain_name, find_run, load_run
+
+    sources = [find_run(spec, args.results_dir) for spec in args.runs]
+    target = RunDir(args.results_dir, check_plain_name(args.run_id, "--run-id"))
+    merge_runs(sources, target)
+    loaded = load_run(target)
+    print(f"merged {len(sources)} runs into {target.path}: {len(loaded.records)} of {len(loaded.meta.case_ids)} "
+          f"cases recorded" + (f", {len(loaded.missing)} missing" if loaded.missing else ""), file=sys.stderr)
+    write_reports(args, [loaded])
+    return ExitCode.CASE_FAILED if any(r.status == "failed" for r in loaded.records) else ExitCode.OK
+
+
 def cmd_validate(args) -> ExitCode:
     from bench.suite import load_suite
 
@@ -166,7 +215,19 @@ def add_commands(sub) -> list:
     run.add_argument("--only-from", metavar="COMPARE_JSON",
                      help="run only the cases a comparison flagged (its --json file): the nightly's re-measurement")
     run.add_argument("--run-id", help="name of the new run (default: <suite>-<UTC time>)")
+    run.add_argument("--executor", choices=("local", "ray"), default="local",
+                     help="local: units one after another here (default); ray: each unit a task on a Ray cluster "
+                     "(pip install 'bench[ray]')")
+    run.add_argument("--address", help="with --executor ray: the cluster's address (HOST:PORT of its head; "
+                     "default: RAY_ADDRESS, else a Ray instance started here)")
+    run.add_argument("--shard", metavar="I/N", help="run only shard I of N of the suite's units (a deterministic "
+                     "partition, for CI matrices; combine the shards with bench merge)")
     run.set_defaults(func=cmd_run)
+
+    merge = sub.add_parser("merge", help="merge runs of one suite (the shards of run --shard) into a new run")
+    merge.add_argument("runs", nargs="+", metavar="RUN", help="run ids or run directories")
+    merge.add_argument("--run-id", required=True, help="name of the merged run")
+    merge.set_defaults(func=cmd_merge)
 
     profile = sub.add_parser("profile", help="run a suite with profiling on: after measuring each latency case, "
                              "trace it into results/<run-id>/traces/ and report where the time goes")
@@ -182,4 +243,4 @@ def add_commands(sub) -> list:
     validate = sub.add_parser("validate", help="check a suite and list the cases it expands to")
     validate.add_argument("suite")
     validate.set_defaults(func=cmd_validate)
-    return [run, profile]
+    return [run, profile, merge]

@@ -8,7 +8,8 @@ reference), case by case and metric by metric, with three verdicts (bench/gate/r
   measured, interleaved (`tpot_vs_reference`, `ttft_vs_reference`).
 - Scalars (quality, memory): against the threshold alone; single timings (load time): shown, never gated.
 - Serving cases: every metric of every load level both runs measured (`case@level`).
-Cases measured on different machines (bench/records/schema.py `Environment.machine_id`) are not compared.
+Cases measured on different machines (the records' `machine.machine_id`, bench/run/environment.py) are not
+compared.
 """
 from __future__ import annotations
 
@@ -223,9 +224,11 @@ def compare_runs(baseline: Run, current: Run, rule: Rule, noise=None) -> dict:
     cur = {r.id: r for r in current.records}
     comparisons: list[Comparison] = []
     not_compared = []
-    machines = baseline.meta.environment.machine_id, current.meta.environment.machine_id
     for case_id in [c for c in cur if c in base]:
         b, c = base[case_id], cur[case_id]
+        # each record names its machine; where one of the two does not, both runs' environments decide
+        fingerprinted = b.machine is not None and c.machine is not None
+        machines = (baseline.machine_of(b if fingerprinted else None), current.machine_of(c if fingerprinted else None))
         if not b.ok or not c.ok:
             not_compared.append({"case": case_id, "baseline": _status(b), "current": _status(c)})
         elif machines[0] != machines[1]:
@@ -233,7 +236,8 @@ def compare_runs(baseline: Run, current: Run, rule: Rule, noise=None) -> dict:
                                  "current": f"measured on machine {machines[1]}: different hardware, not compared"})
         else:
             comparisons += compare_case(b, c, baseline.samples(case_id), current.samples(case_id), rule, noise)
-    return _result(baseline, current, rule, comparisons, not_compared, "no case finished ok in both runs",
+    return _result(baseline, current, rule, comparisons, not_compared,
+                   "no case finished ok in both runs on the same machine",
                    only_in_baseline=sorted(set(base) - set(cur)), only_in_current=sorted(set(cur) - set(base)))
 
 

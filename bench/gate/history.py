@@ -51,6 +51,8 @@ def connect(path: Path, create: bool = False) -> sqlite3.Connection:
         columns = {row[1] for row in conn.execute("PRAGMA table_info(runs)")}
         if "machine" not in columns:  # a database made before runs were tagged with their machine
             conn.execute("ALTER TABLE runs ADD COLUMN machine TEXT")
+        if "machine" not in {row[1] for row in conn.execute("PRAGMA table_info(metrics)")}:  # ... and each case
+            conn.execute("ALTER TABLE metrics ADD COLUMN machine TEXT")
     except (OSError, sqlite3.Error) as exc:
         raise HistoryError(f"cannot open the history database {path}: {exc}") from None
     return conn
@@ -61,7 +63,7 @@ def record_run(run: Run, db: Path, branch: str | None = None, commit: str | None
     env = run.meta.environment
     branch = branch or env.git_branch or os.environ.get("GITHUB_REF_NAME") or "unknown"
     commit = commit or env.git_sha or "unknown"
-    row = {"run_id": run.run_id, "suite": run.meta.suite_name, "machine": env.machine_id, "branch": branch,
+    row = {"run_id": run.run_id, "suite": run.meta.suite_name, "machine": run.machine_of(), "branch": branch,
            "git_commit": commit,
            "dirty": int(bool(env.git_dirty)), "created_at": run.meta.created_at, "recorded_at": time.time(),
            "path": str(run.path.resolve()), "n_cases": len(run.records),
@@ -84,9 +86,10 @@ def record_run(run: Run, db: Path, branch: str | None = None, commit: str | None
                 shown = r.value(name)
                 if shown is None:
                     continue
-                conn.execute("INSERT INTO metrics VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                             (run.run_id, r.id, r.variant, r.model, r.task,
-                              r.workload.short if r.workload else r.task, name, shown, low, high, n))
+                conn.execute("INSERT INTO metrics (run_id, case_id, variant, model, task, workload, metric, value, "
+                             "ci_low, ci_high, n, machine) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                             (run.run_id, r.id, r.variant, r.model, r.task, r.workload.short if r.workload else r.task,
+                              name, shown, low, high, n, run.machine_of(r)))
     conn.close()
     return row
 
@@ -101,7 +104,7 @@ def between_run_sigma(db: Path, suite: str, machine: str, case_id: str, metric: 
     this machine recorded before `before`; None with fewer than MIN_HISTORY_RUNS."""
     conn = connect(db)
     rows = conn.execute(
-        "SELECT m.value FROM metrics m JOIN runs r USING (run_id) WHERE r.suite = ? AND r.machine = ? AND "
+        "SELECT m.value FROM metrics m JOIN runs r USING (run_id) WHERE r.suite = ? AND m.machine = ? AND "
         "m.case_id = ? AND m.metric = ? AND r.created_at < ? AND m.value > 0 ORDER BY r.created_at DESC LIMIT ?",
         (suite, machine, case_id, metric, before, HISTORY_RUNS)).fetchall()
     conn.close()
@@ -115,8 +118,8 @@ def between_run_sigma(db: Path, suite: str, machine: str, case_id: str, metric: 
 def noise_lookup(db: Path, current: Run) -> Callable[[CaseRecord, str], tuple[float, int] | None]:
     """What the gate asks the history: a case's between-run noise, on the current run's machine."""
     def lookup(record: CaseRecord, metric: str) -> tuple[float, int] | None:
-        return between_run_sigma(db, current.meta.suite_name, current.meta.environment.machine_id, record.id,
-                                 metric, current.meta.created_at)
+        return between_run_sigma(db, current.meta.suite_name, current.machine_of(record), record.id, metric,
+                                 current.meta.created_at)
     return lookup
 
 

@@ -292,6 +292,14 @@ class Run:
         done = {r.id for r in self.records}
         return [c for c in self.meta.case_ids if c not in done]
 
+    def machine_of(self, record: CaseRecord | None = None) -> str:
+        """The id of the machine that measured `record`: its own fingerprint's (CaseRecord.machine), or, for a
+        record without one (made before records carried it) or no record, the hash of the run's environment,
+        prefixed `env:` (a hash of other fields: never equal to a record's)."""
+        if record is not None and record.machine is not None:
+            return record.machine.machine_id
+        return f"env:{self.meta.environment.machine_id}"
+
     def samples(self, case_id: str) -> RawSamples | None:
         if case_id not in self._samples:
             self._samples[case_id] = self.dir.samples(case_id)

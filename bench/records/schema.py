@@ -18,6 +18,9 @@ Format history (FORMAT_VERSION is what this code writes; `bench.records.upgrade`
   Additive within format 2 (older readers of format 2 are unaffected, older runs load unchanged): the
   `serving` task, `CaseSpec.serving` (ServingSettings), `CaseRecord.serving` (ServingInfo: one
   ServingLevel per load level) and `RawSamples.serving` (per-request stamps, one list per level).
+  Also additive: `CaseRecord.machine` (Machine: the fingerprint of the machine that ran the case, with its
+  `machine_id`), `RunMeta.shard` (ShardInfo: the run is one shard of a suite, `bench run --shard I/N`) and
+  `RunMeta.merged_from` (the runs `bench merge` combined into this one).
 
 Settings shared by suites and records (workload, repetitions, perplexity, profile, serving) are defined here,
 so reading a run never needs the suite's backends, or even its schema, to still exist.
@@ -417,6 +420,35 @@ class ServingInfo(_Record):
     levels: list[ServingLevel] = Field(default_factory=list)
 
 
+class Machine(_Record):
+    """The machine that ran a case (bench/run/environment.py `machine`): hardware, driver, software, host.
+
+    `machine_id` is a short hash of the hardware part only (CPU model, logical CPUs, memory, GPU models and
+    memory): two records with the same id were measured on the same kind of hardware, whatever the host's name,
+    driver or library versions; records with different ids must never be compared as if alike."""
+
+    model_config = ConfigDict(extra="allow")
+
+    machine_id: str = Field(description="16 hex digits of sha256 over the hardware fields")
+    hostname: str | None = None
+    node: str | None = Field(None, description="the executor's name for the node (a Ray node id); None locally")
+    cpu_model: str | None = None
+    cpu_count: int | None = None
+    memory_bytes: int | None = Field(None, description="physical memory (MemTotal)")
+    architecture: str | None = None
+    gpus: list[dict[str, Any]] = Field(default_factory=list, description="name, memory_total_bytes per GPU")
+    gpu_driver: str | None = None
+    platform: str | None = None
+    python: str | None = None
+    libraries: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """How reports name it: host, id, CPU and GPUs."""
+        gpus = ", ".join(sorted({str(g.get("name")) for g in self.gpus})) or "no GPU"
+        return f"{self.hostname or '?'} ({self.machine_id}: {self.cpu_model or '?'}, {gpus})"
+
+
 class CaseOutcome(_Record):
     """What a case came to: what its worker reports (bench/run/protocol.py) and its record keeps."""
 
@@ -441,6 +473,7 @@ class CaseRecord(CaseOutcome):
     started_at: float
     wall_seconds: float
     output_tail: str | None = None
+    machine: Machine | None = None  # None: a record from before fingerprints (or a case never started)
 
     # the case's identity, read often enough to deserve short names
     @property
@@ -537,6 +570,18 @@ class Environment(_Record):
         return hashlib.sha256(json.dumps(hardware, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+class ShardInfo(_Record):
+    """A run that is one shard of a suite (`bench run --shard INDEX/COUNT`): which, and the whole suite's cases."""
+
+    index: int = Field(ge=1)
+    count: int = Field(ge=1)
+    suite_case_ids: list[str] = Field(default_factory=list, description="every case of the suite, in order")
+
+    @property
+    def spec(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
 class RunMeta(_Record):
     """run.json: what the run is, where it came from, and the cases it was planned to run."""
 
@@ -552,3 +597,5 @@ class RunMeta(_Record):
     regression: RegressionSettings = RegressionSettings()
     command: list[str] = Field(default_factory=list)
     cwd: str = ""
+    shard: ShardInfo | None = None  # set when the run is one shard of its suite
+    merged_from: list[str] = Field(default_factory=list, description="runs `bench merge` combined into this one")

@@ -79,7 +79,7 @@ def render(runs: list[Run], history_db: Path | None = None) -> str:
     return env.get_template("report.html.j2").render(
         runs=runs, several=several,
         tables=[*tables.summary_tables(entries, several), *tables.result_tables(entries, several),
-                *serving(entries, several)],
+                *serving(entries, several), *tables.machine_tables(entries)],
         what_ran=tables.what_ran(entries, several), figures=[f for f in figures if f],
         problems=[e for e in entries if not e.record.ok], metrics=METRICS.values(),
     )

@@ -28,8 +28,8 @@ def render(run: Run, run_link: str = ".") -> str:
     entries = [tables.Entry(run.run_id, r) for r in run.records]
     return _template("report.md.j2").render(
         meta=run.meta, reference=run.reference,
-        tables=[(t.title, tables.markdown(t))
-                for t in [*tables.summary_tables(entries), *tables.result_tables(entries), *serving(entries)]],
+        tables=[(t.title, tables.markdown(t)) for t in [*tables.summary_tables(entries), *tables.result_tables(entries),
+                                                        *serving(entries), *tables.machine_tables(entries)]],
         problems=[r for r in run.records if not r.ok], missing=run.missing,
         what_ran=tables.markdown(tables.what_ran(entries)), metrics=METRICS.values(),
         n_ok=sum(r.ok for r in run.records), n_total=len(run.meta.case_ids),

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.metrics import METRICS
-from bench.records.schema import CaseRecord, Estimate, MetricValue, ServingLevel, Summary
+from bench.records.schema import CaseRecord, Estimate, Machine, MetricValue, ServingLevel, Summary
 
 
 @dataclass(frozen=True)
@@ -195,20 +195,29 @@ def perplexity_table(title: str, entries: list[Entry], several_runs: bool) -> Ta
     return Table(title, columns, rows, notes)
 
 
+def machines(entries: list[Entry]) -> dict[str, Machine]:
+    """The machines that ran the entries (CaseRecord.machine), by machine_id, in order of first appearance."""
+    return {e.record.machine.machine_id: e.record.machine for e in entries if e.record.machine is not None}
+
+
 def result_tables(entries: list[Entry], several_runs: bool = False) -> list[Table]:
-    """One table per model x workload (latency), then per model (perplexity), of the ok cases."""
+    """One table per model x workload (latency), then per model (perplexity), of the ok cases; per machine too
+    when the cases ran on several kinds of machine (their numbers and ratios are never mixed in one table)."""
+    by_machine = len(machines(entries)) > 1
     groups: dict[tuple, list[Entry]] = defaultdict(list)
     for entry in entries:
         r = entry.record
         if r.ok and r.task != "serving":
-            groups[(r.model, r.workload.label if r.workload else "perplexity")].append(entry)
+            machine = r.machine.label if by_machine and r.machine is not None else ""
+            groups[(r.model, r.workload.label if r.workload else "perplexity", machine)].append(entry)
     tables = []
-    for (model, what), group in groups.items():
+    for (model, what, machine), group in groups.items():
         name = Path(model).name
+        where = f", on {machine}" if machine else ""
         if what == "perplexity":
-            tables.append(perplexity_table(f"{name}: perplexity", group, several_runs))
+            tables.append(perplexity_table(f"{name}: perplexity{where}", group, several_runs))
         else:
-            tables.append(latency_table(f"{name}: latency and throughput, {what}", group, several_runs))
+            tables.append(latency_table(f"{name}: latency and throughput, {what}{where}", group, several_runs))
     return tables
 
 
@@ -316,6 +325,28 @@ def summary_tables(entries: list[Entry], several_runs: bool = False) -> list[Tab
         out += [t for t in (quantization_table(f"{name}: quantization, quality and speed", group, several_runs),
                             context_table(f"{name}: cost against context length", group, several_runs)) if t]
     return out
+
+
+def machine_tables(entries: list[Entry]) -> list[Table]:
+    """The machines a report's cases ran on, when there are several (else the run's environment says it)."""
+    found = machines(entries)
+    if len(found) < 2:
+        return []
+    columns = [Column("machine id", left=True), Column("hosts", left=True), Column("CPU", left=True),
+               Column("logical CPUs"), Column("memory GiB"), Column("GPUs", left=True), Column("GPU driver", left=True),
+               Column("cases")]
+    rows = []
+    for machine_id, machine in found.items():
+        ran = [e.record for e in entries if e.record.machine and e.record.machine.machine_id == machine_id]
+        hosts = sorted({r.machine.hostname or "?" for r in ran if r.machine})
+        gpus = ", ".join(str(g.get("name")) for g in machine.gpus) or "none"
+        memory = fmt(machine.memory_bytes / (1 << 30), 3) if machine.memory_bytes else "n/a"
+        rows.append([Cell(machine_id), Cell(", ".join(hosts)), Cell(machine.cpu_model or "n/a"),
+                     Cell(fmt(machine.cpu_count)), Cell(memory), Cell(gpus), Cell(machine.gpu_driver or "n/a"),
+                     Cell(str(len(ran)))])
+    note = ("A run that spans several machines is reported per machine: each table above holds the cases of one "
+            "machine_id (a hash of its hardware), and ratios compare variants measured on the same machine.")
+    return [Table("Machines", columns, rows, [note])]
 
 
 def what_ran(entries: list[Entry], several_runs: bool = False) -> Table:

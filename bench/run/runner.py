@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from bench.core.process import log_tail
 from bench.records.rundir import RunDir
-from bench.records.schema import CaseRecord, CaseSpec, RawSamples, RegressionSettings, RunMeta
+from bench.records.schema import CaseRecord, CaseSpec, RawSamples, RegressionSettings, RunMeta, ShardInfo
 from bench.run import environment, envs
 from bench.run.plan import Unit, plan
 from bench.run.protocol import WorkerResult
@@ -76,14 +76,18 @@ def run_case_process(case: CaseSpec, run: RunDir) -> tuple[CaseRecord, RawSample
 
 
 def run_unit(unit: Unit, run: RunDir) -> Iterator[tuple[CaseRecord, RawSamples | None]]:
-    """Run one unit of work into `run` (bench/run/plan.py), yielding each case's record as it finishes."""
+    """Run one unit of work into `run` (bench/run/plan.py), yielding each case's record as it finishes,
+    stamped with the fingerprint of the machine that ran it."""
     if unit.kind == "interleaved":
         from bench.run.interleave import run_group
 
-        yield from run_group(list(unit.cases), run)
+        finished: Iterator[tuple[CaseRecord, RawSamples | None]] = run_group(list(unit.cases), run)
     else:
-        for case in unit.cases:
-            yield run_case_process(case, run)
+        finished = (run_case_process(case, run) for case in unit.cases)
+    for record, samples in finished:
+        if record.machine is None:
+            record.machine = environment.machine()
+        yield record, samples
 
 
 class Executor(Protocol):
@@ -145,12 +149,14 @@ def suite_sha256(path: Path) -> str:
 
 
 def start_run(suite_path: Path, snapshot: bytes, suite_name: str, cases: list[CaseSpec], run: RunDir,
-              regression: RegressionSettings) -> None:
-    """Create the run directory with its metadata and the suite as it runs (`snapshot`: what --resume reads)."""
+              regression: RegressionSettings, shard: ShardInfo | None = None) -> None:
+    """Create the run directory with its metadata and the suite as it runs (`snapshot`: what --resume reads);
+    `shard`: the run is that shard of the suite (bench/run/shard.py), `cases` its share."""
     run.create(RunMeta(
         run_id=run.run_id, suite_name=suite_name, suite_path=str(suite_path),
         suite_sha256=hashlib.sha256(snapshot).hexdigest(), created_at=time.time(),
         environment=environment.fingerprint(), case_ids=[c.id for c in cases],
         reference=cases[0].reference if cases else None, regression=regression, command=sys.argv, cwd=os.getcwd(),
+        shard=shard,
     ))
     run.suite_snapshot.write_bytes(snapshot)

@@ -179,6 +179,8 @@ def check_cases(path: Path, index: LineIndex, suite: Suite, cases: list[CaseSpec
     if not cases:
         raise SuiteError(f"{path}:1: the suite expands to no case (check models, backends, workloads and tasks)")
     labels = sorted({c.variant for c in cases})
-    if suite.reference is not None and suite.reference not in labels:
-        raise _at(path, index, ("reference",), f"'{suite.reference}' is not a variant of this suite; "
-                                               f"valid values: {', '.join(labels)}")
+    named = ([(("reference",), suite.reference)] if suite.reference is not None else []) + [
+        (("cluster", "variants", label), label) for label in suite.cluster.variants]
+    for loc, label in named:
+        if label not in labels:
+            raise _at(path, index, loc, f"'{label}' is not a variant of this suite; valid values: {', '.join(labels)}")

@@ -22,6 +22,7 @@ from bench.records.schema import (
     Repetitions,
     ServingSettings,
 )
+from bench.run.cluster.settings import ClusterSettings
 
 # Strict: YAML's `true` is not the integer 1, "2" is not 2; finite: `.inf` is not a timeout or a threshold.
 STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
@@ -225,6 +226,8 @@ class Suite(_Strict):
         None, gt=0, description="the device's peak memory bandwidth in GB/s, for MBU (known GPUs need none)")
     regression: SuiteRegression = SuiteRegression()
     profile: SuiteProfile = SuiteProfile()
+    cluster: ClusterSettings = Field(ClusterSettings(), description="where units run on a Ray cluster "
+                                     "(bench run --executor ray); ignored by local runs")
 
     @field_validator("models")
     @classmethod

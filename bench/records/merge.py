@@ -1,0 +1,100 @@
+"""`bench merge RUN... --run-id NEW`: runs of one suite (the shards of `bench run --shard I/N`) as one run.
+
+Refused, before anything is written: runs of different suites (their suite.yaml hashes in run.json differ,
+or a run has none), runs that share a case (a case id with records in two of them), a file two runs both
+have with different contents, a run being written (its lock is held), and a NEW run that exists. Kept:
+every record line of every run, verbatim and in run order (retried cases' earlier lines too), every
+sample, log, trace, case file and reference log-probability file. run.json: the first run's metadata with
+the new id, `merged_from`, and the whole suite's case list when the runs are shards (a shard that was not
+merged shows its cases as missing in the report), else the runs' case lists one after another.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from bench.errors import BadInput
+from bench.records.rundir import RunDir
+from bench.records.schema import RunMeta
+
+FOLDERS = ("samples", "logs", "traces", "cases", "reference")
+
+
+def _files(run: RunDir) -> dict[str, Path]:
+    return {p.relative_to(run.path).as_posix(): p for folder in FOLDERS if (run.path / folder).is_dir()
+            for p in sorted((run.path / folder).rglob("*")) if p.is_file()}
+
+
+def _record_lines(run: RunDir) -> list[str]:
+    """Complete record lines, verbatim (a torn last line was already set aside by the writer lock)."""
+    if not run.cases_path.exists():
+        return []
+    return [line for line in run.cases_path.read_text().splitlines() if line.strip()]
+
+
+def _check(sources: list[RunDir], metas: list[RunMeta]) -> None:
+    first = metas[0].suite_sha256 or ""
+    for run, meta in zip(sources, metas, strict=True):
+        if not meta.suite_sha256:
+            raise BadInput(f"merge: run '{run.run_id}' has no suite hash in run.json (format 1): cannot tell its suite")
+        if meta.suite_sha256 != first:
+            raise BadInput(f"merge: runs '{sources[0].run_id}' and '{run.run_id}' ran different suites (suite.yaml "
+                           f"hashes {first[:12]} and {meta.suite_sha256[:12]}); merge only the shards "
+                           f"of one suite")
+    owner: dict[str, str] = {}
+    for run in sources:
+        for record in run.records():
+            if owner.setdefault(record.id, run.run_id) != run.run_id:
+                raise BadInput(f"merge: case {record.id} has records in both '{owner[record.id]}' and '{run.run_id}': "
+                               f"runs to merge must not overlap")
+    seen: dict[str, Path] = {}
+    for run in sources:
+        for name, path in _files(run).items():
+            if name in seen and seen[name].read_bytes() != path.read_bytes():
+                raise BadInput(f"merge: {name} differs between {seen[name]} and {path}")
+            seen.setdefault(name, path)
+
+
+def _case_ids(metas: list[RunMeta]) -> list[str]:
+    shards = {tuple(m.shard.suite_case_ids) for m in metas if m.shard is not None}
+    if len(shards) == 1 and all(m.shard is not None for m in metas):
+        return list(shards.pop())
+    return list(dict.fromkeys(case_id for m in metas for case_id in m.case_ids))
+
+
+def merge_runs(sources: list[RunDir], target: RunDir) -> RunMeta:
+    """Merge `sources` into the new run `target` (see the module docstring); returns its metadata."""
+    if len({run.path.resolve() for run in sources}) != len(sources):
+        raise BadInput("merge: a run is named twice")
+    if target.exists() or target.path.exists():
+        raise BadInput(f"merge: run '{target.run_id}' already exists in {target.root}")
+    with contextlib.ExitStack() as locks:
+        for run in sources:
+            locks.enter_context(run.writer())  # refused while a run is being written; repairs a torn tail
+        metas = [run.meta() for run in sources]
+        _check(sources, metas)
+        meta = metas[0].model_copy(update={
+            "run_id": target.run_id, "created_at": time.time(), "case_ids": _case_ids(metas), "shard": None,
+            "merged_from": [run.run_id for run in sources], "command": sys.argv, "cwd": os.getcwd()})
+        target.create(meta)
+        shutil.copyfile(sources[0].suite_snapshot, target.suite_snapshot)
+        with target.writer():
+            for run in sources:
+                for name, path in _files(run).items():
+                    destination = target.path / name
+                    if not destination.exists():
+                        destination.parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copy2(path, destination)
+            lines = [line for run in sources for line in _record_lines(run)]
+            for line in lines:
+                json.loads(line)  # every line copied is a whole record
+            with open(target.cases_path, "w") as out:
+                out.write("".join(line + "\n" for line in lines))
+                out.flush()
+                os.fsync(out.fileno())
+    return meta

@@ -1,0 +1,96 @@
+"""What travels between the driver and a node: per finished case, its record, samples and files.
+
+A node runs a unit into a scratch run directory; for each case that finishes it sends back a `CaseBundle`:
+the record and raw samples (JSON, as they would be written locally) and the files the case wrote there,
+by path relative to the run directory: `logs/<id>.*`, `cases/<id>.json`, `traces/<id>/...`, and the
+reference log-probabilities under `reference/` (bench/measure/quality.py) not sent before. The driver
+writes the files into the run directory first, then hands record and samples to the one writer, so a
+record never names a file that is not there.
+
+The other way, `reference_inputs` carries a perplexity unit's reference files to its node when the
+reference case finished earlier (a resumed run, or a unit run again after its node died).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from bench.core.cache import write_atomic
+from bench.errors import BadInput
+from bench.measure.quality import reference_dir
+from bench.records.rundir import RunDir
+from bench.records.schema import CaseRecord, RawSamples
+from bench.run.plan import Unit
+
+FOLDERS = ("logs", "cases", "traces", "reference")  # what a case may write besides its record and samples
+
+
+@dataclass
+class CaseBundle:
+    """One finished case, as it travels back from its node."""
+
+    record_json: str
+    samples_json: str | None = None
+    files: dict[str, bytes] = field(default_factory=dict)
+
+    @property
+    def record(self) -> CaseRecord:
+        return CaseRecord.model_validate_json(self.record_json)
+
+    @property
+    def samples(self) -> RawSamples | None:
+        return RawSamples.model_validate_json(self.samples_json) if self.samples_json else None
+
+
+def _files_under(run: RunDir, relative: str) -> list[Path]:
+    root = run.path / relative
+    if root.is_file():
+        return [root]
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+
+
+def case_files(run: RunDir, case_id: str, sent: set[str]) -> dict[str, bytes]:
+    """The files `case_id` left in `run` (a scratch run on a node), and reference files not in `sent` (updated)."""
+    found = [p for p in (run.path / "logs").glob(f"{case_id}.*") if p.is_file()]
+    found += _files_under(run, f"cases/{case_id}.json") + _files_under(run, f"traces/{case_id}")
+    found += [p for p in _files_under(run, "reference")
+              if p.relative_to(run.path).as_posix() not in sent and not p.name.startswith(".")]
+    files = {p.relative_to(run.path).as_posix(): p.read_bytes() for p in found}
+    sent.update(name for name in files if name.startswith("reference/"))
+    return files
+
+
+def bundle(run: RunDir, record: CaseRecord, sent: set[str]) -> CaseBundle:
+    """A finished case of `run` (its record, its samples file if any, its files) ready to travel."""
+    samples = run.samples_path(record.id)
+    return CaseBundle(record.model_dump_json(exclude_none=True),
+                      samples.read_text() if record.ok and samples.is_file() else None,
+                      case_files(run, record.id, sent))
+
+
+def safe_path(run: RunDir, relative: str) -> Path:
+    """Where a travelled file goes in `run`: only under the folders a case writes, never outside the run."""
+    parts = PurePosixPath(relative).parts
+    if not parts or parts[0] not in FOLDERS or PurePosixPath(relative).is_absolute() or ".." in parts:
+        raise BadInput(f"a node sent a file outside the run's {', '.join(FOLDERS)} folders: {relative!r}")
+    return run.path.joinpath(*parts)
+
+
+def write_files(run: RunDir, files: dict[str, bytes]) -> None:
+    """Write travelled files into `run`, each atomically (a reader never sees half a file)."""
+    for relative, data in files.items():
+        write_atomic(safe_path(run, relative), _writer(data))
+
+
+def _writer(data: bytes) -> Callable[[Path], int]:
+    return lambda tmp: tmp.write_bytes(data)
+
+
+def reference_inputs(run: RunDir, unit: Unit) -> dict[str, bytes]:
+    """The reference log-probabilities a perplexity unit reads but will not write (its reference case is done)."""
+    if unit.kind != "sequential" or any(c.variant == c.reference for c in unit.cases):
+        return {}
+    directory = reference_dir(run.path, unit.cases[0].model)
+    return {p.relative_to(run.path).as_posix(): p.read_bytes() for p in _files_under(run, str(
+        directory.relative_to(run.path)))}
