@@ -1,6 +1,7 @@
 """The regression gate through the real CLI on known-answer runs: exit codes, named regressions, outputs,
 webhook (a real HTTP server on 127.0.0.1), history baselines and exports read by pytest-benchmark."""
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -9,6 +10,7 @@ import threading
 import typing
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
+import numpy as np
 import pytest
 
 from bench.measure.latency import derive
@@ -83,6 +85,24 @@ def test_a_a_runs_never_get_a_regression_verdict(runs):
     assert methods["tpot_ms"] == "two-stage bootstrap" and methods["decode_tok_s"] == "two-stage bootstrap"
     assert methods["perplexity"] == "threshold only" and methods["load_s"] == "not gated"
     assert result["summary"]["perplexity"]["geomean_ratio"] == pytest.approx(1.0)  # same text, same logits
+
+
+def test_without_history_the_two_runs_spread_between_processes_widens_the_interval(runs):
+    """Known answer: the sd of log per-process TPOT medians around their case's mean, pooled over every
+    case of both runs, computed here from the raw samples on disk."""
+    squares, dof = 0.0, 0
+    for run in ("a", "b"):
+        for path in sorted((runs / "results" / run / "samples").glob("*.json")):
+            raw = json.loads(path.read_text())
+            tpot, process = np.asarray(raw["tpot_ms"]), np.asarray(raw["process"])
+            logs = np.log([np.median(tpot[process == k]) for k in np.unique(process)])
+            squares, dof = squares + ((logs - logs.mean()) ** 2).sum(), dof + len(logs) - 1
+    run_bench("compare", "a", "b", "--json", "spread.json", cwd=runs, check_exit=None)
+    tpot = [c for c in json.loads((runs / "spread.json").read_text())["comparisons"] if c["metric"] == "tpot_ms"]
+    assert dof >= 4 and tpot
+    for c in tpot:
+        assert c["between_run_sigma"] == pytest.approx(math.sqrt(squares / dof), rel=1e-9)
+        assert "spread between processes" in c["note"] and f"{dof} degrees of freedom" in c["note"]
 
 
 def test_a_case_slowed_by_10_percent_is_named_with_its_metric(runs):

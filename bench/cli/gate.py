@@ -50,8 +50,8 @@ def cmd_compare(args) -> ExitCode:
         result = compare_within(opened[0], rule)
     else:
         db = history.db_path(args.history_db, args.results_dir)
-        noise = history.noise_lookup(db, opened[1]) if db.exists() else None
-        result = compare_runs(opened[0], opened[1], rule, noise)
+        spread = history.noise_lookup(db, opened[1]) if db.exists() else None
+        result = compare_runs(opened[0], opened[1], rule, spread)
     if args.confirming:
         try:
             first = json.loads(Path(args.confirming).read_text())

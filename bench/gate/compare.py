@@ -2,8 +2,9 @@
 reference), case by case and metric by metric, with three verdicts (bench/gate/rule.py).
 
 - Sampled metrics (TTFT, TPOT, e2e, inter-token latency) and throughputs (rebuilt per repetition):
-  the ratio of the reported statistic with a two-stage bootstrap interval, widened by the case's
-  between-run noise from the history on the same machine when there is any.
+  the ratio of the reported statistic with a two-stage bootstrap interval, widened by the between-run
+  noise (bench/gate/noise.py: the history's spread of the case on the same machine, or the two runs'
+  spread between processes, whichever is larger).
 - Within one run (`bench compare RUN`): each variant against the run's reference from the rounds both
   measured, interleaved (`tpot_vs_reference`, `ttft_vs_reference`).
 - Scalars (quality, memory): against the threshold alone; single timings (load time): shown, never gated.
@@ -20,7 +21,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from bench.errors import BadInput, ExitCode
-from bench.gate.rule import Rule, Units, ratio_ci, verdict, verdict_scalar, widen
+from bench.gate.noise import BetweenRunNoise, Noise
+from bench.gate.rule import Rule, Units, ratio_ci, units_of, verdict, verdict_scalar, widen
 from bench.metrics import METRICS
 from bench.records.rundir import Run
 from bench.records.schema import CaseRecord, Estimate, RawSamples, RegressionSettings
@@ -53,37 +55,6 @@ class Comparison:
     status: str = "unchanged"  # regression | improvement | unchanged | inconclusive | not gated
     note: str = ""
     between_run_sigma: float | None = None  # from the history: widened the interval (cross-run only)
-
-
-# ---------------------------------------------------------------- per-repetition units of a metric
-
-def units_of(record: CaseRecord, raw: RawSamples | None, metric: str) -> Units | None:
-    """The rows a sampled metric or throughput was computed from, with the process of each row; or None."""
-    kind = METRICS[metric].kind
-    if raw is None or record.task != "latency" or record.workload is None:
-        return None
-    reps = len(raw.stamps_ns or raw.ttft_ms)
-    groups = np.asarray(raw.process if len(raw.process) == reps else [0] * reps)
-    if kind == "sampled" and raw.series(metric):
-        values = np.asarray(raw.series(metric), dtype=float)
-        if reps == 0 or len(values) % reps:
-            return None
-
-        def median(u):
-            return np.median(u.reshape(*u.shape[:-2], -1), axis=-1)
-        return Units(values.reshape(reps, -1), median, groups)
-    if kind == "throughput" and raw.ttft_ms and raw.e2e_ms:
-        work = record.workload
-        ttft, e2e = np.asarray(raw.ttft_ms) / 1e3, np.asarray(raw.e2e_ms) / 1e3
-        if metric == "decode_tok_s":
-            tokens, seconds = work.batch_size * (work.new_tokens - 1), e2e - ttft
-        else:
-            tokens, seconds = work.batch_size * work.prompt_tokens, ttft
-
-        def ratio_of_sums(u):
-            return u[..., 0].sum(axis=-1) / u[..., 1].sum(axis=-1)
-        return Units(np.stack([np.full_like(seconds, tokens), seconds], axis=1), ratio_of_sums, groups)
-    return None
 
 
 def _seed(rule: Rule, case_id: str, metric: str) -> int:
@@ -139,7 +110,8 @@ def compare_metric(case: str, cur: CaseRecord, name: str, b: float | None, c: fl
                    cu: Units | None, rule: Rule, noise=None) -> Comparison | None:
     """One metric of one case (or serving level): None when it is not comparable (missing, or info only).
 
-    `noise(record, metric)`: the case's between-run noise on this machine from the history, or None."""
+    `noise(record, metric)`: the between-run noise to widen a cross-run interval by (bench/gate/noise.py), or None
+    within one run."""
     metric = METRICS.get(name)
     if metric is None or b is None or c is None or metric.kind == "info":
         return None
@@ -152,14 +124,14 @@ def compare_metric(case: str, cur: CaseRecord, name: str, b: float | None, c: fl
         comp.baseline, comp.current = bu.stat(), cu.stat()
         comp.ratio, comp.ci_low, comp.ci_high = ratio_ci(bu, cu, rule, _seed(rule, case, name))
         comp.n_baseline, comp.n_current = len(bu.values), len(cu.values)
-        known = noise(cur, name) if noise is not None else None
+        known: Noise | None = noise(cur, name) if noise is not None else None
         if known is not None:
-            comp.between_run_sigma = known[0]
-            comp.ci_low, comp.ci_high = widen(comp.ratio, comp.ci_low, comp.ci_high, known[0], rule.ci_level)
-            comp.note = (f"interval widened by the between-run spread of {known[1]} earlier runs of this case on "
-                         f"this machine (sd of log medians {100 * known[0]:.1f} %)")
+            comp.between_run_sigma = known.sigma
+            comp.ci_low, comp.ci_high = widen(comp.ratio, comp.ci_low, comp.ci_high, known.sigma, rule.ci_level)
+            comp.note = known.note
         elif noise is not None:
-            comp.note = "no earlier runs of this case on this machine in the history: within-run variation only"
+            comp.note = ("no history of this case on this machine and no case measured in two processes: "
+                         "within-run variation only")
         comp.status = verdict(comp.ratio, comp.ci_low, comp.ci_high, metric, comp.threshold)
     else:
         comp.ratio = c / b if b else (1.0 if c == b else math.inf)
@@ -216,10 +188,12 @@ def _result(baseline: Run, current: Run, rule: Rule, comparisons: list[Compariso
     }
 
 
-def compare_runs(baseline: Run, current: Run, rule: Rule, noise=None) -> dict:
+def compare_runs(baseline: Run, current: Run, rule: Rule, history=None) -> dict:
     """The whole comparison as a JSON-ready dict, with `exit_code`, `verdict` and the `flagged` cases.
 
-    `noise(record, metric)`: between-run noise of a case on its machine, from the history (or None)."""
+    `history(record, metric)`: (between-run sd, runs) of a case on its machine from the history, or None; the
+    interval is widened by it or by the two runs' spread between processes, whichever is larger."""
+    noise = BetweenRunNoise(baseline, current, history)
     base = {r.id: r for r in baseline.records}
     cur = {r.id: r for r in current.records}
     comparisons: list[Comparison] = []

@@ -14,9 +14,9 @@ against a threshold (default 5 %), from the ratio current / baseline and its con
 The interval of a sampled metric is a two-stage bootstrap (processes, then repetitions within each,
 for each run independently) of the reported statistic's ratio: the median, or total work / total time
 for throughputs. It covers the variation between processes. Between runs a machine drifts more than
-within one: when the history has earlier runs of the same case on the same machine, their spread
-(`between_run_sigma`, the standard deviation of log medians) widens the interval; without history
-the comparison says so. Within one run, variants measured interleaved are compared through their
+within one: the between-run noise (`between_run_sigma`, a standard deviation of log medians: the
+history's spread of the case on the same machine, or the two runs' own spread between processes,
+whichever is larger; bench/gate/noise.py) widens the interval; without either, the comparison says so. Within one run, variants measured interleaved are compared through their
 paired-round ratios to the reference (bench/run/interleave.py), where that drift cancels.
 """
 from __future__ import annotations
@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bench.metrics import Metric
-from bench.records.schema import CaseRecord
+from bench.metrics import METRICS, Metric
+from bench.records.schema import CaseRecord, RawSamples
 
 Statistic = Callable[[np.ndarray], np.ndarray]
 
@@ -78,6 +78,35 @@ class Units:
             rows = np.concatenate([members[i][rng.integers(0, len(members[i]), len(members[i]))] for i in chosen])
             out[b] = self.statistic(self.values[rows])
         return out
+
+
+def units_of(record: CaseRecord, raw: RawSamples | None, metric: str) -> Units | None:
+    """The rows a sampled metric or throughput was computed from, with the process of each row; or None."""
+    kind = METRICS[metric].kind
+    if raw is None or record.task != "latency" or record.workload is None:
+        return None
+    reps = len(raw.stamps_ns or raw.ttft_ms)
+    groups = np.asarray(raw.process if len(raw.process) == reps else [0] * reps)
+    if kind == "sampled" and raw.series(metric):
+        values = np.asarray(raw.series(metric), dtype=float)
+        if reps == 0 or len(values) % reps:
+            return None
+
+        def median(u):
+            return np.median(u.reshape(*u.shape[:-2], -1), axis=-1)
+        return Units(values.reshape(reps, -1), median, groups)
+    if kind == "throughput" and raw.ttft_ms and raw.e2e_ms:
+        work = record.workload
+        ttft, e2e = np.asarray(raw.ttft_ms) / 1e3, np.asarray(raw.e2e_ms) / 1e3
+        if metric == "decode_tok_s":
+            tokens, seconds = work.batch_size * (work.new_tokens - 1), e2e - ttft
+        else:
+            tokens, seconds = work.batch_size * work.prompt_tokens, ttft
+
+        def ratio_of_sums(u):
+            return u[..., 0].sum(axis=-1) / u[..., 1].sum(axis=-1)
+        return Units(np.stack([np.full_like(seconds, tokens), seconds], axis=1), ratio_of_sums, groups)
+    return None
 
 
 def bad_change(ratio: float, metric: Metric) -> float:
