@@ -12,7 +12,8 @@ While a competing CPU load is switched on and off in the background (one busy pr
 2. A true 10 % TPOT slowdown, within one run: `--tries` runs of a two-variant suite of the
    known-answer backend doing a fixed amount of CPU work per token (30,000 vs 33,000 loop iterations,
    about 1 ms per token here; interleaved), each compared with `bench compare RUN`. Target: flagged
-   as a regression in >= 95 % of tries.
+   as a regression in >= 95 % of tries. The same with both variants at 30,000 (an A/A within one run):
+   how often a verdict is a regression when nothing changed.
 3. Wall time of suites/smoke.yaml, this tree against `--old-tree` (a checkout of the single-process
    runner, e.g. `git worktree add /tmp/old 3ee83e2`), alternating, `--wall-runs` each. Target:
    median ratio <= 1.5.
@@ -96,7 +97,7 @@ name: slowdown
 models: [synthetic]
 backends:
   - {{backend: "tests.known_answer_backend:KnownAnswerBackend", label: base, options: {{token_work: 30000}}}}
-  - {{backend: "tests.known_answer_backend:KnownAnswerBackend", label: slower, options: {{token_work: 33000}}}}
+  - {{backend: "tests.known_answer_backend:KnownAnswerBackend", label: slower, options: {{token_work: {work}}}}}
 reference: base
 workloads: [{{batch_size: 1, prompt_tokens: 8, new_tokens: 32}}]
 tasks: [latency]
@@ -104,21 +105,25 @@ perplexity: {{text: {text}}}
 """
 
 
-def slowdown(work: Path, tries: int) -> dict:
+def slowdown(work: Path, tries: int, slower_work: int = 33000, name: str = "slow") -> dict:
+    """`tries` runs of the two-variant suite, each compared within itself; how often TPOT is a regression."""
     (work / "eval.txt").write_text("evaluation text for the known-answer backend " * 20)
-    (work / "slowdown.yaml").write_text(SLOWDOWN.format(text=work / "eval.txt"))
-    flagged, ratios = 0, []
+    (work / f"{name}.yaml").write_text(SLOWDOWN.format(text=work / "eval.txt", work=slower_work))
+    flagged, ratios, verdicts = 0, [], Counter()
     for i in range(tries):
-        run_id = f"slow-{i}"
-        bench(ROOT, work, "run", "slowdown.yaml", "--run-id", run_id)
+        run_id = f"{name}-{i}"
+        bench(ROOT, work, "run", f"{name}.yaml", "--run-id", run_id)
         out = work / f"{run_id}.json"
         bench(ROOT, work, "compare", run_id, "--json", str(out))
-        tpot = next(c for c in json.loads(out.read_text())["comparisons"] if c["metric"] == "tpot_ms")
+        comparisons = json.loads(out.read_text())["comparisons"]
+        verdicts.update(c["status"] for c in comparisons)
+        tpot = next(c for c in comparisons if c["metric"] == "tpot_ms")
         flagged += tpot["status"] == "regression"
         ratios.append(tpot["ratio"])
-        print(f"  slowdown try {i + 1}/{tries}: {tpot['status']} {tpot['ratio']:.4f}", file=sys.stderr)
-    return {"tries": tries, "flagged_share": flagged / tries, "tpot_ratio_median": statistics.median(ratios),
-            "tpot_ratio_min": min(ratios), "tpot_ratio_max": max(ratios)}
+        print(f"  {name} try {i + 1}/{tries}: {tpot['status']} {tpot['ratio']:.4f}", file=sys.stderr)
+    return {"tries": tries, "tpot_flagged_share": flagged / tries, "verdicts_ttft_and_tpot": dict(verdicts),
+            "tpot_ratio_median": statistics.median(ratios), "tpot_ratio_min": min(ratios),
+            "tpot_ratio_max": max(ratios)}
 
 
 def wall_time(work: Path, old_tree: Path, runs: int) -> dict:
@@ -145,15 +150,17 @@ def main() -> None:
     parser.add_argument("--old-tree", type=Path, help="a checkout of the single-process runner (3ee83e2)")
     parser.add_argument("--wall-runs", type=int, default=3)
     parser.add_argument("--out", type=Path, help="work directory (default: a temporary one)")
-    parser.add_argument("--only", choices=["aa", "slowdown", "wall"], action="append")
+    parser.add_argument("--only", choices=["aa", "slowdown", "aa-within", "wall"], action="append")
     args = parser.parse_args()
     work = args.out or Path(tempfile.mkdtemp(prefix="bench-noisy-"))
     work.mkdir(parents=True, exist_ok=True)
-    chosen = set(args.only or ["aa", "slowdown", "wall"])
+    chosen = set(args.only or ["aa", "slowdown", "aa-within", "wall"])
     results: dict = {"work_dir": str(work), "cpus": os.cpu_count()}
     with BackgroundLoad():
         if "slowdown" in chosen:
             results["slowdown"] = slowdown(work, args.tries)
+        if "aa-within" in chosen:
+            results["a_a_within_one_run"] = slowdown(work, args.tries, slower_work=30000, name="same")
         if "aa" in chosen:
             results["a_a"] = a_a(work, args.runs)
         if "wall" in chosen and args.old_tree:

@@ -131,3 +131,25 @@ def test_a_worker_finds_bench_on_its_path_whatever_its_interpreter():
     assert (Path(first) / "bench" / "__init__.py").is_file() and Path(first) == ROOT
     assert (ENVS_ROOT / "pyproject.toml").is_file()  # where the side envs read bench's core dependencies
     assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "3"
+
+
+def test_each_process_set_measures_its_share_of_the_plan(tmp_path):
+    """Three process sets: where the interval never meets ci_target each set measures a third of `max`
+    (10, 10, 10 of 30); where any interval meets it, the first set measures until one exists (a median's
+    95 % interval needs 6 repetitions) and the others their third of `min` (2 each)."""
+    (tmp_path / "eval.txt").write_text("text for the known-answer backend " * 20)
+    for label, target, expected in (("never", "0.000000001", [10, 10, 10]), ("at-once", "100.0", [6, 2, 2])):
+        write_suite(tmp_path / f"{label}.yaml", f"""
+            name: shares
+            models: [synthetic]
+            backends: [{{backend: "{KNOWN_ANSWER}", options: {{token_delay_s: 0.001}}}}]
+            workloads: [{{batch_size: 1, prompt_tokens: 8, new_tokens: 4}}]
+            tasks: [latency]
+            repetitions: {{warmup: 0, min: 6, max: 30, processes: 3, round_repetitions: 2, ci_target: {target}}}
+            perplexity: {{text: eval.txt}}
+            """)
+        run_bench("run", f"{label}.yaml", "--run-id", label, cwd=tmp_path)
+        (record,) = record_lines(tmp_path / "results" / label)
+        process = json.loads((tmp_path / "results" / label / "samples" / f"{record.id}.json").read_text())["process"]
+        assert [process.count(k) for k in range(3)] == expected, label
+        assert record.latency.stop_reason == ("max_repetitions" if label == "never" else "ci_target_met")

@@ -6,8 +6,10 @@ each round every variant measures `round_repetitions` generations, in a new rand
 others wait, so drift of the machine hits all variants alike. This is done in `processes` fresh sets
 of worker processes, one after the other, so the confidence interval of each median covers the
 variation between processes, not only between the repetitions inside one (a two-stage bootstrap,
-bench/measure/stats.py). The last set measures until every variant's TTFT and TPOT medians are
-within `ci_target` or it reaches `max` repetitions or `max_time_s` of its own measuring time.
+bench/measure/stats.py). Set k of P measures each variant until k/P of the plan is done: at least
+min/P repetitions of its own and k/P of `min` in all, then k/P of `max` or `max_time_s` unless its TTFT
+and TPOT medians are already within `ci_target`; so the last set stops at the target or the caps, and
+the processes are of comparable size.
 
 Processes: where variants cannot be resident together (several large models on one GPU), every
 round of every variant is a short process of its own, alternating between variants.
@@ -177,13 +179,20 @@ class _Measured:
         level = self.case.repetitions.ci_level
         return {m: stats.ci_halfwidth_rel_grouped(self.series(m), self.process, level) for m in PAIRED}
 
-    def done(self) -> bool:
+    def done(self, process_set: int | None = None) -> bool:
+        """Whether the case measured enough by the end of process set k of P (None: the whole plan): at least
+        min/P repetitions in set k and (k+1)/P of `min` in all, then (k+1)/P of `max` or `max_time_s` unless
+        both medians' intervals already meet `ci_target`. Every set gets its share, so the bootstrap over
+        processes draws from processes of comparable size, not from a first one of two rounds."""
         policy, n = self.case.repetitions, len(self.stamps)
-        if self.gone is not None:
+        if self.gone is not None or n >= policy.max:
             return True
-        if n < policy.min:
+        share = 1.0 if process_set is None else (process_set + 1) / policy.processes
+        if n < math.ceil(policy.min * share):
             return False
-        return (n >= policy.max or self.seconds >= policy.max_time_s
+        if process_set is not None and self.process.count(process_set) < math.ceil(policy.min / policy.processes):
+            return False
+        return (n >= math.ceil(policy.max * share) or self.seconds >= policy.max_time_s * share
                 or all(h <= policy.ci_target for h in self.halfwidths().values()))
 
     def stop_reason(self) -> str:
@@ -194,10 +203,10 @@ class _Measured:
 
 
 def _measure_round(workers: dict[str, DrivenWorker], measured: dict[str, _Measured], process: int,
-                   round_index: int, rng: random.Random) -> None:
-    """One round: every live variant measures round_repetitions generations (fewer where that would pass its
-    `max`), in a new random order."""
-    order = [case_id for case_id in workers if not measured[case_id].done()]
+                   round_index: int, rng: random.Random, process_set: int | None = None) -> None:
+    """One round: every variant not yet done (by the end of `process_set`, _Measured.done) measures
+    round_repetitions generations (fewer where that would pass its `max`), in a new random order."""
+    order = [case_id for case_id in workers if not measured[case_id].done(process_set)]
     rng.shuffle(order)
     for case_id in order:
         worker, case = workers[case_id], measured[case_id].case
@@ -244,12 +253,11 @@ def _resident(cases: list[CaseSpec], run: RunDir, measured: dict[str, _Measured]
     policy = cases[0].repetitions
     for process in range(policy.processes):
         last = process == policy.processes - 1
-        quota = math.ceil(policy.min * (process + 1) / policy.processes)  # repetitions due by this process's end
         workers = _start(cases, measured, run, process, last)
         try:
             round_index = 0
-            while any(not measured[c].done() and (last or len(measured[c].stamps) < quota) for c in workers):
-                _measure_round(workers, measured, process, round_index, rng)
+            while any(not measured[c].done(process) for c in workers):
+                _measure_round(workers, measured, process, round_index, rng, process)
                 round_index += 1
         finally:
             _finish(workers, measured)
