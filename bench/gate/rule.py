@@ -16,8 +16,9 @@ for each run independently) of the reported statistic's ratio: the median, or to
 for throughputs. It covers the variation between processes. Between runs a machine drifts more than
 within one: the between-run noise (`between_run_sigma`, a standard deviation of log medians: the
 history's spread of the case on the same machine, or the two runs' own spread between processes,
-whichever is larger; bench/gate/noise.py) widens the interval; without either, the comparison says so. Within one run, variants measured interleaved are compared through their
-paired-round ratios to the reference (bench/run/interleave.py), where that drift cancels.
+whichever is larger; bench/gate/noise.py) widens the interval; without either, the comparison says
+so. Within one run, variants measured interleaved are compared through their paired-round ratios to
+the reference (bench/run/interleave.py), where that drift cancels.
 """
 from __future__ import annotations
 
