@@ -153,3 +153,6 @@ def test_each_process_set_measures_its_share_of_the_plan(tmp_path):
         process = json.loads((tmp_path / "results" / label / "samples" / f"{record.id}.json").read_text())["process"]
         assert [process.count(k) for k in range(3)] == expected, label
         assert record.latency.stop_reason == ("max_repetitions" if label == "never" else "ci_target_met")
+        # later sets load side by side; the load time kept is the first set's, loaded alone
+        first = json.loads((tmp_path / "results" / label / "tmp" / f"{record.id}.p0.json").read_text())
+        assert record.metrics["load_s"] == first["metrics"]["load_s"]

@@ -222,22 +222,30 @@ def _measure_round(workers: dict[str, DrivenWorker], measured: dict[str, _Measur
 
 def _start(cases: list[CaseSpec], measured: dict[str, _Measured], run: RunDir, process: int,
            last: bool) -> dict[str, DrivenWorker]:
-    """Start a worker per live case, one after another (loading alone, so its load time is its own, and warming
-    up alone), and leave them all resident."""
-    workers: dict[str, DrivenWorker] = {}
+    """Start a worker per live case and leave them all resident. In the first process set one after another
+    (loading and warming up alone: that load time is the case's `load_s`); in later sets all at once, as
+    nothing is measured while they load (the load times they report are not used)."""
+    spawned: dict[str, DrivenWorker] = {}
     for case in cases:
         if measured[case.id].gone is not None:
             continue
         try:
-            worker = DrivenWorker(case, run, process, profile=last)
-            worker.ready()
+            spawned[case.id] = DrivenWorker(case, run, process, profile=last)
+            if process == 0:
+                spawned[case.id].ready()
         except envs.MissingEnv as exc:
             measured[case.id].gone = WorkerResult(status="skipped", reason=str(exc))
-            continue
         except WorkerGone as gone:
             measured[case.id].gone = gone.result
-            continue
-        workers[case.id] = worker
+            spawned.pop(case.id, None)
+    workers: dict[str, DrivenWorker] = {}
+    for case_id, worker in spawned.items():
+        try:
+            if process > 0:
+                worker.ready()
+            workers[case_id] = worker
+        except WorkerGone as gone:
+            measured[case_id].gone = gone.result
     return workers
 
 
@@ -312,7 +320,8 @@ def _metrics(m: _Measured, samples: RawSamples) -> dict[str, MetricValue]:
             value = result.metrics.get(name)
             if isinstance(value, int | float) and value > (_number(metrics.get(name)) or -1):
                 metrics[name] = value
-    loads = [v for r in m.results if isinstance(v := r.metrics.get("load_s"), int | float)]
+    alone = m.results[:1] if m.case.repetitions.interleave == "resident" else m.results  # _start: loaded alone
+    loads = [v for r in alone if isinstance(v := r.metrics.get("load_s"), int | float)]
     metrics["load_s"] = statistics.median(loads) if loads else None
     first = m.results[0].metrics
     metrics["baseline_rss_bytes"] = first.get("baseline_rss_bytes")
