@@ -23,7 +23,7 @@ import numpy as np
 from bench.errors import BadInput, ExitCode
 from bench.gate.noise import BetweenRunNoise, Noise
 from bench.gate.rule import Rule, Units, ratio_ci, units_of, verdict, verdict_scalar, widen
-from bench.metrics import METRICS
+from bench.metrics import METRICS, PAIRED
 from bench.records.rundir import Run
 from bench.records.schema import CaseRecord, Estimate, RawSamples, RegressionSettings
 
@@ -215,7 +215,6 @@ def compare_runs(baseline: Run, current: Run, rule: Rule, history=None) -> dict:
                    only_in_baseline=sorted(set(base) - set(cur)), only_in_current=sorted(set(cur) - set(base)))
 
 
-PAIRED = {"ttft_ms": "ttft_vs_reference", "tpot_ms": "tpot_vs_reference"}
 
 
 def compare_within(run: Run, rule: Rule) -> dict:

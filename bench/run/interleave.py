@@ -6,10 +6,9 @@ each round every variant measures `round_repetitions` generations, in a new rand
 others wait, so drift of the machine hits all variants alike. This is done in `processes` fresh sets
 of worker processes, one after the other, so the confidence interval of each median covers the
 variation between processes, not only between the repetitions inside one (a two-stage bootstrap,
-bench/measure/stats.py). Set k of P measures each variant until k/P of the plan is done: at least
-min/P repetitions of its own and k/P of `min` in all, then k/P of `max` or `max_time_s` unless its TTFT
-and TPOT medians are already within `ci_target`; so the last set stops at the target or the caps, and
-the processes are of comparable size.
+bench/measure/stats.py). Set k of P measures each variant until the stop rule (bench/measure/policy.py)
+says k/P of the plan is done, so the last set stops at the target or the caps, and the processes are of
+comparable size.
 
 Processes: where variants cannot be resident together (several large models on one GPU), every
 round of every variant is a short process of its own, alternating between variants.
@@ -35,8 +34,9 @@ from dataclasses import dataclass, field
 from pydantic import ValidationError
 
 from bench.core.process import log_tail
-from bench.measure import bandwidth, machine, stats
+from bench.measure import bandwidth, machine, policy, stats
 from bench.measure.latency import derive
+from bench.metrics import PAIRED
 from bench.records.rundir import RunDir
 from bench.records.schema import CaseRecord, CaseSpec, Estimate, LatencyInfo, MetricValue, RawSamples, Summary
 from bench.run import envs
@@ -44,7 +44,6 @@ from bench.run.protocol import WorkerResult
 from bench.run.spawn import exit_reason, spawn_worker
 from bench.run.worker import DRIVE_FDS, NO_PROFILE
 
-PAIRED = {"ttft_ms": "ttft_vs_reference", "tpot_ms": "tpot_vs_reference"}
 MAX_METRICS = ("peak_rss_bytes", "peak_rss_delta_bytes", "peak_rss_sampled_bytes", "vm_hwm_bytes",
                "processes_sampled", "cuda_max_allocated_bytes", "cuda_max_reserved_bytes", "nvml_peak_process_bytes")
 
@@ -152,9 +151,8 @@ class _Measured:
 
     case: CaseSpec
     stamps: list[list[int]] = field(default_factory=list)
-    process: list[int] = field(default_factory=list)
     round: list[int] = field(default_factory=list)
-    seconds: float = 0.0
+    progress: policy.Progress = field(default_factory=policy.Progress)  # what the stop rule reads
     results: list[WorkerResult] = field(default_factory=list)
     readings: list[machine.Reading] = field(default_factory=list)
     gone: WorkerResult | None = None
@@ -164,42 +162,22 @@ class _Measured:
     def add(self, stamps: list[list[int]], seconds: float, process: int, round_index: int,
             reading: machine.Reading) -> None:
         self.stamps += stamps
-        self.process += [process] * len(stamps)
         self.round += [round_index] * len(stamps)
-        self.seconds += seconds
+        self.progress.add({"ttft_ms": [s[0] / 1e6 for s in stamps],
+                           "tpot_ms": [(s[-1] - s[0]) / (len(s) - 1) / 1e6 for s in stamps]}, process, seconds)
         self.readings.append(reading)
         self.rounds += 1
 
-    def series(self, name: str) -> list[float]:
-        if name == "ttft_ms":
-            return [s[0] / 1e6 for s in self.stamps]
-        return [(s[-1] - s[0]) / (len(s) - 1) / 1e6 for s in self.stamps]  # tpot_ms
-
-    def halfwidths(self) -> dict[str, float]:
-        level = self.case.repetitions.ci_level
-        return {m: stats.ci_halfwidth_rel_grouped(self.series(m), self.process, level) for m in PAIRED}
+    @property
+    def process(self) -> list[int]:
+        return self.progress.process
 
     def done(self, process_set: int | None = None) -> bool:
-        """Whether the case measured enough by the end of process set k of P (None: the whole plan): at least
-        min/P repetitions in set k and (k+1)/P of `min` in all, then (k+1)/P of `max` or `max_time_s` unless
-        both medians' intervals already meet `ci_target`. Every set gets its share, so the bootstrap over
-        processes draws from processes of comparable size, not from a first one of two rounds."""
-        policy, n = self.case.repetitions, len(self.stamps)
-        if self.gone is not None or n >= policy.max:
-            return True
-        share = 1.0 if process_set is None else (process_set + 1) / policy.processes
-        if n < math.ceil(policy.min * share):
-            return False
-        if process_set is not None and self.process.count(process_set) < math.ceil(policy.min / policy.processes):
-            return False
-        return (n >= math.ceil(policy.max * share) or self.seconds >= policy.max_time_s * share
-                or all(h <= policy.ci_target for h in self.halfwidths().values()))
+        """Whether the case is gone or the stop rule lets it stop by the end of `process_set` (None: the plan)."""
+        return self.gone is not None or policy.done(self.progress, self.case.repetitions, process_set) is not None
 
     def stop_reason(self) -> str:
-        policy = self.case.repetitions
-        if len(self.stamps) >= policy.min and all(h <= policy.ci_target for h in self.halfwidths().values()):
-            return "ci_target_met"
-        return "max_repetitions" if len(self.stamps) >= policy.max else "max_time"
+        return policy.done(self.progress, self.case.repetitions) or "max_time"
 
 
 def _measure_round(workers: dict[str, DrivenWorker], measured: dict[str, _Measured], process: int,
@@ -298,23 +276,15 @@ def run_group(cases: list[CaseSpec], run: RunDir) -> Iterator[tuple[CaseRecord, 
 
 
 def _rounds_of(m: _Measured, metric: str) -> dict[tuple[int, int], list[float]]:
-    series = m.series(metric)
+    series = m.progress.series[metric]
     out: dict[tuple[int, int], list[float]] = {}
     for value, p, r in zip(series, m.process, m.round, strict=True):
         out.setdefault((p, r), []).append(value)
     return out
 
 
-def _metrics(m: _Measured, samples: RawSamples) -> dict[str, MetricValue]:
-    case = m.case
-    assert case.workload is not None
-    level = case.repetitions.ci_level
-    _, metrics = derive(m.stamps, case.workload.batch_size, case.workload.prompt_tokens, level)
-    for name in ("ttft_ms", "tpot_ms", "e2e_ms"):
-        metrics[name] = stats.summarize_grouped(samples.series(name), m.process, level)
-    gaps_per_rep = len(m.stamps[0]) - 1
-    metrics["itl_ms"] = stats.summarize_grouped(samples.itl_ms, [p for p in m.process for _ in range(gaps_per_rep)],
-                                                level)
+def _metrics(m: _Measured, derived: dict[str, MetricValue]) -> dict[str, MetricValue]:
+    metrics = dict(derived)
     for result in m.results:
         for name in MAX_METRICS:
             value = result.metrics.get(name)
@@ -337,7 +307,7 @@ def _number(value: MetricValue) -> float | None:
 def _warnings(m: _Measured, info: LatencyInfo) -> list[str]:
     out = []
     target = m.case.repetitions.ci_target
-    wide = {name: h for name, h in m.halfwidths().items() if h > target}
+    wide = {name: h for name, h in policy.halfwidths(m.progress, m.case.repetitions.ci_level).items() if h > target}
     if wide and info.stop_reason != "ci_target_met":
         spread = ", ".join(f"{name} +-{100 * h:.1f} %" if math.isfinite(h) else f"{name} (no interval yet)"
                            for name, h in wide.items())
@@ -356,18 +326,18 @@ def _record(m: _Measured, reference: _Measured | None, mode: str, group_size: in
     wall = time.time() - m.started
     if m.gone is not None or not m.results or not m.stamps:
         gone = m.gone or WorkerResult(status="failed", reason="no repetition was measured")
-        record = CaseRecord(case=case, started_at=m.started, wall_seconds=wall,
-                            **gone.model_dump(exclude={"samples"}))
+        record = CaseRecord(case=case, started_at=m.started, wall_seconds=wall, **gone.outcome())
         if record.status == "failed":
             record.output_tail = log_tail(run.log_path(case.id))
         return record, None
-    samples, _ = derive(m.stamps, case.workload.batch_size if case.workload else 1,
-                        case.workload.prompt_tokens if case.workload else 1)
-    samples.process, samples.round = list(m.process), list(m.round)
-    metrics = _metrics(m, samples)
+    assert case.workload is not None
+    samples, derived = derive(m.stamps, case.workload.batch_size, case.workload.prompt_tokens, m.process,
+                              case.repetitions.ci_level)
+    samples.round = list(m.round)
+    metrics = _metrics(m, derived)
     last = m.results[-1]
     description = last.backend
-    info = LatencyInfo(repetitions=len(m.stamps), stop_reason=m.stop_reason(), measure_seconds=m.seconds,
+    info = LatencyInfo(repetitions=len(m.stamps), stop_reason=m.stop_reason(), measure_seconds=m.progress.seconds,
                        processes=len(set(m.process)), rounds=m.rounds, interleave=mode if group_size > 1 or
                        case.repetitions.processes > 1 else None, machine=machine.summarize(m.readings))
     info.warnings = _warnings(m, info)
@@ -376,9 +346,8 @@ def _record(m: _Measured, reference: _Measured | None, mode: str, group_size: in
         not_applicable.update(result.not_applicable)
     if description is not None:
         tpot = metrics["tpot_ms"]
-        rates, unknown = bandwidth.mbu(description.model_size_bytes, _median(tpot),
-                                       description.details.get("peak_memory_bandwidth_gbs"),
-                                       str(description.details.get("peak_memory_bandwidth_source", "")))
+        rates, unknown = bandwidth.mbu(description.model_size_bytes, _median(tpot), last.peak_bandwidth_gbs,
+                                       last.peak_bandwidth_source or "")
         metrics.update(rates)
         not_applicable.update(unknown)
         metrics["model_size_bytes"] = description.model_size_bytes

@@ -9,6 +9,14 @@ from bench.records.schema import CaseOutcome, RawSamples
 
 
 class WorkerResult(CaseOutcome):
-    """A case's outcome as its worker hands it over, with the raw samples (which go to samples/<id>.json)."""
+    """A case's outcome as its worker hands it over, with the raw samples (which go to samples/<id>.json) and
+    what the runner needs beyond the record: the device's peak memory bandwidth for MBU (bench/measure/bandwidth.py),
+    which a driven latency case can compute only once the runner has every process's samples."""
 
     samples: RawSamples | None = None
+    peak_bandwidth_gbs: float | None = None
+    peak_bandwidth_source: str | None = None  # where the peak comes from, or why it is unknown
+
+    def outcome(self) -> dict:
+        """The fields a CaseRecord keeps."""
+        return self.model_dump(exclude={"samples", "peak_bandwidth_gbs", "peak_bandwidth_source"})

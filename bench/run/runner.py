@@ -68,7 +68,7 @@ def run_case_process(case: CaseSpec, run: RunDir) -> tuple[CaseRecord, RawSample
         return _record(case, started, status="failed", output_tail=log_tail(log_file),
                        reason=f"the worker's result file is malformed: {exc}"), None
     samples = result.samples
-    record = _record(case, started, **result.model_dump(exclude={"samples"}))
+    record = _record(case, started, **result.outcome())
     if record.ok:
         return record, samples
     record.output_tail = log_tail(log_file)

@@ -23,17 +23,12 @@ from bench.core.deps import MissingDependency, NotSupportedHere
 from bench.core.timing import Clock, make_clock
 from bench.measure import bandwidth, kvcache
 from bench.measure.evaltext import eval_text
-from bench.measure.latency import measure, one_generation, prompt_batch
+from bench.measure.latency import one_generation, prompt_batch
 from bench.measure.memory import MemorySampler
 from bench.measure.perplexity import perplexity
 from bench.measure.quality import QualitySession
-from bench.records.schema import CaseSpec, Summary
+from bench.records.schema import CaseSpec
 from bench.run.protocol import WorkerResult
-
-
-def _median(result: WorkerResult, metric: str) -> float | None:
-    value = result.metrics.get(metric)
-    return value.median if isinstance(value, Summary) else None
 
 
 def _sha(ids: list[int]) -> str:
@@ -51,12 +46,6 @@ def _perplexity_task(case: CaseSpec, backend, ids: list[int], clock: Clock, run_
         "quality_reference": case.reference if scores else None, "quality_tokens": scores.tokens if scores else None})
     return WorkerResult(status="ok", metrics={**result.metrics(), **(scores.metrics() if scores else {})},
                         perplexity=info, not_applicable={"quality": why_not} if why_not else {})
-
-
-def _latency_task(case: CaseSpec, backend, prompts: list[list[int]], clock: Clock) -> WorkerResult:
-    assert case.workload is not None
-    result = measure(backend, prompts, case.workload.new_tokens, case.repetitions, clock)
-    return WorkerResult(status="ok", metrics=result.metrics, latency=result.info, samples=result.samples)
 
 
 class Driver:
@@ -120,8 +109,10 @@ def run_case(case: CaseSpec, run_dir: Path | None = None, driver: Driver | None 
         else:
             assert case.workload is not None
             prompts = prompt_batch(ids, case.workload.batch_size, case.workload.prompt_tokens)
-            result = (_driven_latency(case, backend, prompts, clock, driver) if driver is not None
-                      else _latency_task(case, backend, prompts, clock))
+            if driver is None:
+                raise RuntimeError("a latency case is driven by the runner (bench/run/interleave.py), "
+                                   f"with {DRIVE_FDS} set")
+            result = _driven_latency(case, backend, prompts, clock, driver)
         description = backend.describe()
         memory = sampler.stop()
         if case.profile and profile and prompts is not None and run_dir is not None:  # after measuring
@@ -134,14 +125,10 @@ def run_case(case: CaseSpec, run_dir: Path | None = None, driver: Driver | None 
     result.not_applicable.update(memory.not_applicable)
     if case.task == "latency":  # the KV cache's bytes per token: computed from the config, and measured
         result.metrics.update(kvcache.metrics(model_path, description))
-        # the device's peak bandwidth: MBU is weight bytes per step / TPOT over it
-        peak, source = bandwidth.peak_bandwidth(backend.device, case.peak_memory_bandwidth_gbs)
-        description.details["peak_memory_bandwidth_gbs"] = peak
-        description.details["peak_memory_bandwidth_source"] = source
-        if driver is None:  # measured alone: TPOT is known here (driven: the runner has the samples)
-            rates, unknown = bandwidth.mbu(description.model_size_bytes, _median(result, "tpot_ms"), peak, source)
-            result.metrics.update(rates)
-            result.not_applicable.update(unknown)
+        # the device's peak bandwidth: the runner computes MBU (weight bytes per step / TPOT over it) from every
+        # process's samples
+        result.peak_bandwidth_gbs, result.peak_bandwidth_source = bandwidth.peak_bandwidth(
+            backend.device, case.peak_memory_bandwidth_gbs)
     result.backend = description
     result.model_path = model_path
     result.worker_seconds = time.monotonic() - started
