@@ -156,3 +156,32 @@ def test_each_process_set_measures_its_share_of_the_plan(tmp_path):
         # later sets load side by side; the load time kept is the first set's, loaded alone
         first = json.loads((tmp_path / "results" / label / "tmp" / f"{record.id}.p0.json").read_text())
         assert record.metrics["load_s"] == first["metrics"]["load_s"]
+
+
+def test_timeout_bounds_the_whole_case_and_sets_with_nothing_left_are_not_started(tmp_path):
+    """30 process sets for a plan of 3 repetitions, one per round: only the 3 sets that measure something start a
+    process; and timeout_s bounds a case over all its sets, not each step."""
+    (tmp_path / "eval.txt").write_text("text for the known-answer backend " * 20)
+    write_suite(tmp_path / "sets.yaml", f"""
+        name: sets
+        models: [synthetic]
+        backends:
+          - {{backend: "{KNOWN_ANSWER}", label: small, options: {{token_delay_s: 0.001}}}}
+          - {{backend: "{KNOWN_ANSWER}", label: long, options: {{token_delay_s: 1.5}}}}
+        workloads: [{{batch_size: 1, prompt_tokens: 8, new_tokens: 6}}]
+        tasks: [latency]
+        repetitions: {{warmup: 0, min: 3, max: 3, processes: 30, round_repetitions: 1, ci_target: 0.000001}}
+        perplexity: {{text: eval.txt}}
+        timeout_s: 20
+        """)
+    started = time.monotonic()
+    run_bench("run", "sets.yaml", "--run-id", "sets", cwd=tmp_path, check_exit=3)
+    wall = time.monotonic() - started
+    records = {r.variant: r for r in record_lines(tmp_path / "results" / "sets")}
+    small = records["small"]
+    assert small.status == "ok" and small.latency.repetitions == 3 and small.latency.processes == 3
+    assert (tmp_path / "results" / "sets" / "logs" / f"{small.id}.log").read_text().count("=== process") == 3
+    # 'long' takes 9 s per generation, 27 s for its 3: past 20 s in its third set, though no step takes 20 s
+    assert records["long"].status == "failed"
+    assert "when the case had used its timeout_s (20 s, counted over every process set)" in records["long"].reason
+    assert wall < 60  # 30 sets of loads would take minutes

@@ -13,8 +13,10 @@ comparable size.
 Processes: where variants cannot be resident together (several large models on one GPU), every
 round of every variant is a short process of its own, alternating between variants.
 
-A variant whose worker crashes, hangs past `timeout_s` (per step: loading, one round, finishing) or
-fails is recorded as failed with the reason and its output; the others go on. Each variant's ratio to
+`timeout_s` bounds the whole case: the time the runner waits on the case's workers (loading, rounds,
+finishing) over all its process sets; a set is started only for the cases that have something left to
+measure in it. A variant whose worker crashes, runs past that budget or fails is recorded as failed with
+the reason and its output; the others go on. Each variant's ratio to
 the reference comes from the rounds both measured (per round: the ratio of their medians).
 """
 from __future__ import annotations
@@ -42,7 +44,7 @@ from bench.records.schema import CaseRecord, CaseSpec, Estimate, LatencyInfo, Me
 from bench.run import envs
 from bench.run.protocol import WorkerResult
 from bench.run.spawn import exit_reason, spawn_worker
-from bench.run.worker import DRIVE_FDS, NO_PROFILE
+from bench.run.worker import DRIVE_FDS
 
 MAX_METRICS = ("peak_rss_bytes", "peak_rss_delta_bytes", "peak_rss_sampled_bytes", "vm_hwm_bytes",
                "processes_sampled", "cuda_max_allocated_bytes", "cuda_max_reserved_bytes", "nvml_peak_process_bytes")
@@ -56,18 +58,35 @@ class WorkerGone(Exception):
         self.result = result
 
 
+@dataclass
+class Budget:
+    """The time a case may take (its `timeout_s`), counted while the runner waits on its workers, every set."""
+
+    limit_s: float
+    used_s: float = 0.0
+
+    def left(self) -> float:
+        return max(self.limit_s - self.used_s, 0.0)
+
+    def timeout(self, step: str, waited_s: float) -> str:
+        if waited_s >= self.limit_s:  # the first step took it all: the message a lone step always had
+            return f"timeout: still {step} after {self.limit_s:g} s; killed"
+        return (f"timeout: still {step} when the case had used its timeout_s ({self.limit_s:g} s, counted over "
+                f"every process set); killed")
+
+
 class DrivenWorker:
     """One variant's worker process, held open and paced over a pair of pipes."""
 
-    def __init__(self, case: CaseSpec, run: RunDir, process: int, profile: bool) -> None:
-        self.case, self.run = case, run
+    def __init__(self, case: CaseSpec, run: RunDir, process: int, budget: Budget) -> None:
+        self.case, self.run, self.budget = case, run, budget
         self.result_file = run.path / "tmp" / f"{case.id}.p{process}.json"
         self.result_file.unlink(missing_ok=True)
         commands_r, commands_w = os.pipe()
         replies_r, replies_w = os.pipe()
         log_path = run.log_path(case.id)
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {DRIVE_FDS: f"{commands_r},{replies_w}", **({} if profile else {NO_PROFILE: "1"})}
+        env = {DRIVE_FDS: f"{commands_r},{replies_w}"}
         try:
             with open(log_path, "ab") as log:
                 log.write(f"=== process {process + 1} ===\n".encode())
@@ -94,10 +113,12 @@ class DrivenWorker:
                 pass
         return WorkerGone(WorkerResult(status="failed", reason=reason))
 
-    def _reply(self, timeout_s: float) -> dict:
-        ready, _, _ = select.select([self._replies], [], [], timeout_s)
+    def _reply(self) -> dict:
+        began, wait = time.monotonic(), self.budget.left()
+        ready, _, _ = select.select([self._replies], [], [], wait)
+        self.budget.used_s += time.monotonic() - began
         if not ready:
-            raise self._gone(f"timeout: still running after {timeout_s:g} s without answering; killed")
+            raise self._gone(self.budget.timeout("running", wait).replace("; killed", " without answering; killed"))
         line = self._replies.readline()
         if not line:
             self.proc.wait()
@@ -109,7 +130,7 @@ class DrivenWorker:
         return reply
 
     def ready(self) -> None:
-        self._reply(self.case.timeout_s)
+        self._reply()
 
     def measure(self, repetitions: int) -> tuple[list[list[int]], float]:
         try:
@@ -118,16 +139,20 @@ class DrivenWorker:
         except BrokenPipeError:
             self.proc.wait()
             raise self._gone(_exit_reason(self.proc.returncode)) from None
-        reply = self._reply(self.case.timeout_s)
+        reply = self._reply()
         return reply["stamps"], reply["seconds"]
 
-    def finish(self) -> WorkerResult:
+    def finish(self, profile: bool) -> WorkerResult:
+        """End the worker; `profile`: this is the case's last process, which profiles a profiled case."""
+        began, wait = time.monotonic(), self.budget.left()
         try:
-            self._commands.write(json.dumps({"finish": True}) + "\n")
+            self._commands.write(json.dumps({"finish": True, "profile": profile}) + "\n")
             self._commands.close()
-            self.proc.wait(timeout=self.case.timeout_s)
+            self.proc.wait(timeout=wait)
         except (BrokenPipeError, subprocess.TimeoutExpired):
-            raise self._gone(f"timeout: still finishing after {self.case.timeout_s:g} s; killed") from None
+            raise self._gone(self.budget.timeout("finishing", wait)) from None
+        finally:
+            self.budget.used_s += time.monotonic() - began
         if not self.result_file.exists():
             raise self._gone(_exit_reason(self.proc.returncode))
         return WorkerResult.model_validate_json(self.result_file.read_text())
@@ -158,6 +183,10 @@ class _Measured:
     gone: WorkerResult | None = None
     started: float = field(default_factory=time.time)
     rounds: int = 0
+    budget: Budget = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.budget = Budget(self.case.timeout_s)
 
     def add(self, stamps: list[list[int]], seconds: float, process: int, round_index: int,
             reading: machine.Reading) -> None:
@@ -199,16 +228,17 @@ def _measure_round(workers: dict[str, DrivenWorker], measured: dict[str, _Measur
 
 
 def _start(cases: list[CaseSpec], measured: dict[str, _Measured], run: RunDir, process: int,
-           last: bool) -> dict[str, DrivenWorker]:
-    """Start a worker per live case and leave them all resident. In the first process set one after another
-    (loading and warming up alone: that load time is the case's `load_s`); in later sets all at once, as
-    nothing is measured while they load (the load times they report are not used)."""
+           process_set: int | None) -> dict[str, DrivenWorker]:
+    """Start a worker per case that has something left to measure by the end of `process_set` and leave them
+    all resident. In the first process set one after another (loading and warming up alone: that load time is
+    the case's `load_s`); in later sets all at once, as nothing is measured while they load (the load times
+    they report are not used)."""
     spawned: dict[str, DrivenWorker] = {}
     for case in cases:
-        if measured[case.id].gone is not None:
+        if measured[case.id].done(process_set):  # gone, or nothing left to measure: no process to start
             continue
         try:
-            spawned[case.id] = DrivenWorker(case, run, process, profile=last)
+            spawned[case.id] = DrivenWorker(case, run, process, measured[case.id].budget)
             if process == 0:
                 spawned[case.id].ready()
         except envs.MissingEnv as exc:
@@ -227,10 +257,11 @@ def _start(cases: list[CaseSpec], measured: dict[str, _Measured], run: RunDir, p
     return workers
 
 
-def _finish(workers: dict[str, DrivenWorker], measured: dict[str, _Measured]) -> None:
+def _finish(workers: dict[str, DrivenWorker], measured: dict[str, _Measured], last: bool) -> None:
+    """End the workers; a case's process profiles it when it is the last set or the case measured its plan."""
     for case_id, worker in workers.items():
         try:
-            measured[case_id].results.append(worker.finish())
+            measured[case_id].results.append(worker.finish(profile=last or measured[case_id].done()))
         except WorkerGone as gone:
             measured[case_id].gone = gone.result
 
@@ -238,15 +269,16 @@ def _finish(workers: dict[str, DrivenWorker], measured: dict[str, _Measured]) ->
 def _resident(cases: list[CaseSpec], run: RunDir, measured: dict[str, _Measured], rng: random.Random) -> None:
     policy = cases[0].repetitions
     for process in range(policy.processes):
-        last = process == policy.processes - 1
-        workers = _start(cases, measured, run, process, last)
+        workers = _start(cases, measured, run, process, process)
+        if not workers:
+            continue
         try:
             round_index = 0
             while any(not measured[c].done(process) for c in workers):
                 _measure_round(workers, measured, process, round_index, rng, process)
                 round_index += 1
         finally:
-            _finish(workers, measured)
+            _finish(workers, measured, last=process == policy.processes - 1)
 
 
 def _processes(cases: list[CaseSpec], run: RunDir, measured: dict[str, _Measured], rng: random.Random) -> None:
@@ -256,11 +288,11 @@ def _processes(cases: list[CaseSpec], run: RunDir, measured: dict[str, _Measured
         order = [c for c in cases if not measured[c.id].done()]
         rng.shuffle(order)
         for case in order:
-            workers = _start([case], measured, run, round_index, last=True)
+            workers = _start([case], measured, run, round_index, None)
             try:
                 _measure_round(workers, measured, round_index, 0, rng)
             finally:
-                _finish(workers, measured)
+                _finish(workers, measured, last=False)
         round_index += 1
 
 

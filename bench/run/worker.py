@@ -52,11 +52,13 @@ class Driver:
     """The runner's end of a driven latency case (bench/run/interleave.py): JSON lines over two pipes.
 
     The worker loads, warms up and says {"ready": ...}; then each {"measure": k} is answered with the stamps of
-    k timed generations, until {"finish": true}."""
+    k timed generations, until {"finish": true, "profile": bool} (profile: this is the case's last process, so
+    it profiles a profiled case)."""
 
     def __init__(self, commands_fd: int, replies_fd: int) -> None:
         self.commands = os.fdopen(commands_fd, "r")
         self.replies = os.fdopen(replies_fd, "w")
+        self.profile = False
 
     def reply(self, message: dict) -> None:
         self.replies.write(json.dumps(message) + "\n")
@@ -66,6 +68,7 @@ class Driver:
         for line in self.commands:
             command = json.loads(line)
             if command.get("finish"):
+                self.profile = bool(command.get("profile"))
                 return
             yield command
 
@@ -83,11 +86,10 @@ def _driven_latency(case: CaseSpec, backend, prompts: list[list[int]], clock: Cl
     return WorkerResult(status="ok")
 
 
-def run_case(case: CaseSpec, run_dir: Path | None = None, driver: Driver | None = None,
-             profile: bool = True) -> WorkerResult:
+def run_case(case: CaseSpec, run_dir: Path | None = None, driver: Driver | None = None) -> WorkerResult:
     """Measure one case in this process. `run_dir`: where the reference's log-probs and traces live; `driver`:
-    the runner paces a latency case round by round (interleaved with other variants); `profile`: whether
-    this process profiles a profiled case (the last of a case's processes does)."""
+    the runner paces a latency case round by round (interleaved with other variants) and says at the end
+    whether this process profiles it (the case's last process does)."""
     if case.task == "serving":  # a server under load, no backend in this process (bench/serving/run.py)
         from bench.serving.run import run_serving_case
 
@@ -115,7 +117,7 @@ def run_case(case: CaseSpec, run_dir: Path | None = None, driver: Driver | None 
             result = _driven_latency(case, backend, prompts, clock, driver)
         description = backend.describe()
         memory = sampler.stop()
-        if case.profile and profile and prompts is not None and run_dir is not None:  # after measuring
+        if case.profile and driver is not None and driver.profile and prompts is not None and run_dir is not None:
             from bench.measure.profiling import profile_case
 
             result.profile = profile_case(case, backend, prompts, run_dir / "traces" / case.id)
@@ -153,7 +155,6 @@ THIRD_PARTY_DEPRECATIONS = [
 
 
 DRIVE_FDS = "BENCH_DRIVE_FDS"  # "COMMANDS_FD,REPLIES_FD": the runner paces this latency case (interleave.py)
-NO_PROFILE = "BENCH_NO_PROFILE"  # set for all but the last process of a profiled case
 
 
 def main(argv: list[str]) -> int:
@@ -166,7 +167,7 @@ def main(argv: list[str]) -> int:
     case = CaseSpec.model_validate_json(case_path.read_text())
     driver = Driver(*map(int, os.environ[DRIVE_FDS].split(","))) if os.environ.get(DRIVE_FDS) else None
     try:
-        result = run_case(case, run_dir, driver, profile=not os.environ.get(NO_PROFILE))
+        result = run_case(case, run_dir, driver)
     except Exception as exc:  # noqa: BLE001 - recorded, never lost: the runner goes on with the next case
         traceback.print_exc()
         result = failure(exc)
