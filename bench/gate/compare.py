@@ -78,7 +78,7 @@ def compare_serving(base: CaseRecord, cur: CaseRecord, base_raw: RawSamples | No
 
     Per-request latencies are compared on the requests' samples (bootstrap resamples requests), the
     level's throughputs, error rate and memory against the threshold."""
-    from bench.serving.aggregate import request_units
+    from bench.serving.results.aggregate import request_units
 
     if base.serving is None or cur.serving is None:
         return []
