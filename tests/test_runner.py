@@ -121,8 +121,8 @@ def test_retry_failed_reruns_only_the_failed_case(tmp_path):
 
 def test_a_worker_finds_bench_on_its_path_whatever_its_interpreter():
     """A side environment has no bench installed: the runner puts the repository on the worker's PYTHONPATH."""
+    from bench.exec.envs import PROJECT_ROOT as ENVS_ROOT
     from bench.records.schema import CaseSpec
-    from bench.run.envs import PROJECT_ROOT as ENVS_ROOT
     from bench.run.spawn import child_env
 
     case = CaseSpec(id="x", suite="s", model="m", backend="b", variant="v", task="latency", threads=3)

@@ -1,7 +1,7 @@
 """Interleaved measurement of the variants of one model and workload (a unit of bench/run/plan.py).
 
 Resident (the default): each variant runs in its own worker process (memory stays per case), all of
-them loaded side by side and driven round by round through pipes (bench/run/worker.py `Driver`). In
+them loaded side by side and driven round by round through pipes (bench/exec/protocol.py `Driver`). In
 each round every variant measures `round_repetitions` generations, in a new random order, while the
 others wait, so drift of the machine hits all variants alike. This is done in `processes` fresh sets
 of worker processes, one after the other, so the confidence interval of each median covers the
@@ -36,15 +36,14 @@ from dataclasses import dataclass, field
 from pydantic import ValidationError
 
 from bench.core.process import log_tail
+from bench.exec import envs
+from bench.exec.protocol import DRIVE_FDS, WorkerResult
 from bench.measure import bandwidth, machine, policy, stats
 from bench.measure.latency import derive
 from bench.metrics import PAIRED
 from bench.records.rundir import RunDir
 from bench.records.schema import CaseRecord, CaseSpec, Estimate, LatencyInfo, MetricValue, RawSamples, Summary
-from bench.run import envs
-from bench.run.protocol import WorkerResult
 from bench.run.spawn import exit_reason, spawn_worker
-from bench.run.worker import DRIVE_FDS
 
 MAX_METRICS = ("peak_rss_bytes", "peak_rss_delta_bytes", "peak_rss_sampled_bytes", "vm_hwm_bytes",
                "processes_sampled", "cuda_max_allocated_bytes", "cuda_max_reserved_bytes", "nvml_peak_process_bytes")

@@ -20,11 +20,12 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from bench.core.process import log_tail
+from bench.exec import envs
+from bench.exec.protocol import WorkerResult
 from bench.records.rundir import RunDir
 from bench.records.schema import CaseRecord, CaseSpec, RawSamples, RegressionSettings, RunMeta, ShardInfo
-from bench.run import environment, envs
+from bench.run import environment
 from bench.run.plan import Unit, plan
-from bench.run.protocol import WorkerResult
 from bench.run.spawn import exit_reason, spawn_worker
 
 

@@ -14,13 +14,14 @@ import sys
 import time
 import traceback
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 from backends import backend_class
 from bench.core.cache import write_json_atomic
 from bench.core.deps import MissingDependency, NotSupportedHere
 from bench.core.timing import Clock, make_clock
+from bench.exec.protocol import DRIVE_FDS, Driver, WorkerResult
+from bench.exec.tasks import task_function
 from bench.measure import bandwidth, kvcache
 from bench.measure.evaltext import eval_text
 from bench.measure.latency import one_generation, prompt_batch
@@ -28,7 +29,6 @@ from bench.measure.memory import MemorySampler
 from bench.measure.perplexity import perplexity
 from bench.measure.quality import QualitySession
 from bench.records.schema import CaseSpec
-from bench.run.protocol import WorkerResult
 
 
 def _sha(ids: list[int]) -> str:
@@ -48,31 +48,6 @@ def _perplexity_task(case: CaseSpec, backend, ids: list[int], clock: Clock, run_
                         perplexity=info, not_applicable={"quality": why_not} if why_not else {})
 
 
-class Driver:
-    """The runner's end of a driven latency case (bench/run/interleave.py): JSON lines over two pipes.
-
-    The worker loads, warms up and says {"ready": ...}; then each {"measure": k} is answered with the stamps of
-    k timed generations, until {"finish": true, "profile": bool} (profile: this is the case's last process, so
-    it profiles a profiled case)."""
-
-    def __init__(self, commands_fd: int, replies_fd: int) -> None:
-        self.commands = os.fdopen(commands_fd, "r")
-        self.replies = os.fdopen(replies_fd, "w")
-        self.profile = False
-
-    def reply(self, message: dict) -> None:
-        self.replies.write(json.dumps(message) + "\n")
-        self.replies.flush()
-
-    def commands_until_finish(self) -> Iterator[dict]:
-        for line in self.commands:
-            command = json.loads(line)
-            if command.get("finish"):
-                self.profile = bool(command.get("profile"))
-                return
-            yield command
-
-
 def _driven_latency(case: CaseSpec, backend, prompts: list[list[int]], clock: Clock, driver: Driver) -> WorkerResult:
     """Warm up, then measure what the runner asks for, round by round; the runner keeps the stamps."""
     assert case.workload is not None
@@ -87,13 +62,14 @@ def _driven_latency(case: CaseSpec, backend, prompts: list[list[int]], clock: Cl
 
 
 def run_case(case: CaseSpec, run_dir: Path | None = None, driver: Driver | None = None) -> WorkerResult:
-    """Measure one case in this process. `run_dir`: where the reference's log-probs and traces live; `driver`:
-    the runner paces a latency case round by round (interleaved with other variants) and says at the end
-    whether this process profiles it (the case's last process does)."""
-    if case.task == "serving":  # a server under load, no backend in this process (bench/serving/run.py)
-        from bench.serving.run import run_serving_case
+    """Run one case's task in this process (bench/exec/tasks.py says which function runs it)."""
+    return task_function(case.task)(case, run_dir, driver)
 
-        return run_serving_case(case, run_dir)
+
+def run_backend_case(case: CaseSpec, run_dir: Path | None = None, driver: Driver | None = None) -> WorkerResult:
+    """A latency or perplexity case: load the backend and measure. `run_dir`: where the reference's log-probs and
+    traces live; `driver`: the runner paces a latency case round by round (interleaved with other variants) and
+    says at the end whether this process profiles it (the case's last process does)."""
     from bench.models import resolve_model
 
     started = time.monotonic()
@@ -154,7 +130,6 @@ THIRD_PARTY_DEPRECATIONS = [
 ]
 
 
-DRIVE_FDS = "BENCH_DRIVE_FDS"  # "COMMANDS_FD,REPLIES_FD": the runner paces this latency case (interleave.py)
 
 
 def main(argv: list[str]) -> int:

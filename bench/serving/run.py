@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from bench.core.deps import require
+from bench.exec.protocol import Driver, WorkerResult
 from bench.measure.memory import MemorySampler
 from bench.records.schema import (
     CaseSpec,
@@ -27,7 +28,6 @@ from bench.records.schema import (
     ServingLevel,
     ServingSettings,
 )
-from bench.run.protocol import WorkerResult
 from bench.serving.launch import procs
 from bench.serving.launch.lifecycle import RunningServer, ServerFailed
 from bench.serving.launch.servers import Launch, server_class
@@ -229,8 +229,8 @@ async def warm_up(http, target: Target, prompt: Prompt) -> None:
     await send(http, target, prompt.text, prompt.output_tokens, Outcome(index=-1, scheduled_ns=0))
 
 
-def run_serving_case(case: CaseSpec, run_dir: Path | None = None) -> WorkerResult:
-    """Measure one serving case in this process (what bench/run/worker.py calls)."""
+def run_serving_case(case: CaseSpec, run_dir: Path | None = None, driver: Driver | None = None) -> WorkerResult:
+    """Measure one serving case in this process (the `serving` task of bench/exec/tasks.py; never driven)."""
     started = time.monotonic()
     result = ServingCase(case, run_dir).run()
     result.worker_seconds = time.monotonic() - started

@@ -165,7 +165,7 @@ class _Runnable(_Strict):
     @field_validator("interpreter")
     @classmethod
     def _known_env(cls, interpreter):
-        from bench.run import envs
+        from bench.exec import envs
 
         try:
             return envs.check_interpreter(interpreter)

@@ -59,7 +59,7 @@ class Launch:
 
 def python_of(interpreter: str | None) -> str:
     """The interpreter path for a server ('env:NAME' resolved); a missing one skips the case."""
-    from bench.run import envs
+    from bench.exec import envs
 
     try:
         return envs.interpreter_path(interpreter)
