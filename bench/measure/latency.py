@@ -39,6 +39,14 @@ def throughput_parts(metric: str, batch_size: int, prompt_tokens: int, new_token
     raise KeyError(f"not a generation throughput: {metric}")
 
 
+def per_repetition(stamps_ns: list[list[int]]) -> dict[str, list[float]]:
+    """TTFT, TPOT and e2e (ms) of each repetition from its per-token stamps (ns): TPOT = (e2e - TTFT) / (n - 1)."""
+    stamps = np.asarray(stamps_ns, dtype=np.int64).reshape(len(stamps_ns), -1)
+    ttft_ns, e2e_ns = stamps[:, 0], stamps[:, -1]
+    return {"ttft_ms": (ttft_ns / 1e6).tolist(), "tpot_ms": ((e2e_ns - ttft_ns) / (stamps.shape[1] - 1) / 1e6).tolist(),
+            "e2e_ms": (e2e_ns / 1e6).tolist()}
+
+
 def derive(stamps_ns: list[list[int]], batch_size: int, prompt_tokens: int, process: Sequence[int] | None = None,
            level: float = 0.95) -> tuple[RawSamples, dict[str, MetricValue]]:
     """Per-repetition samples and their metrics (summaries, throughputs) from raw per-token stamps.
@@ -52,9 +60,7 @@ def derive(stamps_ns: list[list[int]], batch_size: int, prompt_tokens: int, proc
     e2e_ns = stamps[:, -1]
     samples = RawSamples(
         stamps_ns=[list(map(int, row)) for row in stamps],
-        ttft_ms=(ttft_ns / 1e6).tolist(),
-        tpot_ms=((e2e_ns - ttft_ns) / (new_tokens - 1) / 1e6).tolist(),
-        e2e_ms=(e2e_ns / 1e6).tolist(),
+        **per_repetition(stamps_ns),
         itl_ms=(np.diff(stamps, axis=1).ravel() / 1e6).tolist(),
         process=groups if process is not None else [],
     )

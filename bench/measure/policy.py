@@ -11,7 +11,7 @@ case's recorded stop reason. The interleaved runner and the tests that simulate 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from bench.measure import stats
@@ -29,7 +29,7 @@ class Progress:
     process: list[int] = field(default_factory=list)
     seconds: float = 0.0
 
-    def add(self, values: dict[str, Sequence[float]], process: int, seconds: float) -> None:
+    def add(self, values: Mapping[str, Sequence[float]], process: int, seconds: float) -> None:
         for name in PRECISION_METRICS:
             self.series[name] += list(values[name])
         self.process += [process] * len(values[PRECISION_METRICS[0]])

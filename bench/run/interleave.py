@@ -39,7 +39,7 @@ from bench.core.process import log_tail
 from bench.exec import envs
 from bench.exec.protocol import DRIVE_FDS, WorkerResult
 from bench.measure import bandwidth, machine, policy, stats
-from bench.measure.latency import derive
+from bench.measure.latency import derive, per_repetition
 from bench.metrics import PAIRED
 from bench.records.rundir import RunDir
 from bench.records.schema import CaseRecord, CaseSpec, Estimate, LatencyInfo, MetricValue, RawSamples, Summary
@@ -191,8 +191,7 @@ class _Measured:
             reading: machine.Reading) -> None:
         self.stamps += stamps
         self.round += [round_index] * len(stamps)
-        self.progress.add({"ttft_ms": [s[0] / 1e6 for s in stamps],
-                           "tpot_ms": [(s[-1] - s[0]) / (len(s) - 1) / 1e6 for s in stamps]}, process, seconds)
+        self.progress.add(per_repetition(stamps), process, seconds)
         self.readings.append(reading)
         self.rounds += 1
 
