@@ -237,6 +237,14 @@ _METRICS = [
 METRICS: dict[str, Metric] = {m.name: m for m in _METRICS}
 
 
+# Groups of the table's names that code iterates over (checked against the table below)
+LATENCY_SAMPLES = ("ttft_ms", "tpot_ms", "e2e_ms", "itl_ms")  # per repetition of a generation (measure/latency.py)
+THROUGHPUTS = ("prefill_tok_s", "decode_tok_s")  # total tokens / total time over the repetitions
+PRECISION_METRICS = ("ttft_ms", "tpot_ms")  # the medians the stop rule makes precise (measure/policy.py)
+PAIRED = {"ttft_ms": "ttft_vs_reference", "tpot_ms": "tpot_vs_reference"}  # ratio to the reference, paired rounds
+assert all(name in METRICS for name in (*LATENCY_SAMPLES, *THROUGHPUTS, *PAIRED, *PAIRED.values()))
+
+
 def unit(name: str) -> str:
     return METRICS[name].unit if name in METRICS else ""
 

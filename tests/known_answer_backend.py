@@ -1,7 +1,7 @@
 """A model-free backend for known-answer tests of the harness: exact injected delays and failures.
 
-Each token step waits exactly `token_delay_s` (busy-wait on perf_counter, so the delay is known to
-microseconds), the prompt step additionally `prefill_delay_s`; or, with `token_work`, does a fixed
+Each token step waits exactly `token_delay_s` (a sleep, then a busy-wait on perf_counter, so the delay is
+known to microseconds), the prompt step additionally `prefill_delay_s`; or, with `token_work`, does a fixed
 amount of CPU work per token (a loop of that many iterations), which a busy machine slows down in
 proportion, as it does a model's compute: 10 % more work is 10 % more time however loaded the CPU is.
 Logits come from a fixed bigram table, so perplexity has a closed form. `fail` makes the case crash,
@@ -35,8 +35,16 @@ def work(iterations: int) -> int:
     return total
 
 
+SPIN_NS = 300_000  # the last 0.3 ms of a wait is a busy-wait on perf_counter (sleep alone wakes up late)
+
+
 def wait_ns(duration_ns: int) -> None:
+    """Return `duration_ns` after the call, to microseconds: sleep, then busy-wait the last SPIN_NS. A process that
+    sleeps is not runnable, so on a loaded machine the scheduler wakes it promptly, where one that busy-waits the
+    whole delay uses up its time slice and is preempted for milliseconds past its deadline."""
     deadline = time.perf_counter_ns() + duration_ns
+    if duration_ns > SPIN_NS:
+        time.sleep((duration_ns - SPIN_NS) / 1e9)
     while time.perf_counter_ns() < deadline:
         pass
 

@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from bench.run import envs
+from bench.exec import envs
 from tests.conftest import run_bench
 
 

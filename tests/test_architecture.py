@@ -1,5 +1,7 @@
 """The architecture's rules, read from the source: who may import whom, and no import cycles.
 
+- The layers written in ARCHITECTURE.md ("## Layers"): a folder imports only from its own layer and those
+  below it, so no two folders import each other (one documented exception).
 - `bench.core` imports nothing else of bench and nothing of backends: it is the stable base.
 - `backends` imports only `backends` and `bench.core` (plus third-party packages).
 - No cycle among modules, counting every import, top-level or inside a function.
@@ -58,6 +60,49 @@ def _graph() -> dict[str, set[str]]:
 
 def _is_package_init(name: str, graph: dict) -> bool:
     return any(other.startswith(name + ".") for other in graph)
+
+
+UPWARD_BY_EXCEPTION = {("bench.records.rundir", "bench.suite.reader")}  # documented in ARCHITECTURE.md
+
+
+def _layers() -> list[list[str]]:
+    """ARCHITECTURE.md's layers, bottom first: folders as 'bench.run.' (a prefix), modules as 'bench.errors'."""
+    text = (ROOT / "ARCHITECTURE.md").read_text()
+    block = text.split("## Layers", 1)[1].split("```", 2)[1]
+    names = [[entry.removesuffix(".py").removesuffix("/__init__").replace("/", ".") for entry in line.split()]
+             for line in block.splitlines() if line.strip()]
+    return names[::-1]
+
+
+def _layer_of(module: str, layers: list[list[str]]) -> int | None:
+    best: tuple[int, int] | None = None  # (length of the matching entry, layer)
+    for index, entries in enumerate(layers):
+        for entry in entries:
+            folder = entry.endswith(".")
+            if (module == entry.rstrip(".") or (folder and module.startswith(entry))) and (
+                    best is None or len(entry) > best[0]):
+                best = (len(entry), index)
+    return None if best is None else best[1]
+
+
+def test_every_folder_imports_only_its_layer_and_those_below():
+    layers = _layers()
+    graph = _graph()
+    unplaced = sorted(m for m in graph if _layer_of(m, layers) is None)
+    assert not unplaced, f"modules in no layer of ARCHITECTURE.md: {unplaced}"
+    upward = sorted(f"{m} -> {i}" for m, imports in graph.items() for i in imports
+                    if (m, i) not in UPWARD_BY_EXCEPTION and _layer_of(i, layers) > _layer_of(m, layers))
+    assert not upward, "imports against ARCHITECTURE.md's layers:\n" + "\n".join(upward)
+    for module, imported in UPWARD_BY_EXCEPTION:
+        assert imported in graph[module], f"the exception {module} -> {imported} is gone: remove it here and there"
+
+
+def test_the_layers_are_read_as_written():
+    layers = _layers()
+    assert _layer_of("bench.nowhere.module", layers) is None  # a new folder must be placed
+    assert _layer_of("bench.run.worker", layers) > _layer_of("bench.exec.protocol", layers)
+    assert _layer_of("bench.serving.run", layers) < _layer_of("bench.run.worker", layers)
+    assert _layer_of("bench.metrics", layers) == _layer_of("bench.core.timing", layers) == 0
 
 
 def test_core_depends_on_nothing_else_in_the_project():

@@ -312,3 +312,27 @@ def test_cases_measured_on_different_hardware_are_not_compared(runs):
     renamed = json.loads((runs / "renamed.json").read_text())
     assert proc.returncode in (0, 4)  # identical data: never a regression (4: a noisy run's wide intervals)
     assert renamed["comparisons"] and not renamed["not_compared"]
+
+
+def test_the_gate_result_is_versioned_and_read_back_typed_by_confirming_and_only_from(runs):
+    case_id = slowed_copy(runs, "a", "a-slow-confirm", "slow", 2, 1.10)
+    run_bench("compare", "a", "a-slow-confirm", "--json", "first.json", cwd=runs, check_exit=1)
+    first = json.loads((runs / "first.json").read_text())
+    assert first["format_version"] == 1 and case_id in first["flagged"]
+    # the re-measurement (here: the same slowed run) confirms the regression it flagged
+    proc = run_bench("compare", "a", "a-slow-confirm", "--confirming", "first.json", "--json", "again.json",
+                     cwd=runs, check_exit=1)
+    again = json.loads((runs / "again.json").read_text())
+    tpot = next(c for c in again["confirmation"] if c["case"] == case_id and c["metric"] == "tpot_ms")
+    assert tpot == {"case": case_id, "metric": "tpot_ms", "first": "regression", "again": "regression",
+                    "confirmed": True}
+    assert "#### Re-measured" in proc.stdout and "regression(s) confirmed" in again["verdict"]
+    # --only-from re-measures exactly the flagged cases (with their reference): checked by validate's listing
+    (runs / "newer.json").write_text(json.dumps({**first, "format_version": 99}))
+    (runs / "broken.json").write_text(json.dumps({**first, "comparisons": "none"}))
+    for option, args in (("--confirming", ["compare", "a", "b"]), ("--only-from", ["run", "suite.yaml"])):
+        for name, message in (("newer.json", "comparison format 99 is newer"),
+                              ("broken.json", "comparisons: Input should be a valid"),
+                              ("missing.json", "not a comparison written by compare --json")):
+            out = run_bench(*args, option, name, cwd=runs, check_exit=2)
+            assert f"{option} {name}" in out.stderr and message in out.stderr and "Traceback" not in out.stderr

@@ -22,10 +22,9 @@ gguf = pytest.importorskip("gguf", reason="gguf is not installed: pip install 'b
 from backends.gguf.convert import ConversionError, gguf_file, permute
 from backends.gguf.llama_cpp import LlamaCpp
 from bench.core.timing import Clock
-from bench.measure.latency import measure
+from bench.measure.latency import derive, one_generation
 from bench.measure.perplexity import perplexity
 from bench.models.corpus import heldout_text
-from bench.records.schema import Repetitions
 
 N_TOKENS, WINDOW, STRIDE = 1024, 256, 128
 
@@ -141,10 +140,10 @@ def test_generate_marks_every_step_and_runs_under_the_latency_measurement(tiny_l
         calls: list[int] = []
         out = backend.generate([hf.ids[:32]] * batch_size, 9, lambda calls=calls: calls.append(1))
         assert len(calls) == 9 and [len(seq) for seq in out] == [9] * batch_size
-    policy = Repetitions(warmup=1, min=3, max=3, max_time_s=10, ci_target=0.5)
-    result = measure(backend, [hf.ids[:32], hf.ids[100:132]], 8, policy, Clock())
-    assert result.info.repetitions == 3 and all(len(s) == 8 for s in result.samples.stamps_ns)
-    assert all(np.all(np.diff(s) > 0) for s in result.samples.stamps_ns)
+    stamps = [one_generation(backend, [hf.ids[:32], hf.ids[100:132]], 8, Clock()) for _ in range(3)]
+    samples, _ = derive(stamps, 2, 32)
+    assert all(len(s) == 8 for s in samples.stamps_ns)
+    assert all(np.all(np.diff(s) > 0) for s in samples.stamps_ns)
     description = backend.describe()
     assert (description.threads, description.details["n_gpu_layers"], description.dtype) == (1, 0, "Q8_0")
 

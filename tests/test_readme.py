@@ -1,5 +1,8 @@
-"""The README's two commands are the ones CI runs and the ones that work."""
+"""The README's two commands are the ones CI runs, and every relative link in the README and docs/ resolves."""
 import re
+from pathlib import Path
+
+import pytest
 
 from tests.conftest import ROOT
 
@@ -24,3 +27,27 @@ def test_readme_mentions_every_registered_backend():
 
     readme = (ROOT / "README.md").read_text()
     assert all(f"`{name}`" in readme for name in REGISTRY)
+
+
+def _relative_links(page: Path) -> list[str]:
+    """Targets of Markdown links and images that point into the repository (no scheme, no bare anchor)."""
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.DOTALL)
+    targets = re.findall(r"\]\(([^)\s]+)\)", text)
+    return [t for t in targets if not re.match(r"^[a-z]+:", t) and not t.startswith("#")]
+
+
+PAGES = [ROOT / "README.md", ROOT / "ARCHITECTURE.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_relative_link_resolves(page):
+    broken = [t for t in _relative_links(page) if not (page.parent / t.split("#", 1)[0]).exists()]
+    assert not broken, f"{page.relative_to(ROOT)}: links to missing files: {broken}"
+
+
+def test_readme_is_short_and_links_every_docs_page():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 250
+    linked = {(ROOT / t.split("#", 1)[0]).resolve() for t in _relative_links(ROOT / "README.md")}
+    unlinked = [p.name for p in (ROOT / "docs").glob("*.md") if p.resolve() not in linked]
+    assert not unlinked, f"docs pages the README does not link: {unlinked}"

@@ -3,8 +3,8 @@
 tests/data/latency_noise_tiny_llama.json holds 300 repetitions of tiny-llama (hf-eager, batch 1,
 prompt 64, 32 new tokens, 1 thread) measured with `bench run` on a shared 2-core VM with other jobs
 running: heavy-tailed, as real CPU latency is. Each trial draws repetitions from it (with replacement)
-under the default repetition policy (min 6, max 50, stop when the TTFT and TPOT medians' 95 % CIs
-are within +-2 %, using bench.stats), for a baseline and a current run; a true slowdown scales the
+under the default repetition policy, one process (bench/measure/policy.py: min 6, max 50, stop when
+the TTFT and TPOT medians' 95 % CIs are within +-2 %), for a baseline and a current run; a true slowdown scales the
 current draws. Then bench.gate.rule decides, with its default alpha and threshold: regression,
 unchanged, improvement or inconclusive (the data cannot tell).
 """
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from bench.gate.rule import Rule, Units, ratio_ci, verdict
-from bench.measure import stats
+from bench.measure import policy
 from bench.metrics import METRICS
 from bench.records.schema import Repetitions
 
@@ -26,15 +26,14 @@ TRIALS = 400
 
 
 def draw_run(rng, scale: float) -> np.ndarray:
-    """Repetitions [n, (ttft, tpot, e2e)] until the default stopping rule says stop."""
-    reps = []
+    """Repetitions [n, (ttft, tpot, e2e)] until the default stop rule (bench/measure/policy.py) says stop."""
+    reps, progress = [], policy.Progress()
     while True:
-        reps.append(ROWS[rng.integers(len(ROWS))] * scale)
-        a = np.asarray(reps)
-        if len(a) >= POLICY.min and stats.precise_enough([a[:, 0], a[:, 1]], POLICY.ci_target, POLICY.ci_level):
-            return a
-        if len(a) >= POLICY.max:
-            return a
+        row = ROWS[rng.integers(len(ROWS))] * scale
+        reps.append(row)
+        progress.add({"ttft_ms": [row[0]], "tpot_ms": [row[1]]}, 0, 0.0)
+        if policy.done(progress, POLICY) is not None:
+            return np.asarray(reps)
 
 
 def _median(units):

@@ -24,7 +24,7 @@ workloads: [{{batch_size: 1, prompt_tokens: 8, new_tokens: 4}}]
 tasks: [latency]
 repetitions: {{warmup: 0, min: 6, max: 6}}
 perplexity: {{text: eval.txt, window: 16, stride: 8}}
-timeout_s: 8
+timeout_s: 15  # over both process sets of a case, loads included: room for a loaded 2-core machine
 """
 
 
@@ -45,7 +45,7 @@ def test_each_failure_is_recorded_with_its_reason_and_the_other_cases_run(tmp_pa
     assert by_label["aborts"].status == "failed" and "SIGABRT" in by_label["aborts"].reason
     assert by_label["raises"].reason == "RuntimeError: injected failure"
     assert "injected failure" in by_label["raises"].output_tail  # the traceback's last lines are kept
-    assert by_label["hangs"].reason.startswith("timeout: still running after 8 s")
+    assert by_label["hangs"].reason.startswith("timeout: still running after 15 s")
     assert by_label["no-memory"].reason.startswith("out of memory")
     assert by_label["no-package"].status == "skipped"
     assert "pip install 'bench[known-answer]'" in by_label["no-package"].reason
@@ -121,8 +121,8 @@ def test_retry_failed_reruns_only_the_failed_case(tmp_path):
 
 def test_a_worker_finds_bench_on_its_path_whatever_its_interpreter():
     """A side environment has no bench installed: the runner puts the repository on the worker's PYTHONPATH."""
+    from bench.exec.envs import PROJECT_ROOT as ENVS_ROOT
     from bench.records.schema import CaseSpec
-    from bench.run.envs import PROJECT_ROOT as ENVS_ROOT
     from bench.run.spawn import child_env
 
     case = CaseSpec(id="x", suite="s", model="m", backend="b", variant="v", task="latency", threads=3)
@@ -156,3 +156,32 @@ def test_each_process_set_measures_its_share_of_the_plan(tmp_path):
         # later sets load side by side; the load time kept is the first set's, loaded alone
         first = json.loads((tmp_path / "results" / label / "tmp" / f"{record.id}.p0.json").read_text())
         assert record.metrics["load_s"] == first["metrics"]["load_s"]
+
+
+def test_timeout_bounds_the_whole_case_and_sets_with_nothing_left_are_not_started(tmp_path):
+    """30 process sets for a plan of 3 repetitions, one per round: only the 3 sets that measure something start a
+    process; and timeout_s bounds a case over all its sets, not each step."""
+    (tmp_path / "eval.txt").write_text("text for the known-answer backend " * 20)
+    write_suite(tmp_path / "sets.yaml", f"""
+        name: sets
+        models: [synthetic]
+        backends:
+          - {{backend: "{KNOWN_ANSWER}", label: small, options: {{token_delay_s: 0.001}}}}
+          - {{backend: "{KNOWN_ANSWER}", label: long, options: {{token_delay_s: 1.5}}}}
+        workloads: [{{batch_size: 1, prompt_tokens: 8, new_tokens: 6}}]
+        tasks: [latency]
+        repetitions: {{warmup: 0, min: 3, max: 3, processes: 30, round_repetitions: 1, ci_target: 0.000001}}
+        perplexity: {{text: eval.txt}}
+        timeout_s: 20
+        """)
+    started = time.monotonic()
+    run_bench("run", "sets.yaml", "--run-id", "sets", cwd=tmp_path, check_exit=3)
+    wall = time.monotonic() - started
+    records = {r.variant: r for r in record_lines(tmp_path / "results" / "sets")}
+    small = records["small"]
+    assert small.status == "ok" and small.latency.repetitions == 3 and small.latency.processes == 3
+    assert (tmp_path / "results" / "sets" / "logs" / f"{small.id}.log").read_text().count("=== process") == 3
+    # 'long' takes 9 s per generation, 27 s for its 3: past 20 s in its third set, though no step takes 20 s
+    assert records["long"].status == "failed"
+    assert "when the case had used its timeout_s (20 s, counted over every process set)" in records["long"].reason
+    assert wall < 60  # 30 sets of loads would take minutes

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 
 from bench.records.schema import SLO, LoadLevel, RunawayLimits
-from bench.serving import aggregate
-from bench.serving.client import Target, session
-from bench.serving.lifecycle import RunningServer, ServerFailed
-from bench.serving.load import arrival_offsets, run_level
-from bench.serving.prompts import Prompt
-from bench.serving.selfcheck import self_check
-from bench.serving.servers import Stub, StubOptions
+from bench.serving.launch.lifecycle import RunningServer, ServerFailed
+from bench.serving.launch.servers import Stub, StubOptions
+from bench.serving.results import aggregate
+from bench.serving.traffic.client import Target, session
+from bench.serving.traffic.load import arrival_offsets, run_level
+from bench.serving.traffic.prompts import Prompt
+from bench.serving.traffic.selfcheck import self_check
 
 pytest.importorskip("aiohttp", reason="the serving client needs aiohttp: pip install 'bench[serving]'")
 pytestmark = pytest.mark.timeout(120)
@@ -89,7 +89,7 @@ def test_every_fault_is_counted_by_kind_and_never_crashes_the_client(tmp_path, f
 
 
 def test_an_unreachable_endpoint_is_a_connect_error():
-    from bench.serving.procs import free_port
+    from bench.serving.launch.procs import free_port
 
     run = level_of(f"http://127.0.0.1:{free_port()}/v1", LoadLevel(mode="closed", concurrency=1, requests=3))
     assert [o.error_kind for o in run.outcomes] == ["connect"] * 3

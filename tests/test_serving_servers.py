@@ -9,8 +9,8 @@ import threading
 
 import pytest
 
+from bench.exec import envs
 from bench.records.schema import CaseSpec, LoadLevel, ServingRequest, ServingSettings
-from bench.run import envs
 from bench.serving.run import run_serving_case
 
 pytest.importorskip("aiohttp", reason="the serving client needs aiohttp: pip install 'bench[serving]'")

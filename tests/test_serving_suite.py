@@ -63,7 +63,7 @@ def test_one_case_per_server_holds_every_level_with_raw_requests(runs):
     request = raw["sync"][0]
     assert request.input_tokens == 16 and len(request.chunks_ns) == 8 and request.sent_ns <= request.chunks_ns[0]
     assert record.serving.placement["how"] and record.serving.log.endswith(".server.log")
-    assert record.serving.command[1:3] == ["-m", "bench.serving.stub"]
+    assert record.serving.command[1:3] == ["-m", "bench.serving.launch.stub"]
 
 
 def test_the_report_has_a_table_per_load_level(runs):
@@ -76,7 +76,7 @@ def test_the_report_has_a_table_per_load_level(runs):
 def slowed_copy(root, source: str, name: str, level_key: str, delay_ms: float) -> None:
     """Copy a run; delay every chunk and end of one level's requests by `delay_ms` and re-derive its metrics."""
     from bench.records.schema import RawSamples
-    from bench.serving.aggregate import level_metrics
+    from bench.serving.results.aggregate import level_metrics
     from tests.conftest import record_lines
 
     shutil.copytree(root / "results" / source, root / "results" / name)
@@ -152,7 +152,7 @@ def test_a_killed_worker_leaves_no_server_behind(tmp_path, tiny_llama):
     while time.monotonic() < deadline and not (log.exists() and "stub SSE server" in log.read_text()):
         time.sleep(0.2)
     children = psutil.Process(worker.pid).children(recursive=True)
-    assert any("bench.serving.stub" in " ".join(c.cmdline()) for c in children)
+    assert any("bench.serving.launch.stub" in " ".join(c.cmdline()) for c in children)
     worker.send_signal(signal.SIGKILL)
     worker.wait()
     _, alive = psutil.wait_procs(children, timeout=10)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.run import envs
+from bench.exec import envs
 from tests.conftest import ROOT, load_records, run_bench, write_suite
 from tests.side_envs import side_env_python
 

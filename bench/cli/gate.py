@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -37,6 +36,7 @@ def open_run(spec: str, results_dir: Path, history_db: Path | None):
 def cmd_compare(args) -> ExitCode:
     from bench.gate import alerts, history
     from bench.gate.compare import compare_runs, compare_within, confirm, rule_from
+    from bench.gate.result import read_result, write_result
 
     runs = list(args.runs)
     if args.baseline:
@@ -53,21 +53,17 @@ def cmd_compare(args) -> ExitCode:
         spread = history.noise_lookup(db, opened[1]) if db.exists() else None
         result = compare_runs(opened[0], opened[1], rule, spread)
     if args.confirming:
-        try:
-            first = json.loads(Path(args.confirming).read_text())
-        except (OSError, ValueError) as exc:
-            raise BadInput(f"--confirming {args.confirming}: not a comparison written by --json ({exc})") from None
-        result = confirm(first, result)
+        result = confirm(read_result(args.confirming, "--confirming"), result)
     text = alerts.markdown(result)
     if args.markdown:
         _write(args.markdown, text, append=args.append)
     if args.json:
-        _write(args.json, json.dumps(result, indent=1))
+        _write(args.json, write_result(result))
     print(text)
     message = alerts.notify(result, args.notify)
     if message:
         print(message, file=sys.stderr)
-    return ExitCode(result["exit_code"])
+    return ExitCode(result.exit_code)
 
 
 def _write(path: Path, text: str, append: bool = False) -> None:

@@ -1,7 +1,6 @@
 """`run`, `profile` and `validate`: suites in, results and reports out."""
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -43,11 +42,9 @@ def _selected(cases, args):
     latency case's workload, so its paired rounds against the reference are measured too."""
     names = set(getattr(args, "only", None) or [])
     if getattr(args, "only_from", None):
-        try:
-            names |= set(json.loads(Path(args.only_from).read_text())["flagged"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise BadInput(f"--only-from {args.only_from}: not a comparison written by compare --json ({exc})") \
-                from None
+        from bench.gate.result import read_result
+
+        names |= set(read_result(Path(args.only_from), "--only-from").flagged)
     if not names and not getattr(args, "only_from", None):
         return cases
     chosen = [c for c in cases if c.id in names or c.variant in names]

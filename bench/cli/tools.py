@@ -29,7 +29,7 @@ def cmd_backends(args) -> ExitCode:
 
 
 def cmd_env_create(args) -> ExitCode:
-    from bench.run import envs
+    from bench.exec import envs
 
     started = time.monotonic()
     path, marker = envs.create(args.name, force=args.force, log=lambda line: print(line, file=sys.stderr))
@@ -40,7 +40,7 @@ def cmd_env_create(args) -> ExitCode:
 
 
 def cmd_env_list(args) -> ExitCode:
-    from bench.run import envs
+    from bench.exec import envs
 
     for name in sorted(envs.ENVS):
         marker = envs.info(name)

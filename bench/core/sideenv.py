@@ -1,6 +1,6 @@
 """Where bench's managed side environments live and whether one is complete; nothing here builds one.
 
-`bench/run/envs.py` builds them (`python -m bench env create NAME`) and resolves a suite's
+`bench/exec/envs.py` builds them (`python -m bench env create NAME`) and resolves a suite's
 `interpreter: env:NAME`; a backend that runs a tool in one (the llm-compressor job of
 `backends/llmcompressor/`) finds its interpreter here. An env is `cache_dir()/envs/<name>`, complete
 once its marker file (spec, versions, build time) was written last.

@@ -8,6 +8,7 @@ import os
 import urllib.error
 import urllib.request
 
+from bench.gate.result import Comparison, GateResult
 from bench.metrics import METRICS
 
 WEBHOOK_ENV = "BENCH_WEBHOOK_URL"
@@ -27,24 +28,23 @@ def _metric_link(name: str) -> str:
     return f"`{name}`" + (f" ({unit})" if unit else "")
 
 
-def _row(c: dict) -> str:
-    ci = f" [{_pct(c['ci_low'])}, {_pct(c['ci_high'])}]" if c["ci_low"] is not None else ""
-    return (f"| `{c['case']}` | {_metric_link(c['metric'])} | {_num(c['baseline'])} | {_num(c['current'])} | "
-            f"{_pct(c['ratio'])}{ci} | {c['method']} | {c['threshold'] * 100:g} % |")
+def _row(c: Comparison) -> str:
+    ci = f" [{_pct(c.ci_low)}, {_pct(c.ci_high)}]" if c.ci_low is not None else ""
+    return (f"| `{c.case}` | {_metric_link(c.metric)} | {_num(c.baseline)} | {_num(c.current)} | "
+            f"{_pct(c.ratio)}{ci} | {c.method} | {c.threshold * 100:g} % |")
 
 
-def headline(result: dict) -> str:
-    b, c = result["baseline"]["run_id"], result["current"]["run_id"]
-    return f"{ICON.get(result['exit_code'], '')} bench compare {b} → {c}: {result['verdict']}"
+def headline(result: GateResult) -> str:
+    b, c = result.baseline.run_id, result.current.run_id
+    return f"{ICON.get(result.exit_code, '')} bench compare {b} → {c}: {result.verdict}"
 
 
-def markdown(result: dict) -> str:
-    rule = result["rule"]
+def markdown(result: GateResult) -> str:
+    rule = result.rule
     lines = [f"### {headline(result)}", ""]
-    by_status = {s: [c for c in result["comparisons"] if c["status"] == s]
-                 for s in ("regression", "inconclusive", "improvement")}
-    if result["exit_code"]:
-        lines += ["> [!CAUTION]" if result["exit_code"] == 1 else "> [!WARNING]", f"> {result['verdict']}", ""]
+    by_status = {s: result.with_status(s) for s in ("regression", "inconclusive", "improvement")}
+    if result.exit_code:
+        lines += ["> [!CAUTION]" if result.exit_code == 1 else "> [!WARNING]", f"> {result.verdict}", ""]
     header = ["| case | metric | baseline | current | change [CI] | method | threshold |",
               "|---|---|---|---|---|---|---|"]
     titles = {"regression": "Regressions", "inconclusive": "Inconclusive (the interval straddles the threshold)",
@@ -52,45 +52,43 @@ def markdown(result: dict) -> str:
     for status, rows in by_status.items():
         if rows:
             lines += [f"#### {titles[status]}", "", *header, *map(_row, rows), ""]
-    if result.get("confirmation"):
+    if result.confirmation:
         lines += ["#### Re-measured", "", "| case | metric | first | re-measured | confirmed |",
                   "|---|---|---|---|---|"]
-        lines += [f"| `{c['case']}` | {_metric_link(c['metric'])} | {c['first']} | {c['again'] or 'not measured'} | "
-                  f"{'yes' if c['confirmed'] else 'no'} |" for c in result["confirmation"]]
+        lines += [f"| `{c.case}` | {_metric_link(c.metric)} | {c.first} | {c.again or 'not measured'} | "
+                  f"{'yes' if c.confirmed else 'no'} |" for c in result.confirmation]
         lines.append("")
-    if result["summary"]:
+    if result.summary:
         lines += ["#### Suite summary (geometric mean of current/baseline over cases)", "",
                   "| metric | better | geomean ratio | cases |", "|---|---|---|---|"]
-        lines += [f"| {_metric_link(m)} | {s['better']} | {s['geomean_ratio']:.4f} ({_pct(s['geomean_ratio'])}) | "
-                  f"{s['cases']} |" for m, s in result["summary"].items()]
+        lines += [f"| {_metric_link(m)} | {s.better} | {s.geomean_ratio:.4f} ({_pct(s.geomean_ratio)}) | "
+                  f"{s.cases} |" for m, s in result.summary.items()]
         lines.append("")
-    problems = [(f"failed in {f['run']}", f["case"], f["reason"]) for f in result["failed"]]
-    problems += [(f"skipped in {s['run']}", s["case"], s["reason"]) for s in result["skipped"]]
-    problems += [("not compared", n["case"], f"baseline {n['baseline']}; current {n['current']}")
-                 for n in result["not_compared"]]
-    problems += [("only in baseline", case, "") for case in result.get("only_in_baseline", [])]
-    problems += [("only in current", case, "") for case in result.get("only_in_current", [])]
+    problems = [(f"failed in {f.run}", f.case, f.reason) for f in result.failed]
+    problems += [(f"skipped in {s.run}", s.case, s.reason) for s in result.skipped]
+    problems += [("not compared", n.case, f"baseline {n.baseline}; current {n.current}") for n in result.not_compared]
+    problems += [("only in baseline", case, "") for case in result.only_in_baseline]
+    problems += [("only in current", case, "") for case in result.only_in_current]
     if problems:
         lines += ["#### Cases not compared", ""]
         lines += [f"- **{what}**: `{case}`" + (f": {reason[:300]}" if reason else "")
                   for what, case, reason in problems]
         lines.append("")
-    lines += [(f"<sub>Rule (bench/gate/rule.py): from the ratio and its {rule['ci_level'] * 100:g} % interval "
-               f"(two-stage bootstrap over processes and repetitions, {rule['n_boot']} resamples, seed {rule['seed']}; "
+    lines += [(f"<sub>Rule (bench/gate/rule.py): from the ratio and its {rule.ci_level * 100:g} % interval "
+               f"(two-stage bootstrap over processes and repetitions, {rule.n_boot} resamples, seed {rule.seed}; "
                f"widened by the history's between-run spread where there is one; within one run, paired rounds "
                f"against the reference): regression when the interval excludes no change and the estimate is at "
-               f"least the threshold (default {rule['threshold'] * 100:g} %); unchanged when the whole interval is "
+               f"least the threshold (default {rule.threshold * 100:g} %); unchanged when the whole interval is "
                f"within the threshold; inconclusive otherwise. Scalars without samples (quality, memory) against "
-               f"the threshold only. {len(result['comparisons'])} case × metric comparisons.</sub>"), ""]
+               f"the threshold only. {len(result.comparisons)} case × metric comparisons.</sub>"), ""]
     return "\n".join(lines)
 
 
-def webhook_text(result: dict, limit: int = 10) -> str:
+def webhook_text(result: GateResult, limit: int = 10) -> str:
     lines = [headline(result)]
-    for c in [c for c in result["comparisons"] if c["status"] == "regression"][:limit]:
-        lines.append(f"• {c['case']} {c['metric']}: {_num(c['baseline'])} → {_num(c['current'])} {c['unit']} "
-                     f"({_pct(c['ratio'])})")
-    lines += [f"• failed: {f['case']} ({f['run']})" for f in result["failed"][:limit]]
+    for c in result.with_status("regression")[:limit]:
+        lines.append(f"• {c.case} {c.metric}: {_num(c.baseline)} → {_num(c.current)} {c.unit} ({_pct(c.ratio)})")
+    lines += [f"• failed: {f.case} ({f.run})" for f in result.failed[:limit]]
     return "\n".join(lines)
 
 
@@ -102,10 +100,10 @@ def post_webhook(url: str, text: str, timeout: float = 10) -> int:
         return response.status
 
 
-def notify(result: dict, when: str = "problem") -> str | None:
+def notify(result: GateResult, when: str = "problem") -> str | None:
     """POST to $BENCH_WEBHOOK_URL when set (always, or only when the exit code is not 0); a message."""
     url = os.environ.get(WEBHOOK_ENV)
-    if not url or (when == "problem" and result["exit_code"] == 0):
+    if not url or (when == "problem" and result.exit_code == 0):
         return None
     try:
         status = post_webhook(url, webhook_text(result))

@@ -16,45 +16,34 @@ from __future__ import annotations
 
 import math
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 
 from bench.errors import BadInput, ExitCode
 from bench.gate.noise import BetweenRunNoise, Noise
+from bench.gate.result import (
+    FLAGGED,
+    CaseProblem,
+    Comparison,
+    Confirmation,
+    GateResult,
+    MetricSummary,
+    NotCompared,
+    RuleInfo,
+    RunRef,
+)
 from bench.gate.rule import Rule, Units, ratio_ci, units_of, verdict, verdict_scalar, widen
-from bench.metrics import METRICS
+from bench.metrics import METRICS, PAIRED
 from bench.records.rundir import Run
 from bench.records.schema import CaseRecord, Estimate, RawSamples, RegressionSettings
 
-__all__ = ["CompareError", "Comparison", "Rule", "compare_runs", "compare_within", "rule_from", "units_of"]
+__all__ = ["CompareError", "Comparison", "GateResult", "Rule", "compare_runs", "compare_within", "rule_from",
+           "units_of"]
 
 
 class CompareError(BadInput):
     """Bad input (unknown run, unreadable file, bad thresholds): exit code 2."""
-
-
-@dataclass
-class Comparison:
-    case: str
-    variant: str
-    metric: str
-    unit: str
-    better: str
-    method: str  # "two-stage bootstrap", "bootstrap" (one process: a serving level's requests), "paired rounds",
-    # "threshold only", "not gated"
-    baseline: float | None
-    current: float | None
-    ratio: float | None
-    ci_low: float | None = None
-    ci_high: float | None = None
-    p_value: float | None = None
-    n_baseline: int | None = None
-    n_current: int | None = None
-    threshold: float = 0.0
-    status: str = "unchanged"  # regression | improvement | unchanged | inconclusive | not gated
-    note: str = ""
-    between_run_sigma: float | None = None  # from the history: widened the interval (cross-run only)
 
 
 def _seed(rule: Rule, case_id: str, metric: str) -> int:
@@ -78,7 +67,7 @@ def compare_serving(base: CaseRecord, cur: CaseRecord, base_raw: RawSamples | No
 
     Per-request latencies are compared on the requests' samples (bootstrap resamples requests), the
     level's throughputs, error rate and memory against the threshold."""
-    from bench.serving.aggregate import request_units
+    from bench.serving.results.aggregate import request_units
 
     if base.serving is None or cur.serving is None:
         return []
@@ -168,28 +157,25 @@ def _outcome(comparisons: list[Comparison], failed: list, what: str) -> tuple[Ex
     return ExitCode.OK, "no regression"
 
 
-def _result(baseline: Run, current: Run, rule: Rule, comparisons: list[Comparison], not_compared: list,
-            what: str, **extra) -> dict:
-    failed = [{"run": run.run_id, "case": r.id, "reason": r.reason or ""}
-              for run in {id(baseline): baseline, id(current): current}.values() for r in run.records
-              if r.status == "failed"]
-    skipped = [{"run": run.run_id, "case": r.id, "reason": r.reason or ""}
-               for run in {id(baseline): baseline, id(current): current}.values() for r in run.records
-               if r.status == "skipped"]
+def _result(baseline: Run, current: Run, rule: Rule, comparisons: list[Comparison], not_compared: list[NotCompared],
+            what: str, **extra) -> GateResult:
+    def problems(status: str) -> list[CaseProblem]:
+        return [CaseProblem(run=run.run_id, case=r.id, reason=r.reason or "")
+                for run in {id(baseline): baseline, id(current): current}.values() for r in run.records
+                if r.status == status]
+
+    failed, skipped = problems("failed"), problems("skipped")
     exit_code, text = _outcome(comparisons, failed, what)
-    return {
-        "baseline": _describe(baseline), "current": _describe(current),
-        "rule": {**asdict(rule), "ci_level": rule.ci_level},
-        "exit_code": int(exit_code), "verdict": text,
-        "comparisons": [asdict(c) for c in comparisons],
-        "flagged": sorted({c.case.split("@")[0] for c in comparisons if c.status in ("regression", "inconclusive")}),
-        "summary": geomean_summary(comparisons),
-        "not_compared": not_compared, "failed": failed, "skipped": skipped, **extra,
-    }
+    return GateResult(
+        baseline=_describe(baseline), current=_describe(current),
+        rule=RuleInfo(**asdict(rule), ci_level=rule.ci_level),
+        exit_code=int(exit_code), verdict=text, comparisons=comparisons,
+        flagged=sorted({c.case.split("@")[0] for c in comparisons if c.status in FLAGGED}),
+        summary=geomean_summary(comparisons), not_compared=not_compared, failed=failed, skipped=skipped, **extra)
 
 
-def compare_runs(baseline: Run, current: Run, rule: Rule, history=None) -> dict:
-    """The whole comparison as a JSON-ready dict, with `exit_code`, `verdict` and the `flagged` cases.
+def compare_runs(baseline: Run, current: Run, rule: Rule, history=None) -> GateResult:
+    """The whole comparison (bench/gate/result.py), with its exit code, verdict and the `flagged` cases.
 
     `history(record, metric)`: (between-run sd, runs) of a case on its machine from the history, or None; the
     interval is widened by it or by the two runs' spread between processes, whichever is larger."""
@@ -197,17 +183,18 @@ def compare_runs(baseline: Run, current: Run, rule: Rule, history=None) -> dict:
     base = {r.id: r for r in baseline.records}
     cur = {r.id: r for r in current.records}
     comparisons: list[Comparison] = []
-    not_compared = []
+    not_compared: list[NotCompared] = []
     for case_id in [c for c in cur if c in base]:
         b, c = base[case_id], cur[case_id]
         # each record names its machine; where one of the two does not, both runs' environments decide
         fingerprinted = b.machine is not None and c.machine is not None
         machines = (baseline.machine_of(b if fingerprinted else None), current.machine_of(c if fingerprinted else None))
         if not b.ok or not c.ok:
-            not_compared.append({"case": case_id, "baseline": _status(b), "current": _status(c)})
+            not_compared.append(NotCompared(case=case_id, baseline=_status(b), current=_status(c)))
         elif machines[0] != machines[1]:
-            not_compared.append({"case": case_id, "baseline": f"measured on machine {machines[0]}",
-                                 "current": f"measured on machine {machines[1]}: different hardware, not compared"})
+            not_compared.append(NotCompared(
+                case=case_id, baseline=f"measured on machine {machines[0]}",
+                current=f"measured on machine {machines[1]}: different hardware, not compared"))
         else:
             comparisons += compare_case(b, c, baseline.samples(case_id), current.samples(case_id), rule, noise)
     return _result(baseline, current, rule, comparisons, not_compared,
@@ -215,10 +202,9 @@ def compare_runs(baseline: Run, current: Run, rule: Rule, history=None) -> dict:
                    only_in_baseline=sorted(set(base) - set(cur)), only_in_current=sorted(set(cur) - set(base)))
 
 
-PAIRED = {"ttft_ms": "ttft_vs_reference", "tpot_ms": "tpot_vs_reference"}
 
 
-def compare_within(run: Run, rule: Rule) -> dict:
+def compare_within(run: Run, rule: Rule) -> GateResult:
     """Each variant against the run's reference, from the rounds both measured interleaved (one run)."""
     comparisons: list[Comparison] = []
     for record in run.records:
@@ -242,35 +228,34 @@ def compare_within(run: Run, rule: Rule) -> dict:
                    within=True)
 
 
-def confirm(first: dict, result: dict) -> dict:
+def confirm(first: GateResult, result: GateResult) -> GateResult:
     """Mark, in a re-measurement's comparison, which of the first comparison's flagged changes it confirms."""
-    flagged = {(c["case"], c["metric"]): c["status"] for c in first["comparisons"]
-               if c["status"] in ("regression", "inconclusive")}
-    again = {(c["case"], c["metric"]): c["status"] for c in result["comparisons"]}
-    result["confirmation"] = [{"case": case, "metric": metric, "first": status, "again": again.get((case, metric)),
-                               "confirmed": status == "regression" and again.get((case, metric)) == "regression"}
-                              for (case, metric), status in sorted(flagged.items())]
-    confirmed = sum(c["confirmed"] for c in result["confirmation"])
-    result["verdict"] += (f"; re-measured {len(flagged)} flagged comparison(s): {confirmed} regression(s) "
-                          f"confirmed")
-    return result
+    flagged = {(c.case, c.metric): c.status for c in first.with_status(*FLAGGED)}
+    again = {(c.case, c.metric): c.status for c in result.comparisons}
+    confirmation = [Confirmation(case=case, metric=metric, first=status, again=again.get((case, metric)),
+                                 confirmed=status == "regression" and again.get((case, metric)) == "regression")
+                    for (case, metric), status in sorted(flagged.items())]
+    confirmed = sum(c.confirmed for c in confirmation)
+    verdict_ = (f"{result.verdict}; re-measured {len(flagged)} flagged comparison(s): {confirmed} regression(s) "
+                f"confirmed")
+    return result.model_copy(update={"confirmation": confirmation, "verdict": verdict_})
 
 
 def _status(record: CaseRecord) -> str:
     return record.status + (f": {record.reason}" if record.reason else "")
 
 
-def _describe(run: Run) -> dict:
+def _describe(run: Run) -> RunRef:
     env = run.meta.environment
-    return {"run_id": run.run_id, "path": str(run.path), "suite": run.meta.suite_name,
-            "git_sha": env.git_sha, "git_branch": env.git_branch}
+    return RunRef(run_id=run.run_id, path=str(run.path), suite=run.meta.suite_name, git_sha=env.git_sha,
+                  git_branch=env.git_branch)
 
 
-def geomean_summary(comparisons: list[Comparison]) -> dict:
+def geomean_summary(comparisons: list[Comparison]) -> dict[str, MetricSummary]:
     """Per metric: geometric mean of the current/baseline ratios over cases, and the case count."""
     by_metric: dict[str, list[float]] = {}
     for c in comparisons:
         if c.ratio is not None and 0 < c.ratio < math.inf:
             by_metric.setdefault(c.metric, []).append(c.ratio)
-    return {m: {"geomean_ratio": math.exp(sum(map(math.log, r)) / len(r)), "cases": len(r),
-                "unit": METRICS[m].unit, "better": METRICS[m].better} for m, r in by_metric.items()}
+    return {m: MetricSummary(geomean_ratio=math.exp(sum(map(math.log, r)) / len(r)), cases=len(r),
+                             unit=METRICS[m].unit, better=METRICS[m].better) for m, r in by_metric.items()}

@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bench.metrics import METRICS, Metric
+from bench.measure.latency import throughput_parts
+from bench.metrics import METRICS, THROUGHPUTS, Metric
 from bench.records.schema import CaseRecord, RawSamples
 
 Statistic = Callable[[np.ndarray], np.ndarray]
@@ -96,13 +97,10 @@ def units_of(record: CaseRecord, raw: RawSamples | None, metric: str) -> Units |
         def median(u):
             return np.median(u.reshape(*u.shape[:-2], -1), axis=-1)
         return Units(values.reshape(reps, -1), median, groups)
-    if kind == "throughput" and raw.ttft_ms and raw.e2e_ms:
+    if kind == "throughput" and metric in THROUGHPUTS and raw.ttft_ms and raw.e2e_ms:
         work = record.workload
-        ttft, e2e = np.asarray(raw.ttft_ms) / 1e3, np.asarray(raw.e2e_ms) / 1e3
-        if metric == "decode_tok_s":
-            tokens, seconds = work.batch_size * (work.new_tokens - 1), e2e - ttft
-        else:
-            tokens, seconds = work.batch_size * work.prompt_tokens, ttft
+        tokens, seconds = throughput_parts(metric, work.batch_size, work.prompt_tokens, work.new_tokens,
+                                           np.asarray(raw.ttft_ms) / 1e3, np.asarray(raw.e2e_ms) / 1e3)
 
         def ratio_of_sums(u):
             return u[..., 0].sum(axis=-1) / u[..., 1].sum(axis=-1)

@@ -1,27 +1,21 @@
-"""The latency measurement: warm-up, then timed generations until the medians are precise enough.
+"""Latency from raw per-token stamps: TTFT, TPOT, inter-token gaps, end-to-end time and throughputs.
 
-Each repetition is one `generate` call; the clock marks every token step. From those raw stamps
-(kept) come TTFT, TPOT, inter-token gaps and end-to-end time; throughput is total tokens over
-total time. Repetitions stop once the CI of the TTFT and TPOT medians is within the target, or
-at the repetition or time cap, and the reason is recorded.
+Each repetition is one `generate` call (`one_generation`); the clock marks every token step. From those
+raw stamps (kept) `derive` computes, once per case, the per-repetition samples and their summaries;
+throughput is total tokens over total time (`throughput_parts`, the one formula the worker's records and
+the gate's bootstrap share). When to stop repeating is bench/measure/policy.py's rule; the interleaved
+runner (bench/run/interleave.py) drives the repetitions.
 """
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import numpy as np
 
 from bench.core.timing import Clock
 from bench.measure import stats
-from bench.records.schema import LatencyInfo, MetricValue, RawSamples, Repetitions
-
-
-@dataclass
-class LatencyResult:
-    samples: RawSamples
-    metrics: dict[str, MetricValue]
-    info: LatencyInfo
+from bench.metrics import LATENCY_SAMPLES, THROUGHPUTS
+from bench.records.schema import MetricValue, RawSamples
 
 
 def prompt_batch(ids: list[int], batch_size: int, prompt_tokens: int) -> list[list[int]]:
@@ -33,26 +27,50 @@ def prompt_batch(ids: list[int], batch_size: int, prompt_tokens: int) -> list[li
     return [ids[s: s + prompt_tokens] for s in starts]
 
 
-def derive(stamps_ns: list[list[int]], batch_size: int, prompt_tokens: int,
+def throughput_parts(metric: str, batch_size: int, prompt_tokens: int, new_tokens: int,
+                     ttft_s: np.ndarray, e2e_s: np.ndarray) -> tuple[int, np.ndarray]:
+    """(tokens per repetition, seconds of each repetition) of a throughput; the throughput is their sums' ratio.
+
+    prefill: batch x prompt tokens over the TTFT; decode: batch x (new tokens - 1) over e2e - TTFT."""
+    if metric == "prefill_tok_s":
+        return batch_size * prompt_tokens, ttft_s
+    if metric == "decode_tok_s":
+        return batch_size * (new_tokens - 1), e2e_s - ttft_s
+    raise KeyError(f"not a generation throughput: {metric}")
+
+
+def per_repetition(stamps_ns: list[list[int]]) -> dict[str, list[float]]:
+    """TTFT, TPOT and e2e (ms) of each repetition from its per-token stamps (ns): TPOT = (e2e - TTFT) / (n - 1)."""
+    stamps = np.asarray(stamps_ns, dtype=np.int64).reshape(len(stamps_ns), -1)
+    ttft_ns, e2e_ns = stamps[:, 0], stamps[:, -1]
+    return {"ttft_ms": (ttft_ns / 1e6).tolist(), "tpot_ms": ((e2e_ns - ttft_ns) / (stamps.shape[1] - 1) / 1e6).tolist(),
+            "e2e_ms": (e2e_ns / 1e6).tolist()}
+
+
+def derive(stamps_ns: list[list[int]], batch_size: int, prompt_tokens: int, process: Sequence[int] | None = None,
            level: float = 0.95) -> tuple[RawSamples, dict[str, MetricValue]]:
-    """Per-repetition samples and their metrics (summaries, throughputs) from raw per-token stamps."""
+    """Per-repetition samples and their metrics (summaries, throughputs) from raw per-token stamps.
+
+    `process`: the process each repetition ran in (default: one process); the summaries' intervals are then
+    a two-stage bootstrap over processes and repetitions (bench/measure/stats.py)."""
     stamps = np.asarray(stamps_ns, dtype=np.int64)  # [repetitions, new_tokens]
-    new_tokens = stamps.shape[1]
+    reps, new_tokens = stamps.shape
+    groups = list(process) if process is not None else [0] * reps
     ttft_ns = stamps[:, 0]
     e2e_ns = stamps[:, -1]
-    decode_ns = e2e_ns - ttft_ns
     samples = RawSamples(
         stamps_ns=[list(map(int, row)) for row in stamps],
-        ttft_ms=(ttft_ns / 1e6).tolist(),
-        tpot_ms=(decode_ns / (new_tokens - 1) / 1e6).tolist(),
-        e2e_ms=(e2e_ns / 1e6).tolist(),
+        **per_repetition(stamps_ns),
         itl_ms=(np.diff(stamps, axis=1).ravel() / 1e6).tolist(),
+        process=groups if process is not None else [],
     )
-    reps = len(stamps)
-    metrics: dict[str, MetricValue] = {name: stats.summarize(samples.series(name), level)
-                                       for name in ("ttft_ms", "tpot_ms", "e2e_ms", "itl_ms")}
-    metrics["prefill_tok_s"] = stats.ratio_of_sums([batch_size * prompt_tokens] * reps, ttft_ns / 1e9)
-    metrics["decode_tok_s"] = stats.ratio_of_sums([batch_size * (new_tokens - 1)] * reps, decode_ns / 1e9)
+    gap_groups = [p for p in groups for _ in range(new_tokens - 1)]
+    metrics: dict[str, MetricValue] = {
+        name: stats.summarize_grouped(samples.series(name), gap_groups if name == "itl_ms" else groups, level)
+        for name in LATENCY_SAMPLES}
+    for name in THROUGHPUTS:
+        tokens, seconds = throughput_parts(name, batch_size, prompt_tokens, new_tokens, ttft_ns / 1e9, e2e_ns / 1e9)
+        metrics[name] = stats.ratio_of_sums([tokens] * reps, seconds)
     return samples, metrics
 
 
@@ -64,31 +82,3 @@ def one_generation(backend, prompts: list[list[int]], new_tokens: int, clock: Cl
     if len(stamps) != new_tokens:
         raise RuntimeError(f"backend marked {len(stamps)} token steps for new_tokens={new_tokens}")
     return stamps
-
-
-def measure(backend, prompts: list[list[int]], new_tokens: int, policy: Repetitions, clock: Clock) -> LatencyResult:
-    """Run the repetition policy: warm-up, then timed generations until precise enough or capped."""
-    for _ in range(policy.warmup):
-        backend.generate(prompts, new_tokens, lambda: None)
-    all_stamps: list[list[int]] = []
-    ttft: list[float] = []
-    tpot: list[float] = []
-    began = time.monotonic()
-    while True:
-        stamps = one_generation(backend, prompts, new_tokens, clock)
-        all_stamps.append(stamps)
-        ttft.append(stamps[0])
-        tpot.append((stamps[-1] - stamps[0]) / (new_tokens - 1))
-        n = len(all_stamps)
-        if n >= policy.min and stats.precise_enough([ttft, tpot], policy.ci_target, policy.ci_level):
-            reason = "ci_target_met"
-        elif n >= policy.max:
-            reason = "max_repetitions"
-        elif n >= policy.min and time.monotonic() - began >= policy.max_time_s:
-            reason = "max_time"
-        else:
-            continue
-        break
-    measured = time.monotonic() - began
-    samples, metrics = derive(all_stamps, len(prompts), len(prompts[0]), policy.ci_level)
-    return LatencyResult(samples, metrics, LatencyInfo(repetitions=n, stop_reason=reason, measure_seconds=measured))

@@ -450,7 +450,7 @@ class Machine(_Record):
 
 
 class CaseOutcome(_Record):
-    """What a case came to: what its worker reports (bench/run/protocol.py) and its record keeps."""
+    """What a case came to: what its worker reports (bench/exec/protocol.py) and its record keeps."""
 
     status: Status
     reason: str | None = None

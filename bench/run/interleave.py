@@ -1,21 +1,22 @@
 """Interleaved measurement of the variants of one model and workload (a unit of bench/run/plan.py).
 
 Resident (the default): each variant runs in its own worker process (memory stays per case), all of
-them loaded side by side and driven round by round through pipes (bench/run/worker.py `Driver`). In
+them loaded side by side and driven round by round through pipes (bench/exec/protocol.py `Driver`). In
 each round every variant measures `round_repetitions` generations, in a new random order, while the
 others wait, so drift of the machine hits all variants alike. This is done in `processes` fresh sets
 of worker processes, one after the other, so the confidence interval of each median covers the
 variation between processes, not only between the repetitions inside one (a two-stage bootstrap,
-bench/measure/stats.py). Set k of P measures each variant until k/P of the plan is done: at least
-min/P repetitions of its own and k/P of `min` in all, then k/P of `max` or `max_time_s` unless its TTFT
-and TPOT medians are already within `ci_target`; so the last set stops at the target or the caps, and
-the processes are of comparable size.
+bench/measure/stats.py). Set k of P measures each variant until the stop rule (bench/measure/policy.py)
+says k/P of the plan is done, so the last set stops at the target or the caps, and the processes are of
+comparable size.
 
 Processes: where variants cannot be resident together (several large models on one GPU), every
 round of every variant is a short process of its own, alternating between variants.
 
-A variant whose worker crashes, hangs past `timeout_s` (per step: loading, one round, finishing) or
-fails is recorded as failed with the reason and its output; the others go on. Each variant's ratio to
+`timeout_s` bounds the whole case: the time the runner waits on the case's workers (loading, rounds,
+finishing) over all its process sets; a set is started only for the cases that have something left to
+measure in it. A variant whose worker crashes, runs past that budget or fails is recorded as failed with
+the reason and its output; the others go on. Each variant's ratio to
 the reference comes from the rounds both measured (per round: the ratio of their medians).
 """
 from __future__ import annotations
@@ -35,16 +36,15 @@ from dataclasses import dataclass, field
 from pydantic import ValidationError
 
 from bench.core.process import log_tail
-from bench.measure import bandwidth, machine, stats
-from bench.measure.latency import derive
+from bench.exec import envs
+from bench.exec.protocol import DRIVE_FDS, WorkerResult
+from bench.measure import bandwidth, machine, policy, stats
+from bench.measure.latency import derive, per_repetition
+from bench.metrics import PAIRED
 from bench.records.rundir import RunDir
 from bench.records.schema import CaseRecord, CaseSpec, Estimate, LatencyInfo, MetricValue, RawSamples, Summary
-from bench.run import envs
-from bench.run.protocol import WorkerResult
 from bench.run.spawn import exit_reason, spawn_worker
-from bench.run.worker import DRIVE_FDS, NO_PROFILE
 
-PAIRED = {"ttft_ms": "ttft_vs_reference", "tpot_ms": "tpot_vs_reference"}
 MAX_METRICS = ("peak_rss_bytes", "peak_rss_delta_bytes", "peak_rss_sampled_bytes", "vm_hwm_bytes",
                "processes_sampled", "cuda_max_allocated_bytes", "cuda_max_reserved_bytes", "nvml_peak_process_bytes")
 
@@ -57,18 +57,35 @@ class WorkerGone(Exception):
         self.result = result
 
 
+@dataclass
+class Budget:
+    """The time a case may take (its `timeout_s`), counted while the runner waits on its workers, every set."""
+
+    limit_s: float
+    used_s: float = 0.0
+
+    def left(self) -> float:
+        return max(self.limit_s - self.used_s, 0.0)
+
+    def timeout(self, step: str, waited_s: float) -> str:
+        if waited_s >= self.limit_s:  # the first step took it all: the message a lone step always had
+            return f"timeout: still {step} after {self.limit_s:g} s; killed"
+        return (f"timeout: still {step} when the case had used its timeout_s ({self.limit_s:g} s, counted over "
+                f"every process set); killed")
+
+
 class DrivenWorker:
     """One variant's worker process, held open and paced over a pair of pipes."""
 
-    def __init__(self, case: CaseSpec, run: RunDir, process: int, profile: bool) -> None:
-        self.case, self.run = case, run
+    def __init__(self, case: CaseSpec, run: RunDir, process: int, budget: Budget) -> None:
+        self.case, self.run, self.budget = case, run, budget
         self.result_file = run.path / "tmp" / f"{case.id}.p{process}.json"
         self.result_file.unlink(missing_ok=True)
         commands_r, commands_w = os.pipe()
         replies_r, replies_w = os.pipe()
         log_path = run.log_path(case.id)
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {DRIVE_FDS: f"{commands_r},{replies_w}", **({} if profile else {NO_PROFILE: "1"})}
+        env = {DRIVE_FDS: f"{commands_r},{replies_w}"}
         try:
             with open(log_path, "ab") as log:
                 log.write(f"=== process {process + 1} ===\n".encode())
@@ -95,10 +112,12 @@ class DrivenWorker:
                 pass
         return WorkerGone(WorkerResult(status="failed", reason=reason))
 
-    def _reply(self, timeout_s: float) -> dict:
-        ready, _, _ = select.select([self._replies], [], [], timeout_s)
+    def _reply(self) -> dict:
+        began, wait = time.monotonic(), self.budget.left()
+        ready, _, _ = select.select([self._replies], [], [], wait)
+        self.budget.used_s += time.monotonic() - began
         if not ready:
-            raise self._gone(f"timeout: still running after {timeout_s:g} s without answering; killed")
+            raise self._gone(self.budget.timeout("running", wait).replace("; killed", " without answering; killed"))
         line = self._replies.readline()
         if not line:
             self.proc.wait()
@@ -110,7 +129,7 @@ class DrivenWorker:
         return reply
 
     def ready(self) -> None:
-        self._reply(self.case.timeout_s)
+        self._reply()
 
     def measure(self, repetitions: int) -> tuple[list[list[int]], float]:
         try:
@@ -119,16 +138,20 @@ class DrivenWorker:
         except BrokenPipeError:
             self.proc.wait()
             raise self._gone(_exit_reason(self.proc.returncode)) from None
-        reply = self._reply(self.case.timeout_s)
+        reply = self._reply()
         return reply["stamps"], reply["seconds"]
 
-    def finish(self) -> WorkerResult:
+    def finish(self, profile: bool) -> WorkerResult:
+        """End the worker; `profile`: this is the case's last process, which profiles a profiled case."""
+        began, wait = time.monotonic(), self.budget.left()
         try:
-            self._commands.write(json.dumps({"finish": True}) + "\n")
+            self._commands.write(json.dumps({"finish": True, "profile": profile}) + "\n")
             self._commands.close()
-            self.proc.wait(timeout=self.case.timeout_s)
+            self.proc.wait(timeout=wait)
         except (BrokenPipeError, subprocess.TimeoutExpired):
-            raise self._gone(f"timeout: still finishing after {self.case.timeout_s:g} s; killed") from None
+            raise self._gone(self.budget.timeout("finishing", wait)) from None
+        finally:
+            self.budget.used_s += time.monotonic() - began
         if not self.result_file.exists():
             raise self._gone(_exit_reason(self.proc.returncode))
         return WorkerResult.model_validate_json(self.result_file.read_text())
@@ -152,54 +175,36 @@ class _Measured:
 
     case: CaseSpec
     stamps: list[list[int]] = field(default_factory=list)
-    process: list[int] = field(default_factory=list)
     round: list[int] = field(default_factory=list)
-    seconds: float = 0.0
+    progress: policy.Progress = field(default_factory=policy.Progress)  # what the stop rule reads
     results: list[WorkerResult] = field(default_factory=list)
     readings: list[machine.Reading] = field(default_factory=list)
     gone: WorkerResult | None = None
     started: float = field(default_factory=time.time)
     rounds: int = 0
+    budget: Budget = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.budget = Budget(self.case.timeout_s)
 
     def add(self, stamps: list[list[int]], seconds: float, process: int, round_index: int,
             reading: machine.Reading) -> None:
         self.stamps += stamps
-        self.process += [process] * len(stamps)
         self.round += [round_index] * len(stamps)
-        self.seconds += seconds
+        self.progress.add(per_repetition(stamps), process, seconds)
         self.readings.append(reading)
         self.rounds += 1
 
-    def series(self, name: str) -> list[float]:
-        if name == "ttft_ms":
-            return [s[0] / 1e6 for s in self.stamps]
-        return [(s[-1] - s[0]) / (len(s) - 1) / 1e6 for s in self.stamps]  # tpot_ms
-
-    def halfwidths(self) -> dict[str, float]:
-        level = self.case.repetitions.ci_level
-        return {m: stats.ci_halfwidth_rel_grouped(self.series(m), self.process, level) for m in PAIRED}
+    @property
+    def process(self) -> list[int]:
+        return self.progress.process
 
     def done(self, process_set: int | None = None) -> bool:
-        """Whether the case measured enough by the end of process set k of P (None: the whole plan): at least
-        min/P repetitions in set k and (k+1)/P of `min` in all, then (k+1)/P of `max` or `max_time_s` unless
-        both medians' intervals already meet `ci_target`. Every set gets its share, so the bootstrap over
-        processes draws from processes of comparable size, not from a first one of two rounds."""
-        policy, n = self.case.repetitions, len(self.stamps)
-        if self.gone is not None or n >= policy.max:
-            return True
-        share = 1.0 if process_set is None else (process_set + 1) / policy.processes
-        if n < math.ceil(policy.min * share):
-            return False
-        if process_set is not None and self.process.count(process_set) < math.ceil(policy.min / policy.processes):
-            return False
-        return (n >= math.ceil(policy.max * share) or self.seconds >= policy.max_time_s * share
-                or all(h <= policy.ci_target for h in self.halfwidths().values()))
+        """Whether the case is gone or the stop rule lets it stop by the end of `process_set` (None: the plan)."""
+        return self.gone is not None or policy.done(self.progress, self.case.repetitions, process_set) is not None
 
     def stop_reason(self) -> str:
-        policy = self.case.repetitions
-        if len(self.stamps) >= policy.min and all(h <= policy.ci_target for h in self.halfwidths().values()):
-            return "ci_target_met"
-        return "max_repetitions" if len(self.stamps) >= policy.max else "max_time"
+        return policy.done(self.progress, self.case.repetitions) or "max_time"
 
 
 def _measure_round(workers: dict[str, DrivenWorker], measured: dict[str, _Measured], process: int,
@@ -221,16 +226,17 @@ def _measure_round(workers: dict[str, DrivenWorker], measured: dict[str, _Measur
 
 
 def _start(cases: list[CaseSpec], measured: dict[str, _Measured], run: RunDir, process: int,
-           last: bool) -> dict[str, DrivenWorker]:
-    """Start a worker per live case and leave them all resident. In the first process set one after another
-    (loading and warming up alone: that load time is the case's `load_s`); in later sets all at once, as
-    nothing is measured while they load (the load times they report are not used)."""
+           process_set: int | None) -> dict[str, DrivenWorker]:
+    """Start a worker per case that has something left to measure by the end of `process_set` and leave them
+    all resident. In the first process set one after another (loading and warming up alone: that load time is
+    the case's `load_s`); in later sets all at once, as nothing is measured while they load (the load times
+    they report are not used)."""
     spawned: dict[str, DrivenWorker] = {}
     for case in cases:
-        if measured[case.id].gone is not None:
+        if measured[case.id].done(process_set):  # gone, or nothing left to measure: no process to start
             continue
         try:
-            spawned[case.id] = DrivenWorker(case, run, process, profile=last)
+            spawned[case.id] = DrivenWorker(case, run, process, measured[case.id].budget)
             if process == 0:
                 spawned[case.id].ready()
         except envs.MissingEnv as exc:
@@ -249,10 +255,11 @@ def _start(cases: list[CaseSpec], measured: dict[str, _Measured], run: RunDir, p
     return workers
 
 
-def _finish(workers: dict[str, DrivenWorker], measured: dict[str, _Measured]) -> None:
+def _finish(workers: dict[str, DrivenWorker], measured: dict[str, _Measured], last: bool) -> None:
+    """End the workers; a case's process profiles it when it is the last set or the case measured its plan."""
     for case_id, worker in workers.items():
         try:
-            measured[case_id].results.append(worker.finish())
+            measured[case_id].results.append(worker.finish(profile=last or measured[case_id].done()))
         except WorkerGone as gone:
             measured[case_id].gone = gone.result
 
@@ -260,15 +267,16 @@ def _finish(workers: dict[str, DrivenWorker], measured: dict[str, _Measured]) ->
 def _resident(cases: list[CaseSpec], run: RunDir, measured: dict[str, _Measured], rng: random.Random) -> None:
     policy = cases[0].repetitions
     for process in range(policy.processes):
-        last = process == policy.processes - 1
-        workers = _start(cases, measured, run, process, last)
+        workers = _start(cases, measured, run, process, process)
+        if not workers:
+            continue
         try:
             round_index = 0
             while any(not measured[c].done(process) for c in workers):
                 _measure_round(workers, measured, process, round_index, rng, process)
                 round_index += 1
         finally:
-            _finish(workers, measured)
+            _finish(workers, measured, last=process == policy.processes - 1)
 
 
 def _processes(cases: list[CaseSpec], run: RunDir, measured: dict[str, _Measured], rng: random.Random) -> None:
@@ -278,11 +286,11 @@ def _processes(cases: list[CaseSpec], run: RunDir, measured: dict[str, _Measured
         order = [c for c in cases if not measured[c.id].done()]
         rng.shuffle(order)
         for case in order:
-            workers = _start([case], measured, run, round_index, last=True)
+            workers = _start([case], measured, run, round_index, None)
             try:
                 _measure_round(workers, measured, round_index, 0, rng)
             finally:
-                _finish(workers, measured)
+                _finish(workers, measured, last=False)
         round_index += 1
 
 
@@ -298,23 +306,15 @@ def run_group(cases: list[CaseSpec], run: RunDir) -> Iterator[tuple[CaseRecord, 
 
 
 def _rounds_of(m: _Measured, metric: str) -> dict[tuple[int, int], list[float]]:
-    series = m.series(metric)
+    series = m.progress.series[metric]
     out: dict[tuple[int, int], list[float]] = {}
     for value, p, r in zip(series, m.process, m.round, strict=True):
         out.setdefault((p, r), []).append(value)
     return out
 
 
-def _metrics(m: _Measured, samples: RawSamples) -> dict[str, MetricValue]:
-    case = m.case
-    assert case.workload is not None
-    level = case.repetitions.ci_level
-    _, metrics = derive(m.stamps, case.workload.batch_size, case.workload.prompt_tokens, level)
-    for name in ("ttft_ms", "tpot_ms", "e2e_ms"):
-        metrics[name] = stats.summarize_grouped(samples.series(name), m.process, level)
-    gaps_per_rep = len(m.stamps[0]) - 1
-    metrics["itl_ms"] = stats.summarize_grouped(samples.itl_ms, [p for p in m.process for _ in range(gaps_per_rep)],
-                                                level)
+def _metrics(m: _Measured, derived: dict[str, MetricValue]) -> dict[str, MetricValue]:
+    metrics = dict(derived)
     for result in m.results:
         for name in MAX_METRICS:
             value = result.metrics.get(name)
@@ -337,7 +337,7 @@ def _number(value: MetricValue) -> float | None:
 def _warnings(m: _Measured, info: LatencyInfo) -> list[str]:
     out = []
     target = m.case.repetitions.ci_target
-    wide = {name: h for name, h in m.halfwidths().items() if h > target}
+    wide = {name: h for name, h in policy.halfwidths(m.progress, m.case.repetitions.ci_level).items() if h > target}
     if wide and info.stop_reason != "ci_target_met":
         spread = ", ".join(f"{name} +-{100 * h:.1f} %" if math.isfinite(h) else f"{name} (no interval yet)"
                            for name, h in wide.items())
@@ -356,18 +356,18 @@ def _record(m: _Measured, reference: _Measured | None, mode: str, group_size: in
     wall = time.time() - m.started
     if m.gone is not None or not m.results or not m.stamps:
         gone = m.gone or WorkerResult(status="failed", reason="no repetition was measured")
-        record = CaseRecord(case=case, started_at=m.started, wall_seconds=wall,
-                            **gone.model_dump(exclude={"samples"}))
+        record = CaseRecord(case=case, started_at=m.started, wall_seconds=wall, **gone.outcome())
         if record.status == "failed":
             record.output_tail = log_tail(run.log_path(case.id))
         return record, None
-    samples, _ = derive(m.stamps, case.workload.batch_size if case.workload else 1,
-                        case.workload.prompt_tokens if case.workload else 1)
-    samples.process, samples.round = list(m.process), list(m.round)
-    metrics = _metrics(m, samples)
+    assert case.workload is not None
+    samples, derived = derive(m.stamps, case.workload.batch_size, case.workload.prompt_tokens, m.process,
+                              case.repetitions.ci_level)
+    samples.round = list(m.round)
+    metrics = _metrics(m, derived)
     last = m.results[-1]
     description = last.backend
-    info = LatencyInfo(repetitions=len(m.stamps), stop_reason=m.stop_reason(), measure_seconds=m.seconds,
+    info = LatencyInfo(repetitions=len(m.stamps), stop_reason=m.stop_reason(), measure_seconds=m.progress.seconds,
                        processes=len(set(m.process)), rounds=m.rounds, interleave=mode if group_size > 1 or
                        case.repetitions.processes > 1 else None, machine=machine.summarize(m.readings))
     info.warnings = _warnings(m, info)
@@ -376,9 +376,8 @@ def _record(m: _Measured, reference: _Measured | None, mode: str, group_size: in
         not_applicable.update(result.not_applicable)
     if description is not None:
         tpot = metrics["tpot_ms"]
-        rates, unknown = bandwidth.mbu(description.model_size_bytes, _median(tpot),
-                                       description.details.get("peak_memory_bandwidth_gbs"),
-                                       str(description.details.get("peak_memory_bandwidth_source", "")))
+        rates, unknown = bandwidth.mbu(description.model_size_bytes, _median(tpot), last.peak_bandwidth_gbs,
+                                       last.peak_bandwidth_source or "")
         metrics.update(rates)
         not_applicable.update(unknown)
         metrics["model_size_bytes"] = description.model_size_bytes

@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from backends import backend_class
+from bench.exec import envs
 from bench.models import resolve_model
 from bench.records.schema import CaseSpec
-from bench.run import envs
 
 
 def prepare(cases: list[CaseSpec], log: Callable[[str], None], create_envs: bool = False) -> list[str]:

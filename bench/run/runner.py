@@ -20,11 +20,12 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from bench.core.process import log_tail
+from bench.exec import envs
+from bench.exec.protocol import WorkerResult
 from bench.records.rundir import RunDir
 from bench.records.schema import CaseRecord, CaseSpec, RawSamples, RegressionSettings, RunMeta, ShardInfo
-from bench.run import environment, envs
+from bench.run import environment
 from bench.run.plan import Unit, plan
-from bench.run.protocol import WorkerResult
 from bench.run.spawn import exit_reason, spawn_worker
 
 
@@ -68,7 +69,7 @@ def run_case_process(case: CaseSpec, run: RunDir) -> tuple[CaseRecord, RawSample
         return _record(case, started, status="failed", output_tail=log_tail(log_file),
                        reason=f"the worker's result file is malformed: {exc}"), None
     samples = result.samples
-    record = _record(case, started, **result.model_dump(exclude={"samples"}))
+    record = _record(case, started, **result.outcome())
     if record.ok:
         return record, samples
     record.output_tail = log_tail(log_file)

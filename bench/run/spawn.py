@@ -7,9 +7,9 @@ import subprocess
 from pathlib import Path
 
 from bench.core.process import die_with_parent
+from bench.exec import envs
 from bench.records.rundir import RunDir
 from bench.records.schema import CaseSpec
-from bench.run import envs
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 

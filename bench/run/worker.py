@@ -14,26 +14,21 @@ import sys
 import time
 import traceback
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 from backends import backend_class
 from bench.core.cache import write_json_atomic
 from bench.core.deps import MissingDependency, NotSupportedHere
 from bench.core.timing import Clock, make_clock
+from bench.exec.protocol import DRIVE_FDS, Driver, WorkerResult
+from bench.exec.tasks import task_function
 from bench.measure import bandwidth, kvcache
 from bench.measure.evaltext import eval_text
-from bench.measure.latency import measure, one_generation, prompt_batch
+from bench.measure.latency import one_generation, prompt_batch
 from bench.measure.memory import MemorySampler
 from bench.measure.perplexity import perplexity
 from bench.measure.quality import QualitySession
-from bench.records.schema import CaseSpec, Summary
-from bench.run.protocol import WorkerResult
-
-
-def _median(result: WorkerResult, metric: str) -> float | None:
-    value = result.metrics.get(metric)
-    return value.median if isinstance(value, Summary) else None
+from bench.records.schema import CaseSpec
 
 
 def _sha(ids: list[int]) -> str:
@@ -53,34 +48,6 @@ def _perplexity_task(case: CaseSpec, backend, ids: list[int], clock: Clock, run_
                         perplexity=info, not_applicable={"quality": why_not} if why_not else {})
 
 
-def _latency_task(case: CaseSpec, backend, prompts: list[list[int]], clock: Clock) -> WorkerResult:
-    assert case.workload is not None
-    result = measure(backend, prompts, case.workload.new_tokens, case.repetitions, clock)
-    return WorkerResult(status="ok", metrics=result.metrics, latency=result.info, samples=result.samples)
-
-
-class Driver:
-    """The runner's end of a driven latency case (bench/run/interleave.py): JSON lines over two pipes.
-
-    The worker loads, warms up and says {"ready": ...}; then each {"measure": k} is answered with the stamps of
-    k timed generations, until {"finish": true}."""
-
-    def __init__(self, commands_fd: int, replies_fd: int) -> None:
-        self.commands = os.fdopen(commands_fd, "r")
-        self.replies = os.fdopen(replies_fd, "w")
-
-    def reply(self, message: dict) -> None:
-        self.replies.write(json.dumps(message) + "\n")
-        self.replies.flush()
-
-    def commands_until_finish(self) -> Iterator[dict]:
-        for line in self.commands:
-            command = json.loads(line)
-            if command.get("finish"):
-                return
-            yield command
-
-
 def _driven_latency(case: CaseSpec, backend, prompts: list[list[int]], clock: Clock, driver: Driver) -> WorkerResult:
     """Warm up, then measure what the runner asks for, round by round; the runner keeps the stamps."""
     assert case.workload is not None
@@ -94,15 +61,15 @@ def _driven_latency(case: CaseSpec, backend, prompts: list[list[int]], clock: Cl
     return WorkerResult(status="ok")
 
 
-def run_case(case: CaseSpec, run_dir: Path | None = None, driver: Driver | None = None,
-             profile: bool = True) -> WorkerResult:
-    """Measure one case in this process. `run_dir`: where the reference's log-probs and traces live; `driver`:
-    the runner paces a latency case round by round (interleaved with other variants); `profile`: whether
-    this process profiles a profiled case (the last of a case's processes does)."""
-    if case.task == "serving":  # a server under load, no backend in this process (bench/serving/run.py)
-        from bench.serving.run import run_serving_case
+def run_case(case: CaseSpec, run_dir: Path | None = None, driver: Driver | None = None) -> WorkerResult:
+    """Run one case's task in this process (bench/exec/tasks.py says which function runs it)."""
+    return task_function(case.task)(case, run_dir, driver)
 
-        return run_serving_case(case, run_dir)
+
+def run_backend_case(case: CaseSpec, run_dir: Path | None = None, driver: Driver | None = None) -> WorkerResult:
+    """A latency or perplexity case: load the backend and measure. `run_dir`: where the reference's log-probs and
+    traces live; `driver`: the runner paces a latency case round by round (interleaved with other variants) and
+    says at the end whether this process profiles it (the case's last process does)."""
     from bench.models import resolve_model
 
     started = time.monotonic()
@@ -120,11 +87,13 @@ def run_case(case: CaseSpec, run_dir: Path | None = None, driver: Driver | None 
         else:
             assert case.workload is not None
             prompts = prompt_batch(ids, case.workload.batch_size, case.workload.prompt_tokens)
-            result = (_driven_latency(case, backend, prompts, clock, driver) if driver is not None
-                      else _latency_task(case, backend, prompts, clock))
+            if driver is None:
+                raise RuntimeError("a latency case is driven by the runner (bench/run/interleave.py), "
+                                   f"with {DRIVE_FDS} set")
+            result = _driven_latency(case, backend, prompts, clock, driver)
         description = backend.describe()
         memory = sampler.stop()
-        if case.profile and profile and prompts is not None and run_dir is not None:  # after measuring
+        if case.profile and driver is not None and driver.profile and prompts is not None and run_dir is not None:
             from bench.measure.profiling import profile_case
 
             result.profile = profile_case(case, backend, prompts, run_dir / "traces" / case.id)
@@ -134,14 +103,10 @@ def run_case(case: CaseSpec, run_dir: Path | None = None, driver: Driver | None 
     result.not_applicable.update(memory.not_applicable)
     if case.task == "latency":  # the KV cache's bytes per token: computed from the config, and measured
         result.metrics.update(kvcache.metrics(model_path, description))
-        # the device's peak bandwidth: MBU is weight bytes per step / TPOT over it
-        peak, source = bandwidth.peak_bandwidth(backend.device, case.peak_memory_bandwidth_gbs)
-        description.details["peak_memory_bandwidth_gbs"] = peak
-        description.details["peak_memory_bandwidth_source"] = source
-        if driver is None:  # measured alone: TPOT is known here (driven: the runner has the samples)
-            rates, unknown = bandwidth.mbu(description.model_size_bytes, _median(result, "tpot_ms"), peak, source)
-            result.metrics.update(rates)
-            result.not_applicable.update(unknown)
+        # the device's peak bandwidth: the runner computes MBU (weight bytes per step / TPOT over it) from every
+        # process's samples
+        result.peak_bandwidth_gbs, result.peak_bandwidth_source = bandwidth.peak_bandwidth(
+            backend.device, case.peak_memory_bandwidth_gbs)
     result.backend = description
     result.model_path = model_path
     result.worker_seconds = time.monotonic() - started
@@ -165,8 +130,6 @@ THIRD_PARTY_DEPRECATIONS = [
 ]
 
 
-DRIVE_FDS = "BENCH_DRIVE_FDS"  # "COMMANDS_FD,REPLIES_FD": the runner paces this latency case (interleave.py)
-NO_PROFILE = "BENCH_NO_PROFILE"  # set for all but the last process of a profiled case
 
 
 def main(argv: list[str]) -> int:
@@ -179,7 +142,7 @@ def main(argv: list[str]) -> int:
     case = CaseSpec.model_validate_json(case_path.read_text())
     driver = Driver(*map(int, os.environ[DRIVE_FDS].split(","))) if os.environ.get(DRIVE_FDS) else None
     try:
-        result = run_case(case, run_dir, driver, profile=not os.environ.get(NO_PROFILE))
+        result = run_case(case, run_dir, driver)
     except Exception as exc:  # noqa: BLE001 - recorded, never lost: the runner goes on with the next case
         traceback.print_exc()
         result = failure(exc)

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from bench.core.deps import require
+from bench.exec.protocol import Driver, WorkerResult
 from bench.measure.memory import MemorySampler
 from bench.records.schema import (
     CaseSpec,
@@ -27,12 +28,13 @@ from bench.records.schema import (
     ServingLevel,
     ServingSettings,
 )
-from bench.run.protocol import WorkerResult
-from bench.serving import aggregate, load, procs
-from bench.serving.client import Outcome, Target, send, session
-from bench.serving.lifecycle import RunningServer, ServerFailed
-from bench.serving.prompts import Prompt, Tokenizer, make_prompts
-from bench.serving.servers import Launch, server_class
+from bench.serving.launch import procs
+from bench.serving.launch.lifecycle import RunningServer, ServerFailed
+from bench.serving.launch.servers import Launch, server_class
+from bench.serving.results import aggregate
+from bench.serving.traffic import load
+from bench.serving.traffic.client import Outcome, Target, send, session
+from bench.serving.traffic.prompts import Prompt, Tokenizer, make_prompts
 
 SERVER_MEMORY_INTERVAL_S = 0.05
 PROGRESS_FD = "BENCH_PROGRESS_FD"  # the runner's terminal, where one line per level is printed
@@ -182,7 +184,7 @@ class ServingCase:
         prompts = make_prompts(s.request, max(longest, s.warmup_requests), s.seed, self.tokenizer)
         client: dict = {}
         if s.self_check:
-            from bench.serving.selfcheck import self_check
+            from bench.serving.traffic.selfcheck import self_check
 
             client = asyncio.run(self_check(s.request.output_tokens, server_cpus, self.log_path.parent,
                                             f"{self.case.id}."))
@@ -227,8 +229,8 @@ async def warm_up(http, target: Target, prompt: Prompt) -> None:
     await send(http, target, prompt.text, prompt.output_tokens, Outcome(index=-1, scheduled_ns=0))
 
 
-def run_serving_case(case: CaseSpec, run_dir: Path | None = None) -> WorkerResult:
-    """Measure one serving case in this process (what bench/run/worker.py calls)."""
+def run_serving_case(case: CaseSpec, run_dir: Path | None = None, driver: Driver | None = None) -> WorkerResult:
+    """Measure one serving case in this process (the `serving` task of bench/exec/tasks.py; never driven)."""
     started = time.monotonic()
     result = ServingCase(case, run_dir).run()
     result.worker_seconds = time.monotonic() - started

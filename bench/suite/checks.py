@@ -133,7 +133,7 @@ def check_interpreters(path: Path, index: LineIndex, suite: Suite) -> None:
 def check_options(path: Path, index: LineIndex, suite: Suite) -> None:
     from pydantic import ValidationError
 
-    from bench.serving.servers import server_class
+    from bench.serving.launch.servers import server_class
     from bench.suite.reader import format_errors
 
     for section, i, variant in _variants(suite):

@@ -2,7 +2,7 @@
 
 A suite is a matrix: models x backend variants (backend + options; a list-valued option expands)
 x tasks (each point of the latency workload grid, plus perplexity), and models x server variants
-(`servers:`, bench/serving/servers.py) x the serving task, one case per model and server holding
+(`servers:`, bench/serving/launch/servers.py) x the serving task, one case per model and server holding
 every load level of the `serving:` section. The settings a case carries
 into its record (workload, repetitions, perplexity, profile, regression) are defined with the
 records, in bench/records/schema.py, so a finished run is readable without this module.
@@ -165,7 +165,7 @@ class _Runnable(_Strict):
     @field_validator("interpreter")
     @classmethod
     def _known_env(cls, interpreter):
-        from bench.run import envs
+        from bench.exec import envs
 
         try:
             return envs.check_interpreter(interpreter)
@@ -200,7 +200,7 @@ class ServerVariant(_Runnable):
     @field_validator("server")
     @classmethod
     def _registered(cls, name):
-        from bench.serving.servers import SERVERS
+        from bench.serving.launch.servers import SERVERS
 
         if name not in SERVERS:
             raise ValueError(f"unknown server '{name}'; registered: {', '.join(sorted(SERVERS))}")

@@ -1,6 +1,6 @@
 """A stub OpenAI-compatible SSE server with a known cadence: the client's self-check and the tests' server.
 
-`python -m bench.serving.stub --port P --ttft-ms 20 --itl-ms 5` answers POST /v1/completions and
+`python -m bench.serving.launch.stub --port P --ttft-ms 20 --itl-ms 5` answers POST /v1/completions and
 /v1/chat/completions with `max_tokens` content chunks (" tok" each): the first `ttft_ms` after the
 request arrived, then one every `itl_ms`, each sent at its absolute deadline (no drift; `--precise`:
 to ~0.1 ms rather than the event loop's 1 ms). `--slots K`

@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 
 from bench.records.schema import LoadLevel, RunawayLimits
-from bench.serving.client import Target, session
-from bench.serving.lifecycle import RunningServer
-from bench.serving.load import run_level
-from bench.serving.prompts import Prompt
-from bench.serving.servers import Stub, StubOptions
+from bench.serving.launch.lifecycle import RunningServer
+from bench.serving.launch.servers import Stub, StubOptions
+from bench.serving.traffic.client import Target, session
+from bench.serving.traffic.load import run_level
+from bench.serving.traffic.prompts import Prompt
 
 TTFT_MS, ITL_MS, CADENCE_TOKENS, CADENCE_REQUESTS = 50.0, 20.0, 12, 6
 FLOOD_USERS, FLOOD_REQUESTS, FLOOD_S = 16, 400, 2.0

@@ -3,12 +3,12 @@
 One small class per kind, registered in SERVERS. A kind turns (model directory, port, options) into a
 `Launch`: the command and environment, the URL to poll for readiness, and the request fields that make
 every request generate exactly `output_tokens` (its ignore-EOS / min-tokens option), plus the server's
-version and details to record. `bench.serving.lifecycle` starts, watches and stops it.
+version and details to record. `bench.serving.launch.lifecycle` starts, watches and stops it.
 
 - transformers-serve: `transformers serve DIR --continuous-batching`; exact lengths through the
   request's `generation_config` (min_new_tokens = max_new_tokens; no eos_token_id, so EOS is disabled).
 - llama-cpp-server: llama-cpp-python's `llama_cpp.server` on the GGUF file bench converts
-  (backends/gguf), started through `bench.serving.llama_launch` so llama.cpp's extra CPU buffer types
+  (backends/gguf), started through `bench.serving.launch.llama_launch` so llama.cpp's extra CPU buffer types
   (AMX, repacked layouts) follow the same crash probe as the llama-cpp backend; `min_tokens`. It has one
   slot: requests are served one at a time (its server holds a lock around the model), and
   `interrupt_requests` is off (on, a new request cuts the streaming one short).
@@ -16,7 +16,7 @@ version and details to record. `bench.serving.lifecycle` starts, watches and sto
   CPU); `ignore_eos` and `min_tokens`.
 - endpoint: a server someone else runs, at `url`; the API key comes from the environment variable
   named by `api_key_env` and is never recorded.
-- stub: bench's own SSE server with a known cadence (bench/serving/stub.py): self-check and tests.
+- stub: bench's own SSE server with a known cadence (bench/serving/launch/stub.py): self-check and tests.
 """
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ class Launch:
 
 def python_of(interpreter: str | None) -> str:
     """The interpreter path for a server ('env:NAME' resolved); a missing one skips the case."""
-    from bench.run import envs
+    from bench.exec import envs
 
     try:
         return envs.interpreter_path(interpreter)
@@ -158,7 +158,7 @@ class LlamaCppServer(ServerKind):
             require(module, self.extra, self.name)
         gguf, extra_buffers, why = backend_class("llama-cpp").file_for_server(model_dir, self.options.quant)
         threads = str(self.threads)
-        command = [python, "-m", "bench.serving.llama_launch", "--use-extra-bufts", str(int(extra_buffers)),
+        command = [python, "-m", "bench.serving.launch.llama_launch", "--use-extra-bufts", str(int(extra_buffers)),
                    "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(self.options.n_ctx),
                    "--n_threads", threads, "--n_threads_batch", threads, "--verbose", "False",
                    "--interrupt_requests", "False"]  # default True: a new request cuts the streaming one short
@@ -253,7 +253,7 @@ class Stub(ServerKind):
     def prepare(self, model_dir: str, port: int) -> Launch:
         require("aiohttp", self.extra, self.name)
         o = self.options
-        command = [python_of(o.interpreter), "-m", "bench.serving.stub", "--port", str(port), "--ttft-ms",
+        command = [python_of(o.interpreter), "-m", "bench.serving.launch.stub", "--port", str(port), "--ttft-ms",
                    str(o.ttft_ms), "--itl-ms", str(o.itl_ms), "--slots", str(o.slots)]
         if o.fault:
             command += ["--fault", o.fault, "--fault-every", str(o.fault_every)]

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bench.records.schema import LoadLevel, RunawayLimits, SweepSettings
-from bench.serving.client import Outcome, Target, send
-from bench.serving.prompts import Prompt
+from bench.serving.traffic.client import Outcome, Target, send
+from bench.serving.traffic.prompts import Prompt
 
 WATCH_S = 0.1  # how often the server's process is checked during a level
 

@@ -16,8 +16,8 @@ import numpy as np
 
 from bench.measure import stats
 from bench.records.schema import SLO, MetricValue, RequestSample
-from bench.serving.client import Outcome
-from bench.serving.prompts import Prompt
+from bench.serving.traffic.client import Outcome
+from bench.serving.traffic.prompts import Prompt
 
 # per successful request: one value each (the units the gate resamples)
 PER_REQUEST = ("serve_ttft_ms", "serve_tpot_ms", "serve_e2e_ms", "serve_ttft_sched_ms", "serve_e2e_sched_ms",

@@ -1,6 +1,6 @@
 """A server's life in one case: start it, wait until it answers, watch it, stop it (always), restart it.
 
-`RunningServer` starts a kind's `Launch` as a child process (bench/serving/procs.py: own process
+`RunningServer` starts a kind's `Launch` as a child process (bench/serving/launch/procs.py: own process
 group, killed with the worker), polls its readiness URL until it answers 200 or the timeout, and
 stops it on exit, also when the case fails or is interrupted. A server that exits or never gets ready
 raises `ServerFailed` with the tail of its log. An external endpoint has no process: readiness is a
@@ -16,8 +16,8 @@ from pathlib import Path
 
 from typing_extensions import Self
 
-from bench.serving import procs
-from bench.serving.servers import Launch, ServerKind
+from bench.serving.launch import procs
+from bench.serving.launch.servers import Launch, ServerKind
 
 POLL_S = 0.25
 

@@ -24,7 +24,7 @@ from bench.core.cache import build_dir_atomically
 from bench.core.sideenv import MARKER, create_command, env_dir, is_complete, python_of
 from bench.errors import BadInput
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent  # the repo (bench/run/envs.py)
+PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent  # the repo (bench/exec/envs.py)
 PREFIX = "env:"
 __all__ = ["ENVS", "MARKER", "EnvSpec", "create", "create_command", "env_dir", "interpreter_path", "is_complete",
            "python_of"]

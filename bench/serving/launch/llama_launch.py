@@ -1,6 +1,6 @@
 """Start llama-cpp-python's OpenAI server with llama.cpp's extra CPU buffer types on or off.
 
-`python -m bench.serving.llama_launch --use-extra-bufts 0|1 SERVER-ARGS...` runs
+`python -m bench.serving.launch.llama_launch --use-extra-bufts 0|1 SERVER-ARGS...` runs
 `python -m llama_cpp.server SERVER-ARGS...`, having set `use_extra_bufts` in llama.cpp's default model
 parameters, which the server's `Llama(...)` starts from: the server has no setting for it, and on CPUs
 whose AMX tiles fault (backends/gguf/cpu_probe.py) the default crashes the server at its first decode.
@@ -13,7 +13,7 @@ import sys
 
 def main(argv: list[str]) -> None:
     if len(argv) < 2 or argv[0] != "--use-extra-bufts" or argv[1] not in ("0", "1"):
-        raise SystemExit("usage: python -m bench.serving.llama_launch --use-extra-bufts 0|1 SERVER-ARGS...")
+        raise SystemExit("usage: python -m bench.serving.launch.llama_launch --use-extra-bufts 0|1 SERVER-ARGS...")
     use_extra_bufts = argv[1] == "1"
     import llama_cpp.llama_cpp as lib
 

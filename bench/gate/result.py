@@ -1,0 +1,141 @@
+"""The gate's result, typed and versioned: what `bench compare` decides, writes (`--json`) and reads back.
+
+bench/gate/compare.py builds a `GateResult`; bench/gate/alerts.py renders it; `compare --confirming FILE`
+and `run --only-from FILE` read a written one with `read_result`, which refuses a file that is not one
+(exit 2). Format history: 1, the first with a `format_version` (files without one, written before, have
+the same fields and are read as format 1).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from bench.errors import BadInput
+
+FORMAT_VERSION = 1
+Status = str  # regression | improvement | unchanged | inconclusive | not gated (bench/gate/rule.py)
+FLAGGED: tuple[Status, ...] = ("regression", "inconclusive")  # what a re-measurement should confirm
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Comparison(_Model):
+    """One metric of one case (or serving level, `case@level`): the two values, the ratio, its interval, verdict."""
+
+    case: str
+    variant: str
+    metric: str
+    unit: str
+    better: str
+    method: str  # "two-stage bootstrap", "bootstrap" (one process: a serving level's requests), "paired rounds",
+    # "threshold only", "not gated"
+    baseline: float | None
+    current: float | None
+    ratio: float | None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    p_value: float | None = None
+    n_baseline: int | None = None
+    n_current: int | None = None
+    threshold: float = 0.0
+    status: Status = "unchanged"
+    note: str = ""
+    between_run_sigma: float | None = None  # from the history: widened the interval (cross-run only)
+
+
+class RunRef(_Model):
+    run_id: str
+    path: str
+    suite: str | None = None
+    git_sha: str | None = None
+    git_branch: str | None = None
+
+
+class RuleInfo(_Model):
+    """The rule the verdicts came from (bench/gate/rule.py `Rule`)."""
+
+    threshold: float
+    alpha: float
+    n_boot: int
+    seed: int
+    metric_thresholds: dict[str, float]
+    case_thresholds: dict[str, float]
+    ci_level: float
+
+
+class CaseProblem(_Model):
+    run: str
+    case: str
+    reason: str = ""
+
+
+class NotCompared(_Model):
+    case: str
+    baseline: str
+    current: str
+
+
+class MetricSummary(_Model):
+    geomean_ratio: float
+    cases: int
+    unit: str
+    better: str | None
+
+
+class Confirmation(_Model):
+    """A change the first comparison flagged, and what the re-measurement said about it."""
+
+    case: str
+    metric: str
+    first: Status
+    again: Status | None
+    confirmed: bool
+
+
+class GateResult(_Model):
+    format_version: int = FORMAT_VERSION
+    baseline: RunRef
+    current: RunRef
+    rule: RuleInfo
+    exit_code: int
+    verdict: str
+    comparisons: list[Comparison]
+    flagged: list[str]  # the cases (not levels) with a flagged comparison: what --only-from re-measures
+    summary: dict[str, MetricSummary]
+    not_compared: list[NotCompared]
+    failed: list[CaseProblem]
+    skipped: list[CaseProblem]
+    only_in_baseline: list[str] = []
+    only_in_current: list[str] = []
+    within: bool = False  # one run: each variant against its reference
+    confirmation: list[Confirmation] = []
+
+    def with_status(self, *statuses: Status) -> list[Comparison]:
+        return [c for c in self.comparisons if c.status in statuses]
+
+
+def write_result(result: GateResult) -> str:
+    """The JSON text `compare --json` writes."""
+    return result.model_dump_json(indent=1)
+
+
+def read_result(path: Path, option: str) -> GateResult:
+    """A comparison written by `compare --json`; BadInput (exit 2) naming `option` and the file otherwise."""
+    try:
+        result = GateResult.model_validate_json(Path(path).read_bytes())
+    except (OSError, ValidationError, ValueError) as exc:
+        raise BadInput(f"{option} {path}: not a comparison written by compare --json ({_short(exc)})") from None
+    if result.format_version > FORMAT_VERSION:
+        raise BadInput(f"{option} {path}: comparison format {result.format_version} is newer than this bench "
+                       f"reads ({FORMAT_VERSION}); upgrade bench")
+    return result
+
+
+def _short(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        return f"{'.'.join(map(str, first['loc'])) or 'file'}: {first['msg']}"
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -1,0 +1,1 @@
+"""Aggregation: per-level serving metrics from the requests' raw times."""
