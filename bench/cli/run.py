@@ -109,8 +109,9 @@ def _new_run(args, suite_path: Path, profile: dict | None):
     else:
         run_id = new_run_id(check_plain_name(suite.name, "suite name"))
     run = RunDir(args.results_dir, run_id)
-    if run.exists():
-        raise BadInput(f"run '{run.run_id}' already exists in {args.results_dir}; use --resume {run.run_id}")
+    if run.exists() or run.half_made():
+        raise BadInput(run.half_made() or f"run '{run.run_id}' already exists in {args.results_dir}; use --resume "
+                       f"{run.run_id}")
     # what --resume and report read: the suite as it runs (with profiling forced on by `bench profile`)
     snapshot = suite_path.read_bytes() if profile is None else _profiled_snapshot(suite, str(suite_path))
     runner.start_run(suite_path, snapshot, suite.name, cases, run, suite.regression, shard)
@@ -126,9 +127,7 @@ def cmd_run(args) -> ExitCode:
 
         import_ray()
     if args.resume is not None:
-        run = RunDir(args.results_dir, check_plain_name(args.resume, "--resume"))
-        if not run.exists():
-            raise BadInput(f"--resume: no run '{args.resume}' in {args.results_dir}")
+        run = RunDir(args.results_dir, check_plain_name(args.resume, "--resume")).require("--resume")
         _check_unedited(run, args.allow_edited_suite)
         suite, cases = load_suite(run.suite_snapshot)
         meta = run.meta()

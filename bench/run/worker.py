@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from backends import backend_class
-from bench.core.cache import write_json_atomic
 from bench.core.deps import MissingDependency, NotSupportedHere
 from bench.core.timing import Clock, make_clock
 from bench.measure import bandwidth, kvcache
@@ -27,6 +26,7 @@ from bench.measure.latency import measure, one_generation, prompt_batch
 from bench.measure.memory import MemorySampler
 from bench.measure.perplexity import perplexity
 from bench.measure.quality import QualitySession
+from bench.records import safe_files
 from bench.records.schema import CaseSpec, Summary
 from bench.run.protocol import WorkerResult
 
@@ -185,7 +185,7 @@ def main(argv: list[str]) -> int:
         result = failure(exc)
         if driver is not None:  # the runner may be waiting for a reply: tell it, rather than make it time out
             driver.reply({"failed": result.model_dump(mode="json")})
-    write_json_atomic(result_path, result.model_dump(mode="json"))
+    safe_files.write_json(result_path, result_path.parent, result.model_dump(mode="json"))
     return 0
 
 
