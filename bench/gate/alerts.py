@@ -52,6 +52,8 @@ def markdown(result: dict) -> str:
     for status, rows in by_status.items():
         if rows:
             lines += [f"#### {titles[status]}", "", *header, *map(_row, rows), ""]
+            notes = sorted({c["note"] for c in rows if c.get("note")})  # why a verdict is what it is
+            lines += [*(f"- {note}" for note in notes), ""] if notes else []
     if result.get("confirmation"):
         lines += ["#### Re-measured", "", "| case | metric | first | re-measured | confirmed |",
                   "|---|---|---|---|---|"]

@@ -22,7 +22,7 @@ import numpy as np
 
 from bench.errors import BadInput, ExitCode
 from bench.gate.noise import BetweenRunNoise, Noise
-from bench.gate.rule import Rule, Units, ratio_ci, units_of, verdict, verdict_scalar, widen
+from bench.gate.rule import Rule, Units, ratio_ci, rounds_shortfall, shortfall, units_of, verdict, verdict_scalar, widen
 from bench.metrics import METRICS
 from bench.records.rundir import Run
 from bench.records.schema import CaseRecord, Estimate, RawSamples, RegressionSettings
@@ -132,7 +132,9 @@ def compare_metric(case: str, cur: CaseRecord, name: str, b: float | None, c: fl
         elif noise is not None:
             comp.note = ("no history of this case on this machine and no case measured in two processes: "
                          "within-run variation only")
-        comp.status = verdict(comp.ratio, comp.ci_low, comp.ci_high, metric, comp.threshold)
+        too_little = shortfall(bu, cu, widened=known is not None)
+        comp.note = "; ".join(n for n in (too_little, comp.note) if n)
+        comp.status = verdict(comp.ratio, comp.ci_low, comp.ci_high, metric, comp.threshold, too_little)
     else:
         comp.ratio = c / b if b else (1.0 if c == b else math.inf)
         if not metric.gated:
@@ -236,7 +238,10 @@ def compare_within(run: Run, rule: Rule) -> dict:
                               n_current=record.latency.repetitions if record.latency else None,
                               note=f"against the reference '{record.case.reference}' in the same run: "
                                    f"{estimate.method}")
-            comp.status = verdict(estimate.value, estimate.ci_low, estimate.ci_high, metric, comp.threshold)
+            too_little = rounds_shortfall(record.latency.rounds if record.latency else None)
+            comp.note = "; ".join(n for n in (too_little, comp.note) if n)
+            comp.status = verdict(estimate.value, estimate.ci_low, estimate.ci_high, metric, comp.threshold,
+                                  too_little)
             comparisons.append(comp)
     return _result(run, run, rule, comparisons, [], "no variant has paired rounds with the reference",
                    within=True)
