@@ -103,7 +103,7 @@ def compare_serving(base: CaseRecord, cur: CaseRecord, base_raw: RawSamples | No
 
 def _request_units(found) -> Units | None:
     """A serving level's per-request rows (one client, one process)."""
-    return None if found is None else Units(found[0], found[1], np.zeros(len(found[0]), dtype=int))
+    return None if found is None else Units(found[0], found[1], np.zeros(len(found[0]), dtype=int), requests=True)
 
 
 def compare_metric(case: str, cur: CaseRecord, name: str, b: float | None, c: float | None, bu: Units | None,

@@ -64,11 +64,14 @@ class Rule:
 @dataclass
 class Units:
     """What a sampled metric was computed from: rows of `values` ([n, k]) in `groups` (the process of each row);
-    `statistic` maps rows [..., n, k] to the reported number (median, or total tokens / total time)."""
+    `statistic` maps rows [..., n, k] to the reported number (median, or total tokens / total time);
+    `requests`: the rows are a serving level's requests from one client (no process stage: MIN_PROCESSES does not
+    apply, MIN_REPETITIONS counts requests)."""
 
     values: np.ndarray
     statistic: Statistic
     groups: np.ndarray
+    requests: bool = False
 
     def stat(self) -> float:
         return float(self.statistic(self.values))
@@ -159,8 +162,9 @@ def shortfall(base: Units, cur: Units, widened: bool) -> str:
     for which, units in (("baseline", base), ("current", cur)):
         _, per_process = np.unique(units.groups, return_counts=True)
         if per_process.min() < MIN_REPETITIONS:
-            problems.append(f"{which} has {per_process.min()} repetition(s) in a process")
-        if len(per_process) < MIN_PROCESSES and not widened:
+            problems.append(f"{which} has {per_process.min()} " +
+                            ("request(s)" if units.requests else "repetition(s) in a process"))
+        if len(per_process) < MIN_PROCESSES and not widened and not units.requests:
             problems.append(f"{which} was measured in {len(per_process)} process(es)")
     if not problems:
         return ""
