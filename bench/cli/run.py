@@ -1,9 +1,12 @@
 """`run`, `profile` and `validate`: suites in, results and reports out."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from bench.errors import BadInput, ExitCode
@@ -20,15 +23,15 @@ def _execute(args, suite, cases, run, profile_source: str | None = None) -> Exit
 
     print(f"run {run.run_id}: {len(cases)} cases -> {run.path}", file=sys.stderr)
     executor = _executor(args, suite)
-    with run.writer():
+    with run.writer(), _sigterm_interrupts() as terminated:
         try:
             if executor is None:  # build models and conversions once, here, rather than inside a timed case
                 _prepare_here(cases)
             records = runner.run_cases(cases, run, retry_failed=args.retry_failed, executor=executor)
         except KeyboardInterrupt:
-            print(f"\ninterrupted: finished cases are kept in {run.path}; "
+            print(f"\n{'terminated' if terminated else 'interrupted'}: finished cases are kept in {run.path}; "
                   f"resume with: python -m bench run --resume {run.run_id}", file=sys.stderr)
-            return ExitCode.INTERRUPTED
+            return ExitCode.TERMINATED if terminated else ExitCode.INTERRUPTED
     loaded = load_run(run)
     print(terminal_table(loaded))
     write_reports(args, [loaded])
@@ -36,6 +39,23 @@ def _execute(args, suite, cases, run, profile_source: str | None = None) -> Exit
         traces = run.path / "traces"
         print(f"traces: {traces} (view: tensorboard --logdir {traces}, PyTorch Profiler tab)")
     return ExitCode.CASE_FAILED if any(r.status == "failed" for r in records) else ExitCode.OK
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[list[int]]:
+    """While running cases, SIGTERM stops the run as Ctrl-C does (workers killed, finished cases kept, the resume
+    hint printed); the list it yields is non-empty once SIGTERM came (exit code 143 instead of 130)."""
+    came: list[int] = []
+
+    def stop(signum, frame):
+        came.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield came
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _selected(cases, args):

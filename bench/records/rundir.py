@@ -174,6 +174,20 @@ class RunDir:
         finally:
             os.close(fd)  # releases the lock
 
+    def writer_now(self) -> str | None:
+        """Who is writing this run right now (the lock's holder), or None when nobody is."""
+        try:
+            fd = os.open(self.lock_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return None  # no lock file: never written by a writer that is alive
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return None
+        except BlockingIOError:
+            return os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+        finally:
+            os.close(fd)
+
     def repair_tail(self) -> None:
         """Cut a torn last line (a kill in mid-write) off cases.jsonl, keeping the fragment aside."""
         data = self._cases_bytes()

@@ -12,3 +12,6 @@ class WorkerResult(CaseOutcome):
     """A case's outcome as its worker hands it over, with the raw samples (which go to samples/<id>.json)."""
 
     samples: RawSamples | None = None
+
+
+RESULT_UNWRITABLE = 74  # EX_IOERR: a worker's exit code when it could not write its result file (spawn.exit_reason)

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from bench.core.process import log_tail
 from bench.records import safe_files
-from bench.records.rundir import RunDir
+from bench.records.rundir import RunDir, RunError
 from bench.records.schema import CaseRecord, CaseSpec, RawSamples, RegressionSettings, RunMeta, ShardInfo
 from bench.run import environment, envs
 from bench.run.plan import Unit, plan
@@ -140,6 +140,11 @@ def run_cases(cases: list[CaseSpec], run: RunDir, retry_failed: bool = False,
 
     try:
         (executor or LocalExecutor()).run(plan(todo), run, record)
+    except OSError as exc:
+        if exc.filename and Path(os.path.abspath(exc.filename)).is_relative_to(os.path.abspath(run.path)):
+            raise RunError(f"cannot write {exc.filename}: {exc.strerror or exc}: the run stops here; finished cases "
+                           f"are kept: fix it, then python -m bench run --resume {run.run_id}") from None
+        raise
     finally:
         bar.close()
     return run.records()

@@ -28,7 +28,7 @@ from bench.measure.perplexity import perplexity
 from bench.measure.quality import QualitySession
 from bench.records import safe_files
 from bench.records.schema import CaseSpec, Summary
-from bench.run.protocol import WorkerResult
+from bench.run.protocol import RESULT_UNWRITABLE, WorkerResult
 
 
 def _median(result: WorkerResult, metric: str) -> float | None:
@@ -185,7 +185,11 @@ def main(argv: list[str]) -> int:
         result = failure(exc)
         if driver is not None:  # the runner may be waiting for a reply: tell it, rather than make it time out
             driver.reply({"failed": result.model_dump(mode="json")})
-    safe_files.write_json(result_path, result_path.parent, result.model_dump(mode="json"))
+    try:
+        safe_files.write_json(result_path, result_path.parent, result.model_dump(mode="json"))
+    except OSError as exc:  # the harness's own I/O (a full or read-only disk): the runner stops, no case fails
+        print(f"bench worker: cannot write its result {result_path}: {exc.strerror or exc}", file=sys.stderr)
+        return RESULT_UNWRITABLE
     return 0
 
 
