@@ -282,6 +282,9 @@ class RunDir:
                            f"({FORMAT_VERSION}); upgrade bench")
         out: dict[str, CaseRecord] = {}
         for n, line in enumerate(self._lines(), 1):
+            if not isinstance(line, dict):
+                raise RunError(f"{self.cases_path}: record {n} is not a JSON object ({type(line).__name__}); repair "
+                               f"or remove that line")
             try:
                 record = CaseRecord.model_validate(self._upgrade_v1(line) if version == 1 else line)
             except (ValidationError, KeyError, TypeError, AttributeError, ValueError) as exc:

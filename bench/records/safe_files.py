@@ -48,16 +48,28 @@ def _parts(path: Path | str, root: Path | str) -> list[str]:
     return list(parts)
 
 
-def _open_dir(name: str, dir_fd: int, shown: Path, root: Path, create: bool) -> int:
-    if create:
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(name, 0o755, dir_fd=dir_fd)
+@contextlib.contextmanager
+def _named(path: Path) -> Iterator[None]:
+    """An OSError raised for a name relative to a directory descriptor, re-raised with the whole path."""
     try:
-        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+        yield
     except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(shown):
-            raise UnsafePath(_link_message(shown, root)) from None
-        raise
+        if exc.errno is None:
+            raise
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from None
+
+
+def _open_dir(name: str, dir_fd: int, shown: Path, root: Path, create: bool) -> int:
+    with _named(shown):
+        if create:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, 0o755, dir_fd=dir_fd)
+        try:
+            return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(shown):
+                raise UnsafePath(_link_message(shown, root)) from None
+            raise
 
 
 @contextlib.contextmanager
@@ -92,7 +104,8 @@ def open_fd(path: Path | str, root: Path | str, flags: int, mode: int = 0o644) -
     """os.open of `path` under `root` with O_NOFOLLOW on every component below the root."""
     with parent_fd(path, root) as (dir_fd, name):
         try:
-            return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
+            with _named(Path(path)):
+                return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise UnsafePath(_link_message(Path(path), Path(root))) from None
@@ -113,7 +126,7 @@ def write_bytes(path: Path | str, root: Path | str, data: bytes) -> Path:
     """`data` at `path`, whole or not at all: a temp file next to it (O_EXCL, no link followed), fsync, rename.
     A link at `path` itself is refused too (a rename would replace it, but it says the run was tampered with)."""
     path = Path(path)
-    with parent_fd(path, root) as (dir_fd, name):
+    with parent_fd(path, root) as (dir_fd, name), _named(path):
         with contextlib.suppress(FileNotFoundError):
             if stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
                 raise UnsafePath(_link_message(path, Path(root)))
