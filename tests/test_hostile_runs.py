@@ -404,3 +404,92 @@ def test_fuzz_the_loader_gives_a_run_or_bad_input_never_a_crash(made, tmp_path_f
         render(loaded, "../results/one")
     except BadInput:
         pass  # exit 2 with a message: fine; anything else is a crash (exit 70) and fails the test
+
+
+# ------------------------------------------------------------------ serving inputs
+
+CHUNK = 'data: {"choices": [{"text": "ab", "finish_reason": null}]}\n\n'
+LAST = 'data: {"choices": [{"text": "ab", "finish_reason": %s}]%s}\n\ndata: [DONE]\n\n'
+ANSWERS = [  # (the stream a request gets, what the client must make of it)
+    (CHUNK * 31 + LAST % ('"length"', ""), "ok: 32 tokens from finish_reason length"),
+    (CHUNK * 31 + LAST % ('"length"', ', "usage": "lots"'), "malformed usage"),
+    ('data: {"choices": {"text": "ab"}}\n\n', "malformed choices"),
+    ('data: {"choices": [{"text": 5}]}\n\n', "malformed text"),
+    (CHUNK * 31 + LAST % ('"stop"', ', "usage": {"prompt_tokens": 1, "completion_tokens": 32}'), "ok: usage"),
+    (CHUNK * 31 + LAST % ('"stop"', ', "usage": {"completion_tokens": "32"}'), "malformed count"),
+    ('data: {"choices": [{"delta": "ab"}]}\n\n', "malformed delta"),
+]
+
+
+def test_malformed_server_answers_are_counted_and_the_servers_token_count_is_used():
+    """A real HTTP server on 127.0.0.1 streams 32 chunks of 'ab' (which this test's tokenizer counts as 16 tokens),
+    with mistyped fields in some answers: those are `malformed`, the others kept with the server's count."""
+    pytest.importorskip("aiohttp", reason="the serving client needs aiohttp: pip install 'bench[serving]'")
+    import asyncio
+
+    from aiohttp import web
+
+    from bench.records.schema import SLO
+    from bench.serving import aggregate
+    from bench.serving.client import Outcome, Target, send, session
+    from bench.serving.prompts import Prompt
+
+    served = iter(ANSWERS)
+
+    async def completions(request):
+        answer = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await answer.prepare(request)
+        await answer.write(next(served)[0].encode())
+        return answer
+
+    async def go():
+        app = web.Application()
+        app.router.add_post("/v1/completions", completions)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            async with session(10) as http:
+                target = Target(f"http://127.0.0.1:{port}/v1", timeout_s=10)
+                return [await send(http, target, "hi", 32, Outcome(index=i, scheduled_ns=0))
+                        for i in range(len(ANSWERS))]
+        finally:
+            await runner.cleanup()
+
+    outcomes = asyncio.run(go())
+    assert [o.error_kind for o in outcomes] == [None, "malformed", "malformed", "malformed", None, "malformed",
+                                                "malformed"], [o.error for o in outcomes]
+    requests = aggregate.samples(outcomes, [Prompt("hi", 1, 32)], 0, lambda text: len(text) // 4)
+    metrics, errors = aggregate.level_metrics(requests, SLO(), None)
+    assert errors == {"malformed": 5} and metrics["serve_ok_requests"] == 2
+    ok = aggregate.ok_requests(requests)
+    assert [(r.output_tokens, r.tokens_from, r.retokenized_tokens) for r in ok] == [(32, "length", 16),
+                                                                                   (32, "usage", 16)]
+    assert metrics["serve_output_tokens"] == 64 and metrics["serve_usage_mismatches"] == 1  # usage 32 vs 16
+    note = aggregate.retokenize_disagreements(requests)
+    assert note and note.startswith("2 request(s): the server's output token count (length: 32)") and "(16)" in note
+
+
+def test_a_server_streaming_one_token_per_chunk_is_counted_by_chunks():
+    from bench.serving import aggregate
+    from bench.serving.client import Outcome
+
+    done = Outcome(index=0, scheduled_ns=0, sent_ns=1, chunks_ns=list(range(10, 42)), end_ns=50, text=["ab"] * 32,
+                   finish_reason="stop")
+    assert aggregate.output_count(done, 64, 16, chunk_is_token=True) == (32, "chunks")
+    assert aggregate.output_count(done, 64, 16, chunk_is_token=False) == (16, "retokenized")
+
+
+def test_extra_args_is_one_list_and_a_list_of_lists_expands(tmp_path):
+    from bench.suite import load_suite
+
+    base = ("name: x\nmodels: [synthetic]\nservers:\n  - {server: stub, options: {extra_args: %s}}\n"
+            "tasks: [serving]\nserving: {levels: [{concurrency: 1}]}\n")
+    (tmp_path / "one.yaml").write_text(base % '[--cb-num-blocks, "8"]')
+    (tmp_path / "two.yaml").write_text(base % '[[--a], [--b, "2"]]')
+    _, cases = load_suite(tmp_path / "one.yaml")
+    assert [c.options["extra_args"] for c in cases] == [["--cb-num-blocks", "8"]]
+    _, cases = load_suite(tmp_path / "two.yaml")
+    assert [c.options["extra_args"] for c in cases] == [["--a"], ["--b", "2"]]
