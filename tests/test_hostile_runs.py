@@ -221,7 +221,7 @@ DAMAGES = {  # what is done to results/one, and what the message must say
     "run.json missing": (lambda run: (run / "run.json").unlink(), "has no run.json"),
 }
 COMMANDS = [["report", "one", "--no-html"], ["compare", "one", "one"], ["history", "record", "one", "--db", "h.db"],
-            ["run", "--resume", "one"], ["export", "one", "--format", "csv"]]
+            ["run", "--resume", "one"], ["export", "one", "--format", "csv"], ["merge", "one", "--run-id", "m"]]
 
 
 @pytest.mark.parametrize("damage", DAMAGES, ids=list(DAMAGES))
