@@ -252,6 +252,10 @@ def test_a_half_made_run_directory_names_the_command_that_removes_it(work, capsy
     (run / "cases.jsonl").unlink()
     code, err = bench(capsys, "run", "--resume", "one")
     assert code == 2 and "suite.yaml is missing" in err and "rm -r results/one" in err
+    (run / "suite.yaml").mkdir()  # a suite.yaml that is no file, with records
+    (run / "cases.jsonl").write_text("")
+    code, err = bench(capsys, "run", "--resume", "one")
+    assert code == 2 and "results/one/suite.yaml" in err, err
 
 
 def test_history_record_refuses_a_run_still_being_written(work, capsys):
@@ -493,3 +497,10 @@ def test_extra_args_is_one_list_and_a_list_of_lists_expands(tmp_path):
     assert [c.options["extra_args"] for c in cases] == [["--cb-num-blocks", "8"]]
     _, cases = load_suite(tmp_path / "two.yaml")
     assert [c.options["extra_args"] for c in cases] == [["--a"], ["--b", "2"]]
+
+
+def test_a_history_database_that_is_a_link_is_refused(work, capsys):
+    (work / "results" / "history.sqlite").symlink_to(work / "outside" / "secret.txt")
+    code, err = bench(capsys, "history", "record", "one")
+    assert code == 2 and "history.sqlite is a symbolic link" in err
+    secret_untouched(work)

@@ -166,10 +166,10 @@ def cmd_run(args) -> ExitCode:
 
 def _check_unedited(run, allowed: bool) -> None:
     """A run finishes the suite it started with: an edited snapshot would mix two suites in one run."""
-    from bench.run.runner import suite_sha256
+    import hashlib
 
     recorded = run.meta().suite_sha256
-    if recorded and not allowed and suite_sha256(run.suite_snapshot) != recorded:
+    if recorded and not allowed and hashlib.sha256(run.snapshot_bytes()).hexdigest() != recorded:
         raise BadInput(f"{run.suite_snapshot} changed since run '{run.run_id}' started: resuming would mix two "
                        f"suites in one run. Start a new run, or pass --allow-edited-suite to run what the edited "
                        f"suite adds")

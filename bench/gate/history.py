@@ -42,6 +42,9 @@ def db_path(explicit: Path | None = None, results_dir: Path = Path("results")) -
 
 
 def connect(path: Path, create: bool = False) -> sqlite3.Connection:
+    if Path(path).is_symlink():  # sqlite would write through it: the database is a file bench writes under results/
+        raise HistoryError(f"{path} is a symbolic link (-> {os.readlink(path)}): give the database's real path "
+                           f"(--db or ${ENV})")
     if not create and not Path(path).exists():
         raise HistoryError(f"no history database at {path} (record a run first: python -m bench history record RUN_ID)")
     try:

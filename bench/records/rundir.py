@@ -249,6 +249,13 @@ class RunDir:
             raise RunError(f"{self.meta_path}: format_version must be a positive integer, not {version!r}")
         return raw
 
+    def snapshot_bytes(self) -> bytes:
+        """The suite as the run started it (suite.yaml), read from inside the run; RunError if it cannot be."""
+        try:
+            return safe_files.read_bytes(self.suite_snapshot, self.path)
+        except OSError as exc:
+            raise RunError(f"{self.suite_snapshot}: cannot read the run's suite: {exc.strerror or exc}") from None
+
     def format_version(self) -> int:
         return int(self._raw_meta().get("format_version", 1))
 
