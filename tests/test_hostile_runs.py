@@ -243,7 +243,8 @@ def test_corrupt_raw_samples_are_exit_2_naming_the_file(work, capsys, damage):
 
 def test_a_half_made_run_directory_names_the_command_that_removes_it(work, capsys):
     (work / "results" / "half").mkdir()  # killed before run.json was written, or a failed merge
-    for args in (["run", "s.yaml", "--run-id", "half"], ["run", "--resume", "half"], ["report", "half"]):
+    for args in (["run", "s.yaml", "--run-id", "half"], ["run", "--resume", "half"], ["report", "half"],
+                 ["merge", "one", "--run-id", "half"]):
         code, err = bench(capsys, *args)
         assert code == 2 and "results/half has no run.json" in err and "rm -r results/half" in err, args
     # killed between run.json and suite.yaml (runs made before suite.yaml was written first)

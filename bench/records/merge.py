@@ -96,7 +96,7 @@ def merge_runs(sources: list[RunDir], target: RunDir) -> RunMeta:
     if len({run.path.resolve() for run in sources}) != len(sources):
         raise BadInput("merge: a run is named twice")
     if target.exists() or target.path.exists() or target.path.is_symlink():
-        raise BadInput(f"merge: run '{target.run_id}' already exists in {target.root}")
+        raise BadInput(f"merge: {target.half_made() or f'run {target.run_id!r} already exists in {target.root}'}")
     with contextlib.ExitStack() as locks:
         for run in sources:
             locks.enter_context(run.writer())  # refused while a run is being written; repairs a torn tail
