@@ -16,7 +16,8 @@ class ExitCode(IntEnum):
     CASE_FAILED = 3  # run: some case failed; compare: a failed case, or no comparable data
     INCONCLUSIVE = 4  # compare: the data cannot tell whether a change exceeds its threshold
     INTERNAL_ERROR = 70  # a bug in bench (EX_SOFTWARE): the traceback is printed
-    INTERRUPTED = 130  # Ctrl-C or SIGTERM: finished cases are kept; resume with --resume
+    INTERRUPTED = 130  # Ctrl-C: finished cases are kept; resume with --resume
+    TERMINATED = 143  # SIGTERM (128 + 15): as INTERRUPTED, finished cases kept, resume with --resume
 
 
 class BadInput(Exception):

@@ -213,8 +213,9 @@ _METRICS = [
     Metric("serve_input_tokens", "input tokens", "count", "info", None,
            "Prompt tokens of the successful requests, counted with the model's tokenizer on the text sent."),
     Metric("serve_output_tokens", "output tokens", "count", "info", None,
-           "Generated tokens of the successful requests: their streamed text re-tokenized with the model's "
-           "tokenizer."),
+           "Generated tokens of the successful requests, as the server counts them: its usage, else max_tokens "
+           "when it stopped on length, else one per chunk for a server that streams one token per chunk; else the "
+           "streamed text re-tokenized with the model's tokenizer (which is also the cross-check)."),
     Metric("serve_tokens_per_chunk", "tokens/chunk", "", "info", None,
            "Output tokens / content chunks over the successful requests (1: one token per SSE event)."),
     Metric("serve_usage_mismatches", "usage mismatches", "count", "info", None,

@@ -31,6 +31,8 @@ def suite(head: str = HEAD, work: str = WORK, text: str = TEXT, tail: str = "") 
 BOMB = 'a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n' + "".join(
     f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(8))
 
+SERVING = "name: bad\nmodels: [synthetic]\nservers:\n  - {server: stub}\ntasks: [serving]\n"
+
 CORPUS: list[tuple[str, str, str, str]] = [
     # id, suite text, marker of the line the error names, what the message says
     # -- the YAML itself
@@ -152,6 +154,31 @@ CORPUS: list[tuple[str, str, str, str]] = [
      "thresholds must be > 0"),
     ("infinite case threshold", GOOD + "regression: {cases: {x: .inf}}\n", "regression", "regression.cases.x"),
     ("unknown regression field", GOOD + "regression: {threshhold: 0.1}\n", "regression", "unknown field"),
+    # -- bounds and references the schema alone did not see (issue 19)
+    ("threshold of a million", GOOD + "regression: {threshold: 1000000}\n", "regression", "must be < 10"),
+    ("case threshold of 10", GOOD + "regression: {cases: {hf-eager: 10}}\n", "regression", "< 10"),
+    ("threshold for no case", GOOD + "regression: {cases: {no-such-case: 0.1}}\n", "regression",
+     "regression.cases.no-such-case: 'no-such-case' is neither a case id nor a variant label"),
+    ("a thousand processes", GOOD + "repetitions: {processes: 1000}\n", "repetitions",
+     "repetitions.processes: at most 64"),
+    ("max of 10**35", GOOD + "repetitions: {max: " + "1" + "0" * 35 + "}\n", "repetitions", "repetitions.max: at most"),
+    ("max_time_s of 1e9", GOOD + "repetitions: {max_time_s: 1000000000.0}\n", "repetitions",
+     "repetitions.max_time_s: at most"),
+    ("label with ..", HEAD + "    label: ../../x\n" + WORK + TEXT, "label:", "a label may not contain"),
+    ("label with a slash", HEAD + "    label: a/b\n" + WORK + TEXT, "label:", "a label may not contain"),
+    ("a plain file as the model", GOOD.replace("[synthetic]", "[{eval}]"), "models:", "is a file but not a model"),
+    ("a model dir with a broken config.json", GOOD.replace("[synthetic]", "[./brokenmodel]"), "models:",
+     "config.json that is not JSON"),
+    ("a model dir whose config.json is a list", GOOD.replace("[synthetic]", "[./listmodel]"), "models:",
+     "not a JSON object"),
+    ("prompts_file missing", SERVING + "serving: {levels: [{concurrency: 1}], request: {prompts_file: no.jsonl}}\n",
+     "serving:", "serving.request.prompts_file: no.jsonl: no such file"),
+    ("prompts_file /dev/zero", SERVING + "serving: {levels: [{concurrency: 1}], request: {prompts_file: /dev/zero}}\n",
+     "serving:", "/dev/zero: not a regular file"),
+    ("prompts_file not UTF-8", SERVING + "serving: {levels: [{concurrency: 1}], request: {prompts_file: binary.txt}}"
+     "\n", "serving:", "binary.txt: not UTF-8"),
+    ("prompts_file with a bad line", SERVING + "serving: {levels: [{concurrency: 1}], request: {prompts_file: "
+     "prompts.jsonl}}\n", "serving:", "prompts.jsonl:2: each line must be a JSON object"),
     # -- profile
     ("profile steps 0", GOOD + "profile: {enabled: true, steps: 0}\n", "profile", "profile.steps"),
     ("profile budget 0", GOOD + "profile: {max_trace_mb: 0}\n", "profile", "profile.max_trace_mb"),
@@ -166,6 +193,11 @@ def workdir(tmp_path, monkeypatch):
     (tmp_path / "binary.txt").write_bytes(b"\x00\xff\xfe\x80 not text " * 50)
     (tmp_path / "noexec").write_text("#!/bin/sh\n")
     (tmp_path / "adir").mkdir()
+    (tmp_path / "brokenmodel").mkdir()
+    (tmp_path / "brokenmodel" / "config.json").write_text("{not json")
+    (tmp_path / "listmodel").mkdir()
+    (tmp_path / "listmodel" / "config.json").write_text("[1, 2]")
+    (tmp_path / "prompts.jsonl").write_text('{"prompt": "hello"}\n{"prompt": 5}\n')
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

@@ -1,8 +1,11 @@
 """`run`, `profile` and `validate`: suites in, results and reports out."""
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from bench.errors import BadInput, ExitCode
@@ -19,15 +22,15 @@ def _execute(args, suite, cases, run, profile_source: str | None = None) -> Exit
 
     print(f"run {run.run_id}: {len(cases)} cases -> {run.path}", file=sys.stderr)
     executor = _executor(args, suite)
-    with run.writer():
+    with run.writer(), _sigterm_interrupts() as terminated:
         try:
             if executor is None:  # build models and conversions once, here, rather than inside a timed case
                 _prepare_here(cases)
             records = runner.run_cases(cases, run, retry_failed=args.retry_failed, executor=executor)
         except KeyboardInterrupt:
-            print(f"\ninterrupted: finished cases are kept in {run.path}; "
+            print(f"\n{'terminated' if terminated else 'interrupted'}: finished cases are kept in {run.path}; "
                   f"resume with: python -m bench run --resume {run.run_id}", file=sys.stderr)
-            return ExitCode.INTERRUPTED
+            return ExitCode.TERMINATED if terminated else ExitCode.INTERRUPTED
     loaded = load_run(run)
     print(terminal_table(loaded))
     write_reports(args, [loaded])
@@ -35,6 +38,23 @@ def _execute(args, suite, cases, run, profile_source: str | None = None) -> Exit
         traces = run.path / "traces"
         print(f"traces: {traces} (view: tensorboard --logdir {traces}, PyTorch Profiler tab)")
     return ExitCode.CASE_FAILED if any(r.status == "failed" for r in records) else ExitCode.OK
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[list[int]]:
+    """While running cases, SIGTERM stops the run as Ctrl-C does (workers killed, finished cases kept, the resume
+    hint printed); the list it yields is non-empty once SIGTERM came (exit code 143 instead of 130)."""
+    came: list[int] = []
+
+    def stop(signum, frame):
+        came.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield came
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _selected(cases, args):
@@ -106,8 +126,9 @@ def _new_run(args, suite_path: Path, profile: dict | None):
     else:
         run_id = new_run_id(check_plain_name(suite.name, "suite name"))
     run = RunDir(args.results_dir, run_id)
-    if run.exists():
-        raise BadInput(f"run '{run.run_id}' already exists in {args.results_dir}; use --resume {run.run_id}")
+    if run.exists() or run.half_made():
+        raise BadInput(run.half_made() or f"run '{run.run_id}' already exists in {args.results_dir}; use --resume "
+                       f"{run.run_id}")
     # what --resume and report read: the suite as it runs (with profiling forced on by `bench profile`)
     snapshot = suite_path.read_bytes() if profile is None else _profiled_snapshot(suite, str(suite_path))
     runner.start_run(suite_path, snapshot, suite.name, cases, run, suite.regression, shard)
@@ -123,9 +144,7 @@ def cmd_run(args) -> ExitCode:
 
         import_ray()
     if args.resume is not None:
-        run = RunDir(args.results_dir, check_plain_name(args.resume, "--resume"))
-        if not run.exists():
-            raise BadInput(f"--resume: no run '{args.resume}' in {args.results_dir}")
+        run = RunDir(args.results_dir, check_plain_name(args.resume, "--resume")).require("--resume")
         _check_unedited(run, args.allow_edited_suite)
         suite, cases = load_suite(run.suite_snapshot)
         meta = run.meta()
@@ -144,10 +163,10 @@ def cmd_run(args) -> ExitCode:
 
 def _check_unedited(run, allowed: bool) -> None:
     """A run finishes the suite it started with: an edited snapshot would mix two suites in one run."""
-    from bench.run.runner import suite_sha256
+    import hashlib
 
     recorded = run.meta().suite_sha256
-    if recorded and not allowed and suite_sha256(run.suite_snapshot) != recorded:
+    if recorded and not allowed and hashlib.sha256(run.snapshot_bytes()).hexdigest() != recorded:
         raise BadInput(f"{run.suite_snapshot} changed since run '{run.run_id}' started: resuming would mix two "
                        f"suites in one run. Start a new run, or pass --allow-edited-suite to run what the edited "
                        f"suite adds")

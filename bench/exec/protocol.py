@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from bench.records.schema import CaseOutcome, RawSamples
 
 DRIVE_FDS = "BENCH_DRIVE_FDS"  # "COMMANDS_FD,REPLIES_FD": the runner paces this latency case (interleave.py)
+RESULT_UNWRITABLE = 74  # EX_IOERR: a worker's exit code when it could not write its result file (spawn.exit_reason)
 
 
 class WorkerResult(CaseOutcome):

@@ -52,6 +52,8 @@ def markdown(result: GateResult) -> str:
     for status, rows in by_status.items():
         if rows:
             lines += [f"#### {titles[status]}", "", *header, *map(_row, rows), ""]
+            notes = sorted({c.note for c in rows if c.note})  # why a verdict is what it is
+            lines += [*(f"- {note}" for note in notes), ""] if notes else []
     if result.confirmation:
         lines += ["#### Re-measured", "", "| case | metric | first | re-measured | confirmed |",
                   "|---|---|---|---|---|"]

@@ -33,7 +33,7 @@ from bench.gate.result import (
     RuleInfo,
     RunRef,
 )
-from bench.gate.rule import Rule, Units, ratio_ci, units_of, verdict, verdict_scalar, widen
+from bench.gate.rule import Rule, Units, ratio_ci, rounds_shortfall, shortfall, units_of, verdict, verdict_scalar, widen
 from bench.metrics import METRICS, PAIRED
 from bench.records.rundir import Run
 from bench.records.schema import CaseRecord, Estimate, RawSamples, RegressionSettings
@@ -92,7 +92,7 @@ def compare_serving(base: CaseRecord, cur: CaseRecord, base_raw: RawSamples | No
 
 def _request_units(found) -> Units | None:
     """A serving level's per-request rows (one client, one process)."""
-    return None if found is None else Units(found[0], found[1], np.zeros(len(found[0]), dtype=int))
+    return None if found is None else Units(found[0], found[1], np.zeros(len(found[0]), dtype=int), requests=True)
 
 
 def compare_metric(case: str, cur: CaseRecord, name: str, b: float | None, c: float | None, bu: Units | None,
@@ -121,7 +121,9 @@ def compare_metric(case: str, cur: CaseRecord, name: str, b: float | None, c: fl
         elif noise is not None:
             comp.note = ("no history of this case on this machine and no case measured in two processes: "
                          "within-run variation only")
-        comp.status = verdict(comp.ratio, comp.ci_low, comp.ci_high, metric, comp.threshold)
+        too_little = shortfall(bu, cu, widened=known is not None)
+        comp.note = "; ".join(n for n in (too_little, comp.note) if n)
+        comp.status = verdict(comp.ratio, comp.ci_low, comp.ci_high, metric, comp.threshold, too_little)
     else:
         comp.ratio = c / b if b else (1.0 if c == b else math.inf)
         if not metric.gated:
@@ -222,7 +224,10 @@ def compare_within(run: Run, rule: Rule) -> GateResult:
                               n_current=record.latency.repetitions if record.latency else None,
                               note=f"against the reference '{record.case.reference}' in the same run: "
                                    f"{estimate.method}")
-            comp.status = verdict(estimate.value, estimate.ci_low, estimate.ci_high, metric, comp.threshold)
+            too_little = rounds_shortfall(record.latency.rounds if record.latency else None)
+            comp.note = "; ".join(n for n in (too_little, comp.note) if n)
+            comp.status = verdict(estimate.value, estimate.ci_low, estimate.ci_high, metric, comp.threshold,
+                                  too_little)
             comparisons.append(comp)
     return _result(run, run, rule, comparisons, [], "no variant has paired rounds with the reference",
                    within=True)

@@ -42,6 +42,9 @@ def db_path(explicit: Path | None = None, results_dir: Path = Path("results")) -
 
 
 def connect(path: Path, create: bool = False) -> sqlite3.Connection:
+    if Path(path).is_symlink():  # sqlite would write through it: the database is a file bench writes under results/
+        raise HistoryError(f"{path} is a symbolic link (-> {os.readlink(path)}): give the database's real path "
+                           f"(--db or ${ENV})")
     if not create and not Path(path).exists():
         raise HistoryError(f"no history database at {path} (record a run first: python -m bench history record RUN_ID)")
     try:
@@ -59,7 +62,11 @@ def connect(path: Path, create: bool = False) -> sqlite3.Connection:
 
 
 def record_run(run: Run, db: Path, branch: str | None = None, commit: str | None = None) -> dict:
-    """Insert (or replace) a finished run; returns what was stored."""
+    """Insert (or replace) a finished run; returns what was stored. A run still being written (its lock held) is
+    refused: its medians would be a partial run's, stored as the branch's history."""
+    holder = run.dir.writer_now()
+    if holder:
+        raise HistoryError(f"run '{run.run_id}' is still being written ({holder}): record it once it has finished")
     env = run.meta.environment
     branch = branch or env.git_branch or os.environ.get("GITHUB_REF_NAME") or "unknown"
     commit = commit or env.git_sha or "unknown"

@@ -19,6 +19,13 @@ history's spread of the case on the same machine, or the two runs' own spread be
 whichever is larger; bench/gate/noise.py) widens the interval; without either, the comparison says
 so. Within one run, variants measured interleaved are compared through their paired-round ratios to
 the reference (bench/run/interleave.py), where that drift cancels.
+
+**Minimum data** (`shortfall`): an interval from too few numbers is narrow by accident (one repetition gives
+a zero-width interval), so below a minimum a comparison is *inconclusive*, whatever its interval says, and
+its note says why: at least MIN_REPETITIONS repetitions in every process of both runs, and MIN_PROCESSES
+processes in each run unless a between-run noise estimate widened the interval (the between-process spread
+is what a cross-run interval otherwise lacks); within one run, MIN_ROUNDS paired rounds. Why these numbers:
+docs/trust.md (an A/A simulation of this rule).
 """
 from __future__ import annotations
 
@@ -58,11 +65,14 @@ class Rule:
 @dataclass
 class Units:
     """What a sampled metric was computed from: rows of `values` ([n, k]) in `groups` (the process of each row);
-    `statistic` maps rows [..., n, k] to the reported number (median, or total tokens / total time)."""
+    `statistic` maps rows [..., n, k] to the reported number (median, or total tokens / total time);
+    `requests`: the rows are a serving level's requests from one client (no process stage: MIN_PROCESSES does not
+    apply, MIN_REPETITIONS counts requests)."""
 
     values: np.ndarray
     statistic: Statistic
     groups: np.ndarray
+    requests: bool = False
 
     def stat(self) -> float:
         return float(self.statistic(self.values))
@@ -139,10 +149,41 @@ def _z(level: float) -> float:
     return float(norm.ppf(0.5 + level / 2))
 
 
-def verdict(ratio: float, low: float | None, high: float | None, metric: Metric, threshold: float) -> str:
-    """regression, improvement, unchanged or inconclusive (see the module docstring)."""
+MIN_REPETITIONS = 5  # per process, in each run
+MIN_PROCESSES = 2  # per run, unless a between-run noise estimate widened the interval
+MIN_ROUNDS = 5  # paired rounds of a within-run comparison
+
+
+def shortfall(base: Units, cur: Units, widened: bool) -> str:
+    """Why two runs' samples are too few for a verdict ('' when they are enough): see the module docstring."""
+    problems = []
+    for which, units in (("baseline", base), ("current", cur)):
+        _, per_process = np.unique(units.groups, return_counts=True)
+        if per_process.min() < MIN_REPETITIONS:
+            problems.append(f"{which} has {per_process.min()} " +
+                            ("request(s)" if units.requests else "repetition(s) in a process"))
+        if len(per_process) < MIN_PROCESSES and not widened and not units.requests:
+            problems.append(f"{which} was measured in {len(per_process)} process(es)")
+    if not problems:
+        return ""
+    return (f"too little data for a verdict ({'; '.join(problems)}): the gate needs at least {MIN_REPETITIONS} "
+            f"repetitions per process and {MIN_PROCESSES} processes per run (or a between-run noise estimate)")
+
+
+def rounds_shortfall(rounds: int | None) -> str:
+    """Why a within-run paired-rounds ratio is too little data for a verdict ('' when it is enough)."""
+    if rounds is not None and rounds >= MIN_ROUNDS:
+        return ""
+    return (f"too little data for a verdict ({rounds or 0} paired round(s)): the gate needs at least {MIN_ROUNDS} "
+            f"rounds")
+
+
+def verdict(ratio: float, low: float | None, high: float | None, metric: Metric, threshold: float,
+            too_little: str = "") -> str:
+    """regression, improvement, unchanged or inconclusive (see the module docstring); `too_little`: a shortfall
+    (above), which makes it inconclusive."""
     change = bad_change(ratio, metric)
-    if low is None or high is None:
+    if low is None or high is None or too_little:
         return "inconclusive"
     near, far = sorted(bad_change(x, metric) for x in (low, high))
     if near > 0 and change >= threshold:

@@ -29,6 +29,7 @@ import traceback
 from collections import defaultdict
 from pathlib import Path
 
+from bench.records import safe_files
 from bench.records.schema import CaseSpec, ProfileSummary
 
 CATEGORIES = ("attention", "matmul", "other")
@@ -238,7 +239,7 @@ def profile_case(case: CaseSpec, backend, prompts: list[list[int]], trace_dir: P
     summary: dict = {"settings": settings, "steps": settings["steps"], "trace_dir": f"traces/{trace_dir.name}",
                      "phase": "after measurement (separate from the timed repetitions and the memory sampler)"}
     try:
-        trace_dir.mkdir(parents=True, exist_ok=True)
+        safe_files.makedirs(trace_dir, trace_dir.parent.parent)  # traces/<case> under the run, no link followed
         if getattr(backend, "profiles_with_torch", False):
             summary.update(torch_profile(backend, prompts, new_tokens, settings, trace_dir, case.id[:60]))
         else:

@@ -17,6 +17,7 @@ windows score disjoint runs of tokens and are resampled whole (2000 resamples, s
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from scipy.special import log_softmax
 
-from bench.core.cache import write_atomic, write_json_atomic
+from bench.records import safe_files
 from bench.records.rundir import RunDir
 from bench.records.schema import CaseSpec, Estimate, MetricValue
 
@@ -134,10 +135,10 @@ def reference_dir(run_dir: Path, model: str) -> Path:
 
 
 def write_window(directory: Path, index: int, logprobs: np.ndarray) -> None:
-    def save(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            np.save(f, np.asarray(logprobs, dtype=np.float32))
-    write_atomic(directory / f"window-{index:04d}.npy", save)
+    """One window's log-probabilities, written atomically and without following a link (safe_files)."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(logprobs, dtype=np.float32))
+    safe_files.write_bytes(directory / f"window-{index:04d}.npy", directory, buffer.getvalue())
 
 
 def read_windows(directory: Path, n_windows: int) -> Iterator[np.ndarray]:
@@ -167,7 +168,7 @@ class QualitySession:
         if self.reference is None or self.run_dir is None:
             self.reason = "no reference variant or run directory (case run outside `bench run`)"
         elif self.is_reference:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            safe_files.makedirs(self.directory, self.run_dir)  # reference/... under the run, no link followed
             (self.directory / "meta.json").unlink(missing_ok=True)  # incomplete until finish()
         else:
             self.reason = self._open_reference()
@@ -216,7 +217,7 @@ class QualitySession:
     def finish(self) -> tuple[QualityScores | None, str | None]:
         """(scores, None), or (None, why quality is not applicable)."""
         if self.is_reference and self.reason is None:
-            write_json_atomic(self.directory / "meta.json", {
+            safe_files.write_json(self.directory / "meta.json", self.directory, {
                 **self._settings(), "windows": self.index, "variant": self.reference, "case_id": self.case.id})
         if self.reason is not None:
             return None, self.reason

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from bench.errors import BadInput
+from bench.records import safe_files
 from bench.records.rundir import RunDir
 from bench.records.schema import RunMeta
 
@@ -26,15 +27,35 @@ FOLDERS = ("samples", "logs", "traces", "cases", "reference")
 
 
 def _files(run: RunDir) -> dict[str, Path]:
-    return {p.relative_to(run.path).as_posix(): p for folder in FOLDERS if (run.path / folder).is_dir()
-            for p in sorted((run.path / folder).rglob("*")) if p.is_file()}
+    """The run's files in FOLDERS by relative name; a link that leaves the run is refused (safe_files)."""
+    found: dict[str, Path] = {}
+    for folder in FOLDERS:
+        top = run.path / folder
+        if not (top.is_dir() or top.is_symlink()):
+            continue
+        safe_files.check_inside(top, run.path)
+        for p in sorted(top.rglob("*")):
+            safe_files.check_inside(p, run.path)
+            if p.is_file():
+                found[p.relative_to(run.path).as_posix()] = p
+    return found
 
 
 def _record_lines(run: RunDir) -> list[str]:
-    """Complete record lines, verbatim (a torn last line was already set aside by the writer lock)."""
-    if not run.cases_path.exists():
-        return []
-    return [line for line in run.cases_path.read_text().splitlines() if line.strip()]
+    """Complete record lines, verbatim (a torn last line was already set aside by the writer lock); a line that is
+    not a JSON object is refused, naming the file and line, before anything is written."""
+    lines = []
+    for n, line in enumerate(run._cases_bytes().decode("utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            if not isinstance(json.loads(line), dict):
+                raise TypeError("not a JSON object")
+        except (ValueError, TypeError, RecursionError) as exc:
+            raise BadInput(f"merge: {run.cases_path}:{n}: not a whole record ({exc}); repair or remove that line "
+                           f"and merge again") from None
+        lines.append(line)
+    return lines
 
 
 def _check(sources: list[RunDir], metas: list[RunMeta]) -> None:
@@ -68,33 +89,38 @@ def _case_ids(metas: list[RunMeta]) -> list[str]:
 
 
 def merge_runs(sources: list[RunDir], target: RunDir) -> RunMeta:
-    """Merge `sources` into the new run `target` (see the module docstring); returns its metadata."""
+    """Merge `sources` into the new run `target` (see the module docstring); returns its metadata.
+
+    Atomic: the merged run is built in a hidden directory next to the target and renamed into place, so a
+    failure leaves no half-made run behind."""
     if len({run.path.resolve() for run in sources}) != len(sources):
         raise BadInput("merge: a run is named twice")
-    if target.exists() or target.path.exists():
-        raise BadInput(f"merge: run '{target.run_id}' already exists in {target.root}")
+    if target.exists() or target.path.exists() or target.path.is_symlink():
+        raise BadInput(f"merge: {target.half_made() or f'run {target.run_id!r} already exists in {target.root}'}")
     with contextlib.ExitStack() as locks:
         for run in sources:
             locks.enter_context(run.writer())  # refused while a run is being written; repairs a torn tail
         metas = [run.meta() for run in sources]
         _check(sources, metas)
+        lines = [line for run in sources for line in _record_lines(run)]
         meta = metas[0].model_copy(update={
             "run_id": target.run_id, "created_at": time.time(), "case_ids": _case_ids(metas), "shard": None,
             "merged_from": [run.run_id for run in sources], "command": sys.argv, "cwd": os.getcwd()})
-        target.create(meta)
-        shutil.copyfile(sources[0].suite_snapshot, target.suite_snapshot)
-        with target.writer():
+        target.root.mkdir(parents=True, exist_ok=True)
+        building = RunDir(target.root, f".{target.run_id}.merging-{os.getpid()}")
+        shutil.rmtree(building.path, ignore_errors=True)
+        try:
+            building.create(meta.model_copy(), safe_files.read_bytes(sources[0].suite_snapshot, sources[0].path))
             for run in sources:
                 for name, path in _files(run).items():
-                    destination = target.path / name
+                    destination = building.path / name
                     if not destination.exists():
-                        destination.parent.mkdir(parents=True, exist_ok=True)
-                        shutil.copy2(path, destination)
-            lines = [line for run in sources for line in _record_lines(run)]
-            for line in lines:
-                json.loads(line)  # every line copied is a whole record
-            with open(target.cases_path, "w") as out:
-                out.write("".join(line + "\n" for line in lines))
-                out.flush()
-                os.fsync(out.fileno())
+                        safe_files.write_bytes(destination, building.root, path.read_bytes())
+            safe_files.write_text(building.cases_path, building.root, "".join(line + "\n" for line in lines))
+            try:
+                os.rename(building.path, target.path)
+            except OSError as exc:
+                raise BadInput(f"merge: cannot move the merged run into {target.path}: {exc.strerror}") from None
+        finally:
+            shutil.rmtree(building.path, ignore_errors=True)
     return meta

@@ -34,9 +34,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from bench.core.cache import write_json_atomic
 from bench.errors import BadInput
-from bench.records import upgrade
+from bench.records import safe_files, upgrade
 from bench.records.schema import FORMAT_VERSION, CaseRecord, CaseSpec, RawSamples, RegressionSettings, RunMeta
 
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=+-]{0,127}")
@@ -112,16 +111,46 @@ class RunDir:
     def exists(self) -> bool:
         return self.meta_path.is_file()
 
+    def half_made(self) -> str | None:
+        """Why the run directory exists but is not a run (no run.json, or no suite.yaml to resume), with the
+        command that removes it; None when it is a run or is not there at all."""
+        if not (self.path.exists() or self.path.is_symlink()):
+            return None
+        remove = f"nothing was measured in it: remove it with `rm -r {self.path}` and run again"
+        if not self.path.is_dir() or self.path.is_symlink():
+            return f"{self.path} is not a run directory; {remove}"
+        if not self.meta_path.exists():
+            return (f"{self.path} has no run.json (a run stopped before it started, or a failed merge): {remove}")
+        if not self.suite_snapshot.is_file() and not self.cases_path.exists():
+            return f"{self.suite_snapshot} is missing (a run stopped while it was being created): {remove}"
+        return None
+
+    def require(self, what: str) -> RunDir:
+        """This run, for `what` (e.g. '--resume'); RunError when it is missing or half made."""
+        reason = self.half_made()
+        if reason:
+            raise RunError(f"{what}: {reason}")
+        if not self.exists():
+            raise RunError(f"{what}: no run '{self.run_id}' in {self.root}")
+        return self
+
     # ------------------------------------------------------------ writing
 
-    def create(self, meta: RunMeta) -> None:
+    def create(self, meta: RunMeta, snapshot: bytes | None = None) -> None:
+        """Make the run directory: the suite snapshot (when given) first, run.json last, so a run with run.json
+        always has the suite --resume reads."""
         try:
-            self.path.mkdir(parents=True, exist_ok=False)
+            self.root.mkdir(parents=True, exist_ok=True)
+            os.mkdir(self.path)
         except FileExistsError:
-            raise RunError(f"run '{self.run_id}' already exists in {self.root}; use --resume {self.run_id}") from None
+            reason = self.half_made()
+            raise RunError(reason or f"run '{self.run_id}' already exists in {self.root}; use --resume "
+                           f"{self.run_id}") from None
         except OSError as exc:
             raise RunError(f"cannot create {self.path}: {exc.strerror}") from None
-        write_json_atomic(self.meta_path, meta.model_dump(mode="json"))
+        if snapshot is not None:
+            safe_files.write_bytes(self.suite_snapshot, self.root, snapshot)
+        safe_files.write_json(self.meta_path, self.root, meta.model_dump(mode="json"))
 
     @contextlib.contextmanager
     def writer(self) -> Iterator[None]:
@@ -129,13 +158,12 @@ class RunDir:
 
         The lock is an fcntl lock on .lock, released by the kernel when its holder dies (even by kill -9),
         so a stale lock cannot outlive its process. The file names the holder for the error message."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = safe_files.open_fd(self.lock_path, self.root, os.O_RDWR | os.O_CREAT)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = self.lock_path.read_text(errors="replace").strip() or "another process"
+                holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
                 raise RunLocked(f"run '{self.run_id}' is being written by {holder}; wait for it to finish, "
                                 f"or stop it first") from None
             os.ftruncate(fd, 0)
@@ -146,26 +174,41 @@ class RunDir:
         finally:
             os.close(fd)  # releases the lock
 
+    def writer_now(self) -> str | None:
+        """Who is writing this run right now (the lock's holder), or None when nobody is."""
+        try:
+            fd = os.open(self.lock_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return None  # no lock file: never written by a writer that is alive
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return None
+        except BlockingIOError:
+            return os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+        finally:
+            os.close(fd)
+
     def repair_tail(self) -> None:
         """Cut a torn last line (a kill in mid-write) off cases.jsonl, keeping the fragment aside."""
-        if not self.cases_path.exists():
-            return
-        data = self.cases_path.read_bytes()
+        data = self._cases_bytes()
         if not data or data.endswith(b"\n"):
             return
         keep = data.rfind(b"\n") + 1
         aside = self.path / f"cases.jsonl.torn-{int(time.time())}"
-        aside.write_bytes(data[keep:])
-        with open(self.cases_path, "rb+") as f:
-            f.truncate(keep)
-            os.fsync(f.fileno())
+        safe_files.write_bytes(aside, self.root, data[keep:])
+        fd = safe_files.open_fd(self.cases_path, self.root, os.O_RDWR)
+        try:
+            os.ftruncate(fd, keep)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         print(f"warning: {self.cases_path}: an incomplete last line (a run killed while writing it) was moved to "
               f"{aside.name}; that case will run again", file=sys.stderr)
 
     def append(self, record: CaseRecord) -> None:
         """Append one line with write(2) on an O_APPEND descriptor (retrying short writes), then fsync."""
         line = (record.model_dump_json(exclude_none=True) + "\n").encode()
-        fd = os.open(self.cases_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = safe_files.open_fd(self.cases_path, self.root, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         try:
             _write_all(fd, line)
             os.fsync(fd)
@@ -173,34 +216,68 @@ class RunDir:
             os.close(fd)
 
     def write_samples(self, case_id: str, samples: RawSamples) -> None:
-        write_json_atomic(self.samples_path(case_id), samples.model_dump(mode="json"))
+        safe_files.write_json(self.samples_path(case_id), self.root, samples.model_dump(mode="json"))
 
     def write_case(self, case: CaseSpec) -> Path:
-        path = self.case_path(case.id)
-        write_json_atomic(path, case.model_dump(mode="json"))
-        return path
+        return safe_files.write_json(self.case_path(case.id), self.root, case.model_dump(mode="json"))
+
+    def open_log(self, path: Path, mode: str = "wb"):
+        """A log (or other file) under this run opened for writing without following a link."""
+        return safe_files.open_file(path, self.root, mode)
 
     # ------------------------------------------------------------ reading
 
-    def _raw_meta(self) -> dict:
+    def read_json(self, path: Path, what: str):
+        """A JSON file of this run (no link out of it), or RunError naming the file and what is wrong."""
         try:
-            return json.loads(self.meta_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise RunError(f"{self.meta_path}: unreadable run metadata: {exc}") from None
+            return json.loads(safe_files.read_bytes(path, self.path).decode("utf-8"))
+        except IsADirectoryError:
+            raise RunError(f"{path}: is a directory, not {what}") from None
+        except OSError as exc:
+            raise RunError(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError as exc:
+            raise RunError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}): not {what}") from None
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise RunError(f"{path}: not {what}: {exc}") from None
+
+    def _raw_meta(self) -> dict:
+        raw = self.read_json(self.meta_path, "run metadata (JSON)")
+        if not isinstance(raw, dict):
+            raise RunError(f"{self.meta_path}: run metadata must be a JSON object, not {type(raw).__name__}")
+        version = raw.get("format_version", 1)
+        if type(version) is not int or version < 1:
+            raise RunError(f"{self.meta_path}: format_version must be a positive integer, not {version!r}")
+        return raw
+
+    def snapshot_bytes(self) -> bytes:
+        """The suite as the run started it (suite.yaml), read from inside the run; RunError if it cannot be."""
+        try:
+            return safe_files.read_bytes(self.suite_snapshot, self.path)
+        except OSError as exc:
+            raise RunError(f"{self.suite_snapshot}: cannot read the run's suite: {exc.strerror or exc}") from None
 
     def format_version(self) -> int:
         return int(self._raw_meta().get("format_version", 1))
 
+    def _cases_bytes(self) -> bytes:
+        if not (self.cases_path.exists() or self.cases_path.is_symlink()):
+            return b""
+        try:
+            return safe_files.read_bytes(self.cases_path, self.path)
+        except IsADirectoryError:
+            raise RunError(f"{self.cases_path}: is a directory, not the run's records (one JSON line per case)") \
+                from None
+        except OSError as exc:
+            raise RunError(f"{self.cases_path}: cannot read: {exc.strerror or exc}") from None
+
     def _lines(self) -> list[dict]:
-        if not self.cases_path.exists():
-            return []
         lines = []
-        for n, line in enumerate(self.cases_path.read_text(errors="replace").splitlines(), 1):
+        for n, line in enumerate(self._cases_bytes().decode("utf-8", errors="replace").splitlines(), 1):
             if not line.strip():
                 continue
             try:
                 lines.append(json.loads(line))
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 print(f"warning: {self.cases_path}:{n}: incomplete record ignored", file=sys.stderr)
         return lines
 
@@ -212,17 +289,22 @@ class RunDir:
                            f"({FORMAT_VERSION}); upgrade bench")
         out: dict[str, CaseRecord] = {}
         for n, line in enumerate(self._lines(), 1):
+            if not isinstance(line, dict):
+                raise RunError(f"{self.cases_path}: record {n} is not a JSON object ({type(line).__name__}); repair "
+                               f"or remove that line")
             try:
                 record = CaseRecord.model_validate(self._upgrade_v1(line) if version == 1 else line)
-            except (ValidationError, KeyError, TypeError) as exc:
+            except (ValidationError, KeyError, TypeError, AttributeError, ValueError) as exc:
                 raise RunError(f"{self.cases_path}: record {n} does not match format {version}: {exc}") from None
             out.pop(record.id, None)
             out[record.id] = record
         return list(out.values())
 
     def _upgrade_v1(self, line: dict) -> dict:
+        if not isinstance(line, dict):
+            raise TypeError(f"a record must be a JSON object, not {type(line).__name__}")
         spec_file = self.case_path(str(line.get("id")))
-        handed = json.loads(spec_file.read_text()) if spec_file.is_file() else None
+        handed = self.read_json(spec_file, "a case file (JSON)") if spec_file.is_file() else None
         return upgrade.record_v1(line, handed)
 
     def meta(self, records: list[CaseRecord] | None = None) -> RunMeta:
@@ -242,7 +324,7 @@ class RunDir:
         from bench.suite.reader import SuiteError, format_errors, read_yaml
 
         try:
-            suite, index = read_yaml(self.suite_snapshot)
+            suite, index = read_yaml(safe_files.check_inside(self.suite_snapshot, self.path))
         except SuiteError:
             return {}
         section = suite.get("regression")
@@ -257,12 +339,15 @@ class RunDir:
 
     def samples(self, case_id: str) -> RawSamples | None:
         path = self.samples_path(case_id)
-        if not path.exists():
+        if not (path.exists() or path.is_symlink()):
             return None
-        raw = json.loads(path.read_text())
-        if self.format_version() == 1:
-            raw = upgrade.samples_v1(raw)
-        return None if raw is None else RawSamples.model_validate(raw)
+        raw = self.read_json(path, "raw samples (JSON)")
+        try:
+            if self.format_version() == 1:
+                raw = upgrade.samples_v1(raw)
+            return None if raw is None else RawSamples.model_validate(raw)
+        except (ValidationError, KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise RunError(f"{path}: raw samples do not match format {self.format_version()}: {exc}") from None
 
 
 @dataclass
@@ -311,10 +396,14 @@ def find_run(spec: str | Path, results_dir: Path | str = "results") -> RunDir:
     spec = str(spec)
     as_dir = Path(spec)
     if (as_dir / "run.json").is_file():
-        return RunDir(as_dir.parent, as_dir.name)
+        real = as_dir.resolve()  # `results/x/logs/..` is run x, and its reports go to reports/x
+        return RunDir(real.parent, check_plain_name(real.name, "run directory name"))
     run = RunDir(results_dir, spec)
-    if not spec or "/" in spec or spec in (".", "..") or not run.exists():
+    if not spec or "/" in spec or spec in (".", ".."):
         raise RunError(f"no run '{spec}': neither a run directory nor a run id in {results_dir}")
+    half_made = run.half_made() if not run.exists() else None
+    if half_made or not run.exists():
+        raise RunError(half_made or f"no run '{spec}': neither a run directory nor a run id in {results_dir}")
     return run
 
 

@@ -519,11 +519,15 @@ class RequestSample(_Record):
     chunks_ns: list[int] = Field(default_factory=list, description="arrival of every content chunk")
     end_ns: int | None = None
     input_tokens: int | None = None
-    output_tokens: int | None = Field(None, description="generated text re-tokenized with the model's tokenizer")
+    output_tokens: int | None = Field(None, description="generated tokens: the server's count (tokens_from) where it "
+                                      "gives one, else the generated text re-tokenized with the model's tokenizer")
     usage_input_tokens: int | None = None
     usage_output_tokens: int | None = None
     error_kind: str | None = None
     error: str | None = None
+    retokenized_tokens: int | None = Field(None, description="the generated text re-tokenized (the cross-check)")
+    tokens_from: str | None = Field(None, description="where output_tokens comes from: usage, length (max_tokens, "
+                                    "finish_reason length), chunks (one token per chunk) or retokenized")
 
 
 class RawSamples(_Record):

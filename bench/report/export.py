@@ -15,6 +15,7 @@ import statistics
 from pathlib import Path
 
 from bench.metrics import METRICS
+from bench.records import safe_files
 from bench.records.rundir import Run
 from bench.records.schema import Estimate, Summary
 
@@ -137,6 +138,5 @@ def export(run: Run, fmt: str, out: Path | None) -> Path:
     else:
         raise ValueError(f"unknown export format '{fmt}'; valid values: {', '.join(FORMATS)}")
     path = Path(out) if out else run.path / f"export-{fmt}{suffix}"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
+    root = path.parent if out else run.dir.root  # under the run: no link followed on the way; -o: not at the file
+    return safe_files.write_text(path, root, text)

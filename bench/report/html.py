@@ -15,6 +15,7 @@ from pathlib import Path
 import jinja2
 
 from bench.metrics import METRICS
+from bench.records import safe_files
 from bench.records.rundir import Run
 from bench.report import tables
 from bench.report.markdown import serving
@@ -88,6 +89,5 @@ def render(runs: list[Run], history_db: Path | None = None) -> str:
 def write_html(runs: list[Run], reports_dir: Path, history_db: Path | None = None) -> Path:
     _require_plotting()
     out = out_dir(reports_dir, [run.run_id for run in runs]) / "report.html"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(runs, history_db))
+    safe_files.write_text(out, reports_dir, render(runs, history_db))
     return out

@@ -12,6 +12,7 @@ from pathlib import Path
 import jinja2
 
 from bench.metrics import METRICS
+from bench.records import safe_files
 from bench.records.rundir import Run
 from bench.report import tables
 from bench.report.profile_section import profiled_sections
@@ -46,9 +47,8 @@ def serving(entries: list[tables.Entry], several_runs: bool = False) -> list[tab
 
 def write_report(run: Run, reports_dir: Path) -> Path:
     out = Path(reports_dir) / run.run_id / "report.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
     run_link = os.path.relpath(run.path, out.parent).replace(os.sep, "/")
-    out.write_text(render(run, run_link))
+    safe_files.write_text(out, reports_dir, render(run, run_link))
     return out
 
 

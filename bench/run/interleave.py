@@ -41,6 +41,7 @@ from bench.exec.protocol import DRIVE_FDS, WorkerResult
 from bench.measure import bandwidth, machine, policy, stats
 from bench.measure.latency import derive, per_repetition
 from bench.metrics import PAIRED
+from bench.records import safe_files
 from bench.records.rundir import RunDir
 from bench.records.schema import CaseRecord, CaseSpec, Estimate, LatencyInfo, MetricValue, RawSamples, Summary
 from bench.run.spawn import exit_reason, spawn_worker
@@ -80,14 +81,14 @@ class DrivenWorker:
     def __init__(self, case: CaseSpec, run: RunDir, process: int, budget: Budget) -> None:
         self.case, self.run, self.budget = case, run, budget
         self.result_file = run.path / "tmp" / f"{case.id}.p{process}.json"
+        safe_files.makedirs(self.result_file.parent, run.root)  # no link on the way to the worker's result
         self.result_file.unlink(missing_ok=True)
         commands_r, commands_w = os.pipe()
         replies_r, replies_w = os.pipe()
         log_path = run.log_path(case.id)
-        log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {DRIVE_FDS: f"{commands_r},{replies_w}"}
         try:
-            with open(log_path, "ab") as log:
+            with run.open_log(log_path, "ab") as log:
                 log.write(f"=== process {process + 1} ===\n".encode())
                 log.flush()
                 self.proc = spawn_worker(case, run, self.result_file, log, env, (commands_r, replies_w))

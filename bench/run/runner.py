@@ -22,7 +22,8 @@ from tqdm import tqdm
 from bench.core.process import log_tail
 from bench.exec import envs
 from bench.exec.protocol import WorkerResult
-from bench.records.rundir import RunDir
+from bench.records import safe_files
+from bench.records.rundir import RunDir, RunError
 from bench.records.schema import CaseRecord, CaseSpec, RawSamples, RegressionSettings, RunMeta, ShardInfo
 from bench.run import environment
 from bench.run.plan import Unit, plan
@@ -36,11 +37,11 @@ def _record(case: CaseSpec, started: float, **fields) -> CaseRecord:
 def run_case_process(case: CaseSpec, run: RunDir) -> tuple[CaseRecord, RawSamples | None]:
     """Run one case in a child process; return (its record for cases.jsonl, its raw samples or None)."""
     result_file, log_file = run.path / "tmp" / f"{case.id}.json", run.log_path(case.id)
+    safe_files.makedirs(result_file.parent, run.root)  # the worker writes its result there: no link on the way
     result_file.unlink(missing_ok=True)
-    log_file.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    progress = os.dup(sys.stderr.fileno())  # a serving case prints one line per load level here
-    with open(log_file, "wb") as log:
+    with run.open_log(log_file, "wb") as log:
+        progress = os.dup(sys.stderr.fileno())  # a serving case prints one line per load level here
         try:
             child = spawn_worker(case, run, result_file, log, {"BENCH_PROGRESS_FD": str(progress)}, (progress,))
         except envs.MissingEnv as exc:  # recorded as skipped, with the command that creates the env
@@ -64,7 +65,7 @@ def run_case_process(case: CaseSpec, run: RunDir) -> tuple[CaseRecord, RawSample
         return _record(case, started, status="failed", reason=exit_reason(returncode),
                        output_tail=log_tail(log_file)), None
     try:
-        result = WorkerResult.model_validate_json(result_file.read_text())
+        result = WorkerResult.model_validate_json(safe_files.read_bytes(result_file, run.path))
     except ValidationError as exc:
         return _record(case, started, status="failed", output_tail=log_tail(log_file),
                        reason=f"the worker's result file is malformed: {exc}"), None
@@ -140,6 +141,11 @@ def run_cases(cases: list[CaseSpec], run: RunDir, retry_failed: bool = False,
 
     try:
         (executor or LocalExecutor()).run(plan(todo), run, record)
+    except OSError as exc:
+        if exc.filename and Path(os.path.abspath(exc.filename)).is_relative_to(os.path.abspath(run.path)):
+            raise RunError(f"cannot write {exc.filename}: {exc.strerror or exc}: the run stops here; finished cases "
+                           f"are kept: fix it, then python -m bench run --resume {run.run_id}") from None
+        raise
     finally:
         bar.close()
     return run.records()
@@ -159,5 +165,4 @@ def start_run(suite_path: Path, snapshot: bytes, suite_name: str, cases: list[Ca
         environment=environment.fingerprint(), case_ids=[c.id for c in cases],
         reference=cases[0].reference if cases else None, regression=regression, command=sys.argv, cwd=os.getcwd(),
         shard=shard,
-    ))
-    run.suite_snapshot.write_bytes(snapshot)
+    ), snapshot)

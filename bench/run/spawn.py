@@ -8,7 +8,8 @@ from pathlib import Path
 
 from bench.core.process import die_with_parent
 from bench.exec import envs
-from bench.records.rundir import RunDir
+from bench.exec.protocol import RESULT_UNWRITABLE
+from bench.records.rundir import RunDir, RunError
 from bench.records.schema import CaseSpec
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
@@ -24,6 +25,11 @@ def child_env(case: CaseSpec) -> dict:
 
 
 def exit_reason(returncode: int) -> str:
+    """Why a worker stopped without a result, for its failed record; RunError (the run stops, exit code 2) when it
+    could not write its result file: an I/O error of the harness (a full or read-only disk) is not the case's."""
+    if returncode == RESULT_UNWRITABLE:
+        raise RunError("a worker could not write its result under the run directory (its log in logs/ names the "
+                       "file): the run stops here; finished cases are kept: free the disk, then --resume")
     if returncode < 0:
         sig = signal.Signals(-returncode)
         hint = " (likely the out-of-memory killer)" if sig == signal.SIGKILL else ""

@@ -17,10 +17,9 @@ import warnings
 from pathlib import Path
 
 from backends import backend_class
-from bench.core.cache import write_json_atomic
 from bench.core.deps import MissingDependency, NotSupportedHere
 from bench.core.timing import Clock, make_clock
-from bench.exec.protocol import DRIVE_FDS, Driver, WorkerResult
+from bench.exec.protocol import DRIVE_FDS, RESULT_UNWRITABLE, Driver, WorkerResult
 from bench.exec.tasks import task_function
 from bench.measure import bandwidth, kvcache
 from bench.measure.evaltext import eval_text
@@ -28,6 +27,7 @@ from bench.measure.latency import one_generation, prompt_batch
 from bench.measure.memory import MemorySampler
 from bench.measure.perplexity import perplexity
 from bench.measure.quality import QualitySession
+from bench.records import safe_files
 from bench.records.schema import CaseSpec
 
 
@@ -148,7 +148,11 @@ def main(argv: list[str]) -> int:
         result = failure(exc)
         if driver is not None:  # the runner may be waiting for a reply: tell it, rather than make it time out
             driver.reply({"failed": result.model_dump(mode="json")})
-    write_json_atomic(result_path, result.model_dump(mode="json"))
+    try:
+        safe_files.write_json(result_path, result_path.parent, result.model_dump(mode="json"))
+    except OSError as exc:  # the harness's own I/O (a full or read-only disk): the runner stops, no case fails
+        print(f"bench worker: cannot write its result {result_path}: {exc.strerror or exc}", file=sys.stderr)
+        return RESULT_UNWRITABLE
     return 0
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from bench.core.deps import require
 from bench.exec.protocol import Driver, WorkerResult
 from bench.measure.memory import MemorySampler
+from bench.records import safe_files
 from bench.records.schema import (
     CaseSpec,
     LoadLevel,
@@ -66,7 +67,7 @@ class ServingCase:
         kind_class = server_class(case.backend)
         self.kind = kind_class(kind_class.Options(**case.options), threads=case.threads)
         logs = run_dir / "logs" if run_dir else Path(tempfile.mkdtemp(prefix="bench-serving-"))
-        logs.mkdir(parents=True, exist_ok=True)
+        safe_files.makedirs(logs, logs.parent)  # refused when the run's logs/ is a link
         self.log_path = logs / f"{case.id}.server.log"
         self.levels: list[ServingLevel] = []
         self.raw: dict[str, list[RequestSample]] = {}
@@ -83,7 +84,8 @@ class ServingCase:
                                    server.exit_code)
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
         memory = sampler.stop() if sampler else None
-        requests = aggregate.samples(run.outcomes, prompts, run.started_ns, self.tokenizer.count)
+        requests = aggregate.samples(run.outcomes, prompts, run.started_ns, self.tokenizer.count,
+                                     chunk_is_token=self.kind.one_token_per_chunk)
         asked = {id(r): prompts[o.index % len(prompts)].output_tokens for r, o in zip(requests, run.outcomes)}
 
         def level_tokens(r: RequestSample) -> int:
@@ -102,6 +104,9 @@ class ServingCase:
                                                                       r.usage_output_tokens or 0) < level_tokens(r))
         if short:
             notes.append(f"{short} request(s) returned fewer tokens than they asked for (max_tokens)")
+        disagreement = aggregate.retokenize_disagreements(requests)
+        if disagreement:
+            notes.append(disagreement)
         if len(run.outcomes) < run.planned:
             notes.append(f"sent {len(run.outcomes)} of {run.planned} planned requests")
         ok = metrics["serve_ok_requests"]

@@ -33,7 +33,7 @@ def load_suite(path: str | Path, profile: dict | None = None) -> tuple[Suite, li
     except ValidationError as exc:
         raise SuiteError(format_errors(path, index, exc.errors(), Suite)) from None
     for check in (checks.check_something_to_run, checks.check_options, checks.check_labels, checks.check_models,
-                  checks.check_eval_text,
+                  checks.check_eval_text, checks.check_prompts_file,
                   checks.check_contexts, checks.check_threads, checks.check_interpreters):
         check(path, index, suite)
     cases = expand(suite)

@@ -17,7 +17,7 @@ from typing import Any
 from backends import backend_class
 from bench.measure.evaltext import NAMES as EVAL_TEXT_NAMES
 from bench.records.schema import CaseSpec
-from bench.suite.expand import option_grid, variant_label
+from bench.suite.expand import variant_grid, variant_label
 from bench.suite.reader import LineIndex, SuiteError, line_of
 from bench.suite.schema import Suite
 
@@ -52,15 +52,36 @@ def check_models(path: Path, index: LineIndex, suite: Suite) -> None:
             continue
         local = Path(model).expanduser()
         if local.exists():
-            if local.is_dir() and not (local / "config.json").is_file():
-                raise _at(path, index, ("models", i), f"{model} is a directory without config.json: not a Hugging "
-                                                      f"Face model directory")
+            problem = _local_model_problem(local)
+            if problem:
+                raise _at(path, index, ("models", i), f"{model} {problem}")
             continue
         looks_local = model.startswith(("/", "./", "../", "~")) or model.endswith((".gguf", ".onnx"))
         if looks_local or not HUB_ID.fullmatch(model):
             raise _at(path, index, ("models", i), f"{model} does not exist; give a built-in name "
                                                   f"({', '.join(sorted(BUILTIN_MODELS))}), an existing local "
                                                   f"directory or file, or a hub id (org/name)")
+
+
+MODEL_FILE_SUFFIXES = (".gguf", ".onnx")  # the model files a backend loads directly
+
+
+def _local_model_problem(local: Path) -> str:
+    """Why an existing local path is not a model ('' when it looks like one): a directory needs a config.json that
+    is a JSON object; a plain file must be one a backend loads (.gguf, .onnx)."""
+    if local.is_dir():
+        config = local / "config.json"
+        if not config.is_file():
+            return "is a directory without config.json: not a Hugging Face model directory"
+        try:
+            parsed = json.loads(config.read_bytes().decode("utf-8"))
+        except (OSError, ValueError) as exc:
+            return f"has a config.json that is not JSON ({exc})"
+        return "" if isinstance(parsed, dict) else "has a config.json that is not a JSON object"
+    if not local.is_file() or local.suffix.lower() not in MODEL_FILE_SUFFIXES:
+        return (f"is a file but not a model file ({', '.join(MODEL_FILE_SUFFIXES)}); give a model directory "
+                f"(with config.json) or a model file")
+    return ""
 
 
 def check_eval_text(path: Path, index: LineIndex, suite: Suite) -> None:
@@ -82,6 +103,19 @@ def check_eval_text(path: Path, index: LineIndex, suite: Suite) -> None:
     except UnicodeDecodeError as exc:
         raise _at(path, index, loc, f"{text} is not UTF-8 text (byte 0x{head[exc.start]:02x} at offset "
                                     f"{exc.start})") from None
+
+
+def check_prompts_file(path: Path, index: LineIndex, suite: Suite) -> None:
+    """A serving prompts file must be a regular UTF-8 JSONL file of bounded size, every line a prompt."""
+    from bench.serving.traffic.prompts import read_prompts_file
+
+    file = suite.serving.request.prompts_file if suite.serving is not None else None
+    if file is None:
+        return
+    try:
+        read_prompts_file(file)
+    except ValueError as exc:
+        raise _at(path, index, ("serving", "request", "prompts_file"), str(exc)) from None
 
 
 def check_contexts(path: Path, index: LineIndex, suite: Suite) -> None:
@@ -139,7 +173,7 @@ def check_options(path: Path, index: LineIndex, suite: Suite) -> None:
     for section, i, variant in _variants(suite):
         owner = backend_class(variant.backend) if section == "backends" else server_class(variant.server)
         options_model = owner.Options
-        for options in option_grid(variant.options):
+        for options in variant_grid(variant):
             try:
                 options_model(**options)
             except ValidationError as exc:
@@ -151,7 +185,7 @@ def check_labels(path: Path, index: LineIndex, suite: Suite) -> None:
     """Every variant label names one report row: two variants may not share one."""
     seen: dict[str, tuple[str, int]] = {}
     for section, i, variant in _variants(suite):
-        grid = option_grid(variant.options)
+        grid = variant_grid(variant)
         for options in grid:
             label = variant_label(variant, options, expanded=len(grid) > 1)
             if label in seen:
@@ -181,6 +215,11 @@ def check_cases(path: Path, index: LineIndex, suite: Suite, cases: list[CaseSpec
     labels = sorted({c.variant for c in cases})
     named = ([(("reference",), suite.reference)] if suite.reference is not None else []) + [
         (("cluster", "variants", label), label) for label in suite.cluster.variants]
+    ids = {c.id for c in cases}
+    for key in suite.regression.cases:  # a threshold for no case would be ignored silently
+        if key not in ids and key not in labels:
+            raise _at(path, index, ("regression", "cases", key), f"'{key}' is neither a case id nor a variant label "
+                      f"of this suite; variant labels: {', '.join(labels)} (case ids: python -m bench validate)")
     for loc, label in named:
         if label not in labels:
             raise _at(path, index, loc, f"'{label}' is not a variant of this suite; valid values: {', '.join(labels)}")

@@ -14,6 +14,7 @@ import hashlib
 import itertools
 import json
 import re
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +34,35 @@ def _identity_settings(section: str, settings: dict[str, Any]) -> dict[str, Any]
     return {k: v for k, v in settings.items() if not (k in added and v == added[k])}
 
 
-def option_grid(options: dict[str, Any]) -> list[dict[str, Any]]:
-    """One options dict per combination of the list-valued options."""
-    axes = {k: (v if isinstance(v, list) else [v]) for k, v in options.items()}
+def option_grid(options: dict[str, Any], list_typed: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
+    """One options dict per combination of the list-valued options. An option whose own type is a list
+    (`list_typed`, e.g. a server's extra_args) is one value when given a flat list; a list of lists expands."""
+    def axis(key: str, value: Any) -> list:
+        if key in list_typed:
+            return value if isinstance(value, list) and value and all(isinstance(v, list) for v in value) else [value]
+        return value if isinstance(value, list) else [value]
+
+    axes = {k: axis(k, v) for k, v in options.items()}
     return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())] or [{}]
+
+
+def list_typed_options(variant: Variant | ServerVariant) -> frozenset[str]:
+    """The options of a variant's backend or server whose declared type is a list (they do not expand)."""
+    if isinstance(variant, ServerVariant):
+        from bench.serving.launch.servers import server_class
+
+        model = server_class(variant.server).Options
+    else:
+        from backends import backend_class
+
+        model = backend_class(variant.backend).Options
+    return frozenset(name for name, f in model.model_fields.items()
+                     if f.annotation is list or typing.get_origin(f.annotation) is list)
+
+
+def variant_grid(variant: Variant | ServerVariant) -> list[dict[str, Any]]:
+    """The options of each variant a suite entry expands to (see option_grid)."""
+    return option_grid(variant.options, list_typed_options(variant))
 
 
 def variant_label(variant: Variant | ServerVariant, options: dict[str, Any], expanded: bool) -> str:
@@ -81,7 +107,7 @@ def _serving_identities(suite: Suite) -> list[dict[str, Any]]:
     serving = suite.serving.model_dump()
     identities = []
     for model, server in itertools.product(suite.models, suite.servers):
-        grid = option_grid(server.options)
+        grid = variant_grid(server)
         for options in grid:
             label = variant_label(server, options, expanded=len(grid) > 1)
             if server.interpreter:  # the server's Python; the worker (the client) runs in bench's own
@@ -99,7 +125,7 @@ def expand(suite: Suite) -> list[CaseSpec]:
     per_window = [settings.model_dump() for settings in suite.perplexity.per_case()]  # one, unless window is a list
     perplexity = per_window[0]  # what latency cases carry (their prompts come from the same text)
     for model, variant in itertools.product(suite.models, suite.backends):
-        grid = option_grid(variant.options)
+        grid = variant_grid(variant)
         for options in grid:
             label = variant_label(variant, options, expanded=len(grid) > 1)
             tasks: list[tuple[str, dict | None, dict]] = []

@@ -63,8 +63,22 @@ class WorkloadGrid(_Strict):
         return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
 
 
+# Bounds of the repetition settings: far beyond any useful plan, small enough that a typo (processes: 1000 loads
+# the model a thousand times; max: 10**35 never stops) fails in validate, not hours into a run.
+REPETITION_BOUNDS = {"warmup": 10_000, "min": 1_000_000, "max": 1_000_000, "processes": 64,
+                     "round_repetitions": 10_000, "max_time_s": 7 * 24 * 3600}
+THRESHOLD_MAX = 10  # a relative threshold of 10 = 1000 %: the same bound as `bench compare --threshold`
+
+
 class SuiteRepetitions(Repetitions):
     model_config = STRICT
+
+    @field_validator(*REPETITION_BOUNDS)
+    @classmethod
+    def _bounded(cls, value, info):
+        if value > REPETITION_BOUNDS[info.field_name]:
+            raise ValueError(f"at most {REPETITION_BOUNDS[info.field_name]:,}".replace(",", "_"))
+        return value
 
     @model_validator(mode="after")
     def _ordered(self):
@@ -129,8 +143,15 @@ class SuiteRegression(RegressionSettings):
     @field_validator("metrics", "cases")
     @classmethod
     def _positive_thresholds(cls, value):
-        if any(not t > 0 for t in value.values()):
-            raise ValueError("thresholds must be > 0 (0.05 = 5 %)")
+        if any(not 0 < t < THRESHOLD_MAX for t in value.values()):
+            raise ValueError(f"thresholds must be > 0 and < {THRESHOLD_MAX} (0.05 = 5 %)")
+        return value
+
+    @field_validator("threshold")
+    @classmethod
+    def _bounded_threshold(cls, value):
+        if not value < THRESHOLD_MAX:
+            raise ValueError(f"must be < {THRESHOLD_MAX} (0.05 = 5 %), as `bench compare --threshold`")
         return value
 
 
@@ -152,6 +173,9 @@ class _Runnable(_Strict):
     def _label(cls, label):
         if label is not None and not label.strip():
             raise ValueError("an empty label; leave it out to get backend[options]")
+        if label is not None and ("/" in label or ".." in label or "\\" in label or "\0" in label):
+            raise ValueError(f"{label!r}: a label may not contain '/', '\\', '..' or NUL (it names report rows and "
+                             f"files)")
         return label
 
     @field_validator("options")

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from bench.core.cache import write_atomic
 from bench.errors import BadInput
 from bench.measure.quality import reference_dir
+from bench.records import safe_files
 from bench.records.rundir import RunDir
 from bench.records.schema import CaseRecord, RawSamples
 from bench.run.plan import Unit
@@ -80,7 +80,7 @@ def safe_path(run: RunDir, relative: str) -> Path:
 def write_files(run: RunDir, files: dict[str, bytes]) -> None:
     """Write travelled files into `run`, each atomically (a reader never sees half a file)."""
     for relative, data in files.items():
-        write_atomic(safe_path(run, relative), _writer(data))
+        safe_files.write_bytes(safe_path(run, relative), run.root, data)
 
 
 def _writer(data: bytes) -> Callable[[Path], int]:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from typing_extensions import Self
 
+from bench.records import safe_files
 from bench.serving.launch import procs
 from bench.serving.launch.servers import Launch, ServerKind
 
@@ -43,7 +44,7 @@ class RunningServer:
         self.launch = self.kind.prepare(self.model_dir, procs.free_port())
         started = time.monotonic()
         if self.launch.command:
-            with open(self.log_path, "a") as log:
+            with safe_files.open_file(self.log_path, self.log_path.parent, "a") as log:
                 log.write(f"$ {' '.join(self.launch.command)}\n")
             self.proc = procs.spawn(self.launch.command, self.log_path, self.launch.env, self.cpus)
         try:

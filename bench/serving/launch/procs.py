@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 
 from bench.core.process import die_with_parent, log_tail
+from bench.records import safe_files
 
 
 def free_port() -> int:
@@ -28,7 +29,7 @@ def spawn(command: list[str], log_path: Path, env: dict[str, str] | None = None,
           cpus: set[int] | None = None) -> subprocess.Popen:
     """Start `command` in its own process group, output to `log_path`, killed when this process dies."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
+    with safe_files.open_file(log_path, log_path.parent, "ab") as log:  # a link at the log is refused
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 start_new_session=True, preexec_fn=die_with_parent(cpus))  # noqa: PLW1509
 

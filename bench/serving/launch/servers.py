@@ -86,6 +86,8 @@ class ServerKind(ABC):
     extra: ClassVar[str] = "serving"
     Options: ClassVar[type[ServerOptions]] = ServerOptions
     ready_path: ClassVar[str] = "/health"
+    # streams exactly one token per content chunk: its chunk count is its output token count (bench/serving/aggregate)
+    one_token_per_chunk: ClassVar[bool] = False
 
     def __init__(self, options: ServerOptions, threads: int = 1) -> None:
         self.options = options
@@ -119,6 +121,7 @@ class TransformersServeOptions(ServerOptions):
 class TransformersServe(ServerKind):
     name = "transformers-serve"
     Options = TransformersServeOptions
+    one_token_per_chunk = True
     options: TransformersServeOptions
 
     def prepare(self, model_dir: str, port: int) -> Launch:
@@ -248,6 +251,7 @@ class StubOptions(ServerOptions):
 class Stub(ServerKind):
     name = "stub"
     Options = StubOptions
+    one_token_per_chunk = True
     options: StubOptions
 
     def prepare(self, model_dir: str, port: int) -> Launch:

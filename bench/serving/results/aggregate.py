@@ -1,7 +1,9 @@
 """Per-level numbers from raw requests: the samples kept on disk, and the level's metrics derived from them.
 
-`samples` turns the client's outcomes into RequestSamples (ns since the level started; output text
-re-tokenized with the model's tokenizer, after the level, off the hot path). `level_metrics` derives
+`samples` turns the client's outcomes into RequestSamples (ns since the level started). Output tokens are
+what the server says (`output_count`): its usage, else max_tokens when it stopped on length, else one per
+chunk for a server that streams one token per chunk; the text re-tokenized with the model's tokenizer (after
+the level, off the hot path) is the fallback and the cross-check (`retokenize_disagreements`). `level_metrics` derives
 every `serve_*` metric of bench/metrics.py from those samples alone, so a report or the gate can
 rebuild them: latencies per successful request (TTFT, TPOT, e2e, and from the scheduled send time),
 ITL pooled over chunks, throughputs as total tokens / the level's duration (first send to last answer),
@@ -24,8 +26,22 @@ PER_REQUEST = ("serve_ttft_ms", "serve_tpot_ms", "serve_e2e_ms", "serve_ttft_sch
                "serve_tok_s_per_user")
 
 
+def output_count(o: Outcome, asked: int, retokenized: int, chunk_is_token: bool) -> tuple[int, str]:
+    """(output tokens of a request, where the count comes from): the server's usage.completion_tokens; else
+    max_tokens (`asked`) when it stopped with finish_reason length; else its chunks when the server streams one
+    token per chunk; else the re-tokenized text."""
+    usage = (o.usage or {}).get("completion_tokens")
+    if usage is not None:
+        return usage, "usage"
+    if o.finish_reason == "length":
+        return asked, "length"
+    if chunk_is_token:
+        return len(o.chunks_ns), "chunks"
+    return retokenized, "retokenized"
+
+
 def samples(outcomes: list[Outcome], prompts: list[Prompt], started_ns: int,
-            count: Callable[[str], int]) -> list[RequestSample]:
+            count: Callable[[str], int], chunk_is_token: bool = False) -> list[RequestSample]:
     """The raw record of a level's sent requests, times relative to the level's start."""
     def rel(ns: int | None) -> int | None:
         return None if ns is None else ns - started_ns
@@ -33,14 +49,28 @@ def samples(outcomes: list[Outcome], prompts: list[Prompt], started_ns: int,
     out = []
     for o in outcomes:
         usage = o.usage or {}
+        prompt = prompts[o.index % len(prompts)]
+        retokenized = count("".join(o.text)) if o.text else 0
+        tokens, source = output_count(o, prompt.output_tokens, retokenized, chunk_is_token)
         out.append(RequestSample(
             scheduled_ns=o.scheduled_ns - started_ns, sent_ns=rel(o.sent_ns),
             chunks_ns=[ns - started_ns for ns in o.chunks_ns], end_ns=rel(o.end_ns),
-            input_tokens=prompts[o.index % len(prompts)].input_tokens,
-            output_tokens=count("".join(o.text)) if o.text else 0,
-            usage_input_tokens=usage.get("prompt_tokens"), usage_output_tokens=usage.get("completion_tokens"),
-            error_kind=o.error_kind, error=o.error))
+            input_tokens=prompt.input_tokens, output_tokens=tokens, retokenized_tokens=retokenized,
+            tokens_from=source, usage_input_tokens=usage.get("prompt_tokens"),
+            usage_output_tokens=usage.get("completion_tokens"), error_kind=o.error_kind, error=o.error))
     return out
+
+
+def retokenize_disagreements(requests: list[RequestSample]) -> str | None:
+    """A note when the server's token counts differ from re-tokenizing the streamed text (None when they agree)."""
+    differ = [s for s in ok_requests(requests) if s.tokens_from not in (None, "retokenized")
+              and s.retokenized_tokens is not None and s.retokenized_tokens != s.output_tokens]
+    if not differ:
+        return None
+    first = differ[0]
+    return (f"{len(differ)} request(s): the server's output token count ({first.tokens_from}: {first.output_tokens}) "
+            f"differs from re-tokenizing the streamed text ({first.retokenized_tokens}); throughput and TPOT use "
+            f"the server's count")
 
 
 def request_values(s: RequestSample) -> dict[str, float]:
@@ -106,8 +136,9 @@ def level_metrics(requests: list[RequestSample], slo: SLO,
 
 
 def _usage_differs(s: RequestSample) -> bool:
+    mine = s.retokenized_tokens if s.retokenized_tokens is not None else s.output_tokens  # bench's own count
     return ((s.usage_input_tokens is not None and s.usage_input_tokens != s.input_tokens) or
-            (s.usage_output_tokens is not None and s.usage_output_tokens != s.output_tokens))
+            (s.usage_output_tokens is not None and s.usage_output_tokens != mine))
 
 
 def offered_rate(scheduled_ns: list[int]) -> float | None:

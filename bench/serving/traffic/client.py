@@ -6,7 +6,8 @@ line. Every failure is an outcome with a kind, never an exception out of `send`:
     connect       nothing listens at the address (connection refused, unreachable)
     http_<code>   the server answered with a non-200 status
     not_sse       a 200 answer that is not text/event-stream
-    malformed     a `data:` line that is not JSON
+    malformed     a `data:` line that is not a JSON object, or a field of the wrong type (choices not a list,
+                  text not a string, usage counts not integers, ...): every field is read defensively
     server_error  an SSE event carrying an `error` object
     disconnected  the connection closed mid-stream
     truncated     the stream ended without a finish_reason or [DONE]
@@ -65,7 +66,8 @@ class Outcome:
     chunks_ns: list[int] = field(default_factory=list)
     end_ns: int | None = None
     text: list[str] = field(default_factory=list)
-    usage: dict[str, Any] | None = None
+    usage: dict[str, int] | None = None  # the integer counts of the server's `usage` (prompt/completion_tokens)
+    finish_reason: str | None = None  # the last finish_reason the server sent (e.g. "length", "stop")
     error_kind: str | None = None
     error: str | None = None
 
@@ -97,11 +99,45 @@ def session(timeout_s: float):
                                  timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout_s))
 
 
-def _content(choice: dict) -> str | None:
+class Malformed(ValueError):
+    """A field of a server's answer with the wrong type (counted as the error kind `malformed`)."""
+
+
+def _content(choice: Any) -> str | None:
+    """The text of one choice (completions: `text`; chat: `delta.content`), or None; Malformed if mistyped."""
+    if not isinstance(choice, dict):
+        raise Malformed(f"a choice is not a JSON object: {choice!r:.80}")
     text = choice.get("text")
     if text is None:
-        text = (choice.get("delta") or {}).get("content")
+        delta = choice.get("delta")
+        if delta is not None and not isinstance(delta, dict):
+            raise Malformed(f"delta is not a JSON object: {delta!r:.80}")
+        text = (delta or {}).get("content")
+    if text is not None and not isinstance(text, str):
+        raise Malformed(f"the content is not a string: {text!r:.80}")
     return text or None
+
+
+def _usage(usage: Any) -> dict[str, int]:
+    """The server's token counts, checked to be non-negative integers (a missing count is left out)."""
+    if not isinstance(usage, dict):
+        raise Malformed(f"usage is not a JSON object: {usage!r:.80}")
+    counts = {}
+    for key in ("prompt_tokens", "completion_tokens"):
+        value = usage.get(key)
+        if value is None:
+            continue
+        if type(value) is not int or value < 0:
+            raise Malformed(f"usage.{key} is not a non-negative integer: {value!r:.80}")
+        counts[key] = value
+    return counts
+
+
+def _finish_reason(choice: dict) -> str | None:
+    reason = choice.get("finish_reason")
+    if reason is not None and not isinstance(reason, str):
+        raise Malformed(f"finish_reason is not a string: {reason!r:.80}")
+    return reason or None
 
 
 async def _stream(http, target: Target, body: bytes, out: Outcome) -> None:
@@ -130,15 +166,23 @@ async def _stream(http, target: Target, body: bytes, out: Outcome) -> None:
             if not isinstance(event, dict):
                 return out.fail("malformed", f"not a JSON object: {data[:80]!r}")
             if event.get("error"):
-                return out.fail("server_error", json.dumps(event["error"])[:200])
-            if event.get("usage"):
-                out.usage = event["usage"]
-            for choice in event.get("choices") or []:
-                text = _content(choice)
-                if text:
-                    out.chunks_ns.append(now)
-                    out.text.append(text)
-                finished = finished or bool(choice.get("finish_reason"))
+                return out.fail("server_error", json.dumps(event["error"], default=str)[:200])
+            try:
+                if event.get("usage"):
+                    out.usage = _usage(event["usage"])
+                choices = event.get("choices") or []
+                if not isinstance(choices, list):
+                    raise Malformed(f"choices is not a list: {choices!r:.80}")
+                for choice in choices:
+                    text = _content(choice)
+                    if text:
+                        out.chunks_ns.append(now)
+                        out.text.append(text)
+                    reason = _finish_reason(choice)
+                    out.finish_reason = reason or out.finish_reason
+                    finished = finished or bool(reason)
+            except Malformed as exc:
+                return out.fail("malformed", str(exc))
         out.end_ns = time.perf_counter_ns()
         if not finished:
             return out.fail("truncated", "the stream ended without a finish_reason or [DONE]")

@@ -87,18 +87,48 @@ def from_text(ids: list[int], request: ServingRequest, n: int, seed: int, tokeni
     return prompts
 
 
-def from_file(path: str, request: ServingRequest, n: int, tokenizer: Tokenizer) -> list[Prompt]:
+PROMPTS_FILE_MAX_BYTES = 64 << 20  # far more prompts than a level sends; /dev/zero or a huge file fails at once
+OUTPUT_TOKENS_MAX = 1 << 20  # the suite's bound on a token count (bench/suite/schema.py AXIS_BOUNDS)
+
+
+def read_prompts_file(path: str) -> list[dict]:
+    """The rows of a prompts file, checked: a regular UTF-8 file of at most PROMPTS_FILE_MAX_BYTES, each non-blank
+    line a JSON object with a non-empty string `prompt` and an optional integer `output_tokens` (>= 1). A ValueError
+    names the file (and line) and what is wrong; `validate` reports it at the suite's line."""
+    file = Path(path).expanduser()
+    if not file.is_file():  # also refuses devices and FIFOs (/dev/zero would be read until memory runs out)
+        what = "no such file" if not file.exists() else "not a regular file"
+        raise ValueError(f"{path}: {what} (relative paths are relative to where you run bench)")
+    with open(file, "rb") as f:
+        data = f.read(PROMPTS_FILE_MAX_BYTES + 1)
+    if len(data) > PROMPTS_FILE_MAX_BYTES:
+        raise ValueError(f"{path}: larger than {PROMPTS_FILE_MAX_BYTES >> 20} MiB: not a prompts file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})") from None
     rows = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        row = json.loads(line)
-        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-            raise TypeError(f"{path}:{number}: each line must be a JSON object with a string 'prompt'")
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError):
+            row = None
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"]:
+            raise ValueError(f"{path}:{number}: each line must be a JSON object with a non-empty string 'prompt'")
+        tokens = row.get("output_tokens")
+        if tokens is not None and (type(tokens) is not int or not 1 <= tokens <= OUTPUT_TOKENS_MAX):
+            raise ValueError(f"{path}:{number}: output_tokens must be an integer from 1 to {OUTPUT_TOKENS_MAX}")
         rows.append(row)
     if not rows:
         raise ValueError(f"{path}: no prompts")
-    return [Prompt(r["prompt"], tokenizer.count(r["prompt"]), int(r.get("output_tokens", request.output_tokens)))
+    return rows
+
+
+def from_file(path: str, request: ServingRequest, n: int, tokenizer: Tokenizer) -> list[Prompt]:
+    rows = read_prompts_file(path)
+    return [Prompt(r["prompt"], tokenizer.count(r["prompt"]), int(r.get("output_tokens") or request.output_tokens))
             for r in (rows[i % len(rows)] for i in range(n))]
 
 
