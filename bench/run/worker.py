@@ -21,7 +21,7 @@ from backends import backend_class
 from bench.core.cache import write_json_atomic
 from bench.core.deps import MissingDependency, NotSupportedHere
 from bench.core.timing import Clock, make_clock
-from bench.measure import bandwidth, kvcache
+from bench.measure import bandwidth, energy, kvcache
 from bench.measure.evaltext import eval_text
 from bench.measure.latency import measure, one_generation, prompt_batch
 from bench.measure.memory import MemorySampler
@@ -124,6 +124,8 @@ def run_case(case: CaseSpec, run_dir: Path | None = None, driver: Driver | None 
                       else _latency_task(case, backend, prompts, clock))
         description = backend.describe()
         memory = sampler.stop()
+        if prompts is not None and case.workload is not None and profile:  # energy/token where a counter exists
+            energy.measure_into(result, backend, prompts, case.workload.new_tokens)
         if case.profile and profile and prompts is not None and run_dir is not None:  # after measuring
             from bench.measure.profiling import profile_case
 
