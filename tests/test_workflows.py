@@ -64,8 +64,8 @@ def _split(text: str) -> list[str]:
 
 
 def documented_commands() -> set[str]:
-    """Commands in the README's code (indented or fenced blocks, inline spans), .ci/run and tox.ini."""
-    readme = (ROOT / "README.md").read_text()
+    """Commands in the README's and docs/'s code (indented or fenced blocks, inline spans), .ci/run and tox.ini."""
+    readme = "\n".join(p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
     code = re.findall(r"^ {4,}(\S.*)$", readme, flags=re.MULTILINE)  # indented code, also in list items
     blocks = re.findall(r"```(?:\w*)\n(.*?)```", readme, flags=re.DOTALL)
     code += [line for block in blocks for line in block.splitlines()]

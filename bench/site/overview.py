@@ -11,11 +11,18 @@ HEADLINE = ("ttft_ms", "tpot_ms", "decode_tok_s", "peak_rss_bytes", "perplexity"
 
 
 def sparkline(values: list[float | None], colour: str) -> dict:
-    """A plotly figure: the values over runs, no axes."""
+    """A plotly figure: the values over runs, no axes. The y range spans at least +-5 % of the median (the gate's
+    default threshold), so run-to-run noise below what the gate calls a change stays flat."""
+    known = sorted(v for v in values if v is not None)
+    y_range = None
+    if known:
+        middle = known[len(known) // 2]
+        low, high = min(known[0], middle - 0.05 * abs(middle)), max(known[-1], middle + 0.05 * abs(middle))
+        y_range = [low, high] if high > low else None
     return {"data": [{"type": "scatter", "mode": "lines+markers", "y": values, "x": list(range(len(values))),
                       "line": {"color": colour, "width": 2}, "marker": {"size": 4}, "hoverinfo": "y"}],
             "layout": {"height": 60, "margin": {"l": 2, "r": 2, "t": 4, "b": 4}, "showlegend": False,
-                       "xaxis": {"visible": False}, "yaxis": {"visible": False},
+                       "xaxis": {"visible": False}, "yaxis": {"visible": False, "range": y_range},
                        "paper_bgcolor": "rgba(0,0,0,0)", "plot_bgcolor": "rgba(0,0,0,0)"}}
 
 
