@@ -242,6 +242,8 @@ def test_change_points_in_a_synthetic_history(tmp_path, step_at, factor):
 def test_bad_input_is_one_error_line(tmp_path):
     proc = run_bench("site", "--history", "missing.sqlite", "-o", "out", cwd=tmp_path, check_exit=2)
     assert proc.stderr.startswith("error: ") and "missing.sqlite" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_bench("site", "--max-pairs", "-1", "-o", "out", cwd=tmp_path, check_exit=2)
+    assert proc.stderr == "error: --max-pairs must be 0 or more, not -1\n"
 
 
 # ---------------------------------------------------------------- in a real browser

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.errors import ExitCode
+from bench.errors import BadInput, ExitCode
 
 
 def cmd_site(args) -> ExitCode:
     from bench.gate import history
     from bench.site.build import build
 
+    if args.max_pairs < 0:
+        raise BadInput(f"--max-pairs must be 0 or more, not {args.max_pairs}")
     db = args.history
     if db is None:  # the history the gate uses, when there is one
         default = history.db_path(None, args.results)
