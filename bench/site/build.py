@@ -7,6 +7,8 @@ Pages alike and requests nothing from the network when viewed.
 from __future__ import annotations
 
 import importlib.util
+import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -37,9 +39,22 @@ def plotly_js() -> Path:
     return path
 
 
+def _finite(value):
+    """JSON has no NaN or infinity (JSON.parse rejects them): a non-finite number is shown as a gap (null)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _env() -> jinja2.Environment:
-    return jinja2.Environment(loader=jinja2.PackageLoader("bench.site", "templates"), autoescape=True,
-                              trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    env = jinja2.Environment(loader=jinja2.PackageLoader("bench.site", "templates"), autoescape=True,
+                             trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    env.policies["json.dumps_function"] = lambda obj, **kw: json.dumps(_finite(obj), allow_nan=False, **kw)
+    return env
 
 
 def build(results: Path | None, history_db: Path | None, out: Path, reports: Path | None = None,
