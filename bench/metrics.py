@@ -230,6 +230,21 @@ _METRICS = [
            "client alone would keep one core busy), with this level's output length."),
     Metric("serve_ready_s", "ready", "s", "timing", "lower",
            "Server start: from launching its process until its readiness endpoint answered 200."),
+    # energy per token where a counter exists (bench/measure/energy.py): measured after the latency repetitions
+    Metric("energy_prefill_j_per_token", "prefill energy", "J/token", "timing", "lower",
+           "Energy per prompt token of prefill: the energy counters' (NVML per GPU, RAPL per CPU package) joules over "
+           "repeated generate(prompt, 1 token) calls, minus the idle power x their time, per call, divided by batch "
+           "size x prompt length. Measured once after the latency repetitions: shown, never gated."),
+    Metric("energy_decode_j_per_token", "decode energy", "J/token", "timing", "lower",
+           "Energy per token generated after the first: (joules of a whole generation - joules of a prefill call), "
+           "both above idle, divided by batch size x (new tokens - 1)."),
+    Metric("energy_prefill_tok_per_j", "prefill tok/J", "tok/J", "timing", "higher",
+           "Prompt tokens per joule of prefill: 1 / energy_prefill_j_per_token."),
+    Metric("energy_decode_tok_per_j", "decode tok/J", "tok/J", "timing", "higher",
+           "Generated tokens per joule of decode: 1 / energy_decode_j_per_token."),
+    Metric("energy_idle_w", "idle power", "W", "info", None,
+           "The idle baseline subtracted from the energy figures: the counters' joules over a second of sleep in the "
+           "case's process (model loaded), divided by that time, summed over the counters."),
     Metric("profile_step_ms", "profiled step", "ms", "info", "lower",
            "Wall time of one generation under the profiler (mean over the profiled steps), split into prefill (until "
            "the first token) and decode; the profiler's overhead is included."),

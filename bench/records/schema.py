@@ -20,7 +20,8 @@ Format history (FORMAT_VERSION is what this code writes; `bench.records.upgrade`
   ServingLevel per load level) and `RawSamples.serving` (per-request stamps, one list per level).
   Also additive: `CaseRecord.machine` (Machine: the fingerprint of the machine that ran the case, with its
   `machine_id`), `RunMeta.shard` (ShardInfo: the run is one shard of a suite, `bench run --shard I/N`) and
-  `RunMeta.merged_from` (the runs `bench merge` combined into this one).
+  `RunMeta.merged_from` (the runs `bench merge` combined into this one), and `CaseOutcome.energy` (EnergyInfo:
+  the counters, idle baseline and phases behind the energy_* metrics, where a counter exists).
 
 Settings shared by suites and records (workload, repetitions, perplexity, profile, serving) are defined here,
 so reading a run never needs the suite's backends, or even its schema, to still exist.
@@ -449,6 +450,26 @@ class Machine(_Record):
         return f"{self.hostname or '?'} ({self.machine_id}: {self.cpu_model or '?'}, {gpus})"
 
 
+class EnergyPhase(_Record):
+    """One block of an energy measurement (bench/measure/energy.py): the counters' joules over it, idle included."""
+
+    calls: int = Field(description="generate calls in the block (0: the idle baseline)")
+    tokens: int = Field(description="tokens the per-token figure divides by, over all calls")
+    seconds: float
+    joules: dict[str, float] = Field(default_factory=dict, description="per counter, idle not subtracted")
+
+
+class EnergyInfo(_Record):
+    """How a case's energy per token was measured: the counters, the idle baseline subtracted, the two phases."""
+
+    counters: list[str]
+    idle: EnergyPhase
+    idle_power_w: float = Field(description="summed over the counters; subtracted from both phases")
+    prefill: EnergyPhase
+    generation: EnergyPhase
+    method: str = ""
+
+
 class CaseOutcome(_Record):
     """What a case came to: what its worker reports (bench/exec/protocol.py) and its record keeps."""
 
@@ -464,6 +485,7 @@ class CaseOutcome(_Record):
     model_path: str | None = None
     worker_seconds: float | None = None
     python: str | None = None
+    energy: EnergyInfo | None = None  # where an energy counter exists (bench/measure/energy.py)
 
 
 class CaseRecord(CaseOutcome):

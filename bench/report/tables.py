@@ -120,6 +120,8 @@ def _lead_cells(entry: Entry, several_runs: bool) -> list[Cell]:
 
 LATENCY_METRICS = ("ttft_ms", "tpot_ms", "e2e_ms", "decode_tok_s", "prefill_tok_s", "peak_rss_bytes", "load_s")
 BANDWIDTH_METRICS = ("model_size_bytes", "achieved_bandwidth_gbs", "mbu")
+ENERGY_METRICS = ("energy_prefill_j_per_token", "energy_decode_j_per_token", "energy_prefill_tok_per_j",
+                  "energy_decode_tok_per_j", "energy_idle_w")  # columns only where a counter measured them
 
 
 def paired_cell(record: CaseRecord, paired: str, metric: str, ref: CaseRecord | None) -> Cell:
@@ -149,6 +151,8 @@ def latency_table(title: str, entries: list[Entry], several_runs: bool) -> Table
         Column(f"decode tok/s vs {reference}", "decode_tok_s"), Column(f"TPOT vs {reference}", "tpot_vs_reference"),
         Column(f"TTFT vs {reference}", "ttft_vs_reference"),
     ] + [Column(METRICS[m].header, m) for m in BANDWIDTH_METRICS]
+    energy = [m for m in ENERGY_METRICS if any(e.record.value(m) is not None for e in entries)]
+    columns += [Column(METRICS[m].header, m) for m in energy]
     rows = []
     notes: list[str] = []
     for entry in entries:
@@ -158,12 +162,14 @@ def latency_table(title: str, entries: list[Entry], several_runs: bool) -> Table
             ratio_cell(r.value("decode_tok_s"), ref.value("decode_tok_s") if ref else None),
             paired_cell(r, "tpot_vs_reference", "tpot_ms", ref),
             paired_cell(r, "ttft_vs_reference", "ttft_ms", ref),
-        ] + [metric_cell(r, m) for m in BANDWIDTH_METRICS])
+        ] + [metric_cell(r, m) for m in (*BANDWIDTH_METRICS, *energy)])
         notes += [f"{r.variant}: {warning}." for warning in (r.latency.warnings if r.latency else [])]
     reasons = sorted({why for e in entries if (why := e.record.not_applicable.get("mbu"))})
+    no_energy = sorted({why for e in entries if (why := e.record.not_applicable.get("energy"))})
     methods = sorted({s.ci_method for e in entries if (s := e.record.summary("tpot_ms")) and s.ci_method})
     return Table(title, columns, rows, [f"Intervals of the medians: {m}." for m in methods] + notes
-                 + [f"MBU not applicable: {why}." for why in reasons])
+                 + [f"MBU not applicable: {why}." for why in reasons]
+                 + [f"Energy per token not measured: {why}." for why in no_energy])
 
 
 QUALITY_METRICS = ("kld_mean", "kld_p99", "top1_agreement")

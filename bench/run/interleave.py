@@ -393,7 +393,7 @@ def _record(m: _Measured, reference: _Measured | None, mode: str, group_size: in
     record = CaseRecord(case=case, status="ok", started_at=m.started, wall_seconds=wall,
                         worker_seconds=sum(r.worker_seconds or 0 for r in m.results), python=last.python,
                         model_path=last.model_path, metrics=metrics, latency=info, backend=description,
-                        not_applicable=not_applicable, profile=last.profile)
+                        not_applicable=not_applicable, profile=last.profile, energy=last.energy)
     return record, samples
 
 

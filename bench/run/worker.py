@@ -21,7 +21,7 @@ from bench.core.deps import MissingDependency, NotSupportedHere
 from bench.core.timing import Clock, make_clock
 from bench.exec.protocol import DRIVE_FDS, RESULT_UNWRITABLE, Driver, WorkerResult
 from bench.exec.tasks import task_function
-from bench.measure import bandwidth, kvcache
+from bench.measure import bandwidth, energy, kvcache
 from bench.measure.evaltext import eval_text
 from bench.measure.latency import one_generation, prompt_batch
 from bench.measure.memory import MemorySampler
@@ -93,7 +93,10 @@ def run_backend_case(case: CaseSpec, run_dir: Path | None = None, driver: Driver
             result = _driven_latency(case, backend, prompts, clock, driver)
         description = backend.describe()
         memory = sampler.stop()
-        if case.profile and driver is not None and driver.profile and prompts is not None and run_dir is not None:
+        last_process = driver is not None and driver.profile  # the case's last process measures energy and profiles
+        if prompts is not None and case.workload is not None and last_process:  # energy/token where a counter exists
+            energy.measure_into(result, backend, prompts, case.workload.new_tokens)
+        if case.profile and last_process and prompts is not None and run_dir is not None:  # after measuring
             from bench.measure.profiling import profile_case
 
             result.profile = profile_case(case, backend, prompts, run_dir / "traces" / case.id)

@@ -1,0 +1,38 @@
+"""`site`: the static performance dashboard (bench/site, docs/dashboard.md) from results/ and the run history."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.errors import BadInput, ExitCode
+
+
+def cmd_site(args) -> ExitCode:
+    from bench.gate import history
+    from bench.site.build import build
+
+    if args.max_pairs < 0:
+        raise BadInput(f"--max-pairs must be 0 or more, not {args.max_pairs}")
+    db = args.history
+    if db is None:  # the history the gate uses, when there is one
+        default = history.db_path(None, args.results)
+        db = default if default.exists() else None
+    done = build(args.results, db, args.output, args.reports, args.max_pairs)
+    print(f"site: {done['out']}/index.html: {len(done['pages'])} pages, {done['runs']} runs ({done['loaded_runs']} "
+          f"loaded, {done['reports']} reports), {done['compared_pairs']} pairs compared, {done['change_points']} "
+          f"change point(s), {done['seconds']:.1f} s")
+    return ExitCode.OK
+
+
+def add_commands(sub) -> list:
+    site = sub.add_parser("site", help="build the static performance dashboard (trends, change points, compare, "
+                          "quantization, serving) from results/ and the run history")
+    site.add_argument("--results", type=Path, default=Path("results"), help="runs to show (default: ./results)")
+    site.add_argument("--history", type=Path, help="history database (default: $BENCH_HISTORY_DB or "
+                      "<results>/history.sqlite, when it exists); never written")
+    site.add_argument("--reports", type=Path, default=Path("reports"), help="where `bench report` wrote the runs' "
+                      "HTML reports, copied into the site and linked from each trend point (default: ./reports)")
+    site.add_argument("--max-pairs", type=int, default=12, help="per suite, gate verdicts for the newest N pairs of "
+                      "consecutive runs (default: 12)")
+    site.add_argument("-o", "--output", type=Path, default=Path("site"), help="output directory (default: ./site)")
+    site.set_defaults(func=cmd_site)
+    return []

@@ -1,0 +1,104 @@
+"""Writes the site: one HTML file per view (jinja2 templates in bench/site/templates/), plotly.js copied from
+the installed `plotly` package (extra `site`) into assets/, each run's HTML report copied into reports/.
+
+Every page carries its data and figures inline (a JSON block), so the site works from file:// and GitHub
+Pages alike and requests nothing from the network when viewed.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import jinja2
+
+from bench.errors import BadInput
+from bench.site import compare, overview, quantization, serving, trend
+from bench.site.gather import gather
+from bench.site.verdicts import MAX_PAIRS, consecutive_pairs, latest_verdicts
+
+STATIC = ("site.css", "site.js")
+
+
+class SiteError(BadInput):
+    """The site cannot be built (plotly missing, output not writable): exit code 2."""
+
+
+def plotly_js() -> Path:
+    """plotly.min.js as the `plotly` Python package bundles it."""
+    spec = importlib.util.find_spec("plotly")
+    if spec is None or spec.origin is None:
+        raise SiteError("the dashboard needs the Python package 'plotly' (its bundled plotly.min.js): "
+                        "pip install 'bench[site]'")
+    path = Path(spec.origin).parent / "package_data" / "plotly.min.js"
+    if not path.is_file():
+        raise SiteError(f"plotly is installed but has no bundled {path}: pip install --force-reinstall plotly")
+    return path
+
+
+def _finite(value):
+    """JSON has no NaN or infinity (JSON.parse rejects them): a non-finite number is shown as a gap (null)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _env() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.PackageLoader("bench.site", "templates"), autoescape=True,
+                             trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    env.policies["json.dumps_function"] = lambda obj, **kw: json.dumps(_finite(obj), allow_nan=False, **kw)
+    return env
+
+
+def build(results: Path | None, history_db: Path | None, out: Path, reports: Path | None = None,
+          max_pairs: int = MAX_PAIRS) -> dict:
+    """Build the site under `out`; returns what was written (pages, runs, seconds)."""
+    started = time.monotonic()
+    script = plotly_js()
+    data = gather(results, history_db, reports)
+    try:
+        pairs = consecutive_pairs(data, max_pairs)
+        verdicts = latest_verdicts(pairs)
+        out = Path(out)
+        try:
+            (out / "assets").mkdir(parents=True, exist_ok=True)
+            (out / "trend").mkdir(exist_ok=True)
+            shutil.copyfile(script, out / "assets" / "plotly.min.js")
+            for name in STATIC:
+                shutil.copyfile(Path(__file__).parent / "templates" / name, out / "assets" / name)
+            for run_id, path in data.reports.items():
+                (out / "reports" / run_id).mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, out / "reports" / run_id / "report.html")
+        except OSError as exc:
+            raise SiteError(f"cannot write the site under {out}: {exc.strerror or exc}") from None
+        links = {run_id: f"reports/{run_id}/report.html" for run_id in data.reports}
+        env = _env()
+        by_suite = {s: data.ordered_runs(s) for s in {r.meta.suite_name for r in data.runs.values()}}
+        written = []
+        trend_pages = trend.pages(data, {k: f"../{v}" for k, v in links.items()})
+        views = {
+            "index.html": ("overview.html.j2", overview.context(data, verdicts)),
+            "compare.html": ("compare.html.j2", compare.context(list(data.runs.values()), pairs, links)),
+            "quantization.html": ("quantization.html.j2", quantization.context(by_suite)),
+            "serving.html": ("serving.html.j2", serving.context(by_suite)),
+        }
+        for name, (template, context) in views.items():
+            (out / name).write_text(env.get_template(template).render(root="", page=name, **context))
+            written.append(name)
+        for page in trend_pages:
+            (out / page["file"]).write_text(env.get_template("trend.html.j2").render(
+                root="../", page="trend", case=page, figures=page["figures"]))
+            written.append(page["file"])
+        return {"out": str(out), "pages": written, "runs": len(data.run_rows), "loaded_runs": len(data.runs),
+                "compared_pairs": len(pairs), "reports": len(data.reports),
+                "change_points": sum(len(p["change_points"]) for p in trend_pages),
+                "seconds": time.monotonic() - started}
+    finally:
+        data.workdir.cleanup()

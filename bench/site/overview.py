@@ -1,0 +1,68 @@
+"""Overview: one tile per case x headline metric, with a sparkline over runs, coloured by the gate's verdict of
+the newest pair of runs (bench/site/verdicts.py), filterable by machine, suite, backend and model."""
+from __future__ import annotations
+
+from bench.metrics import METRICS
+from bench.site.common import VERDICT_COLOURS, fmt, machine_label, shown, trend_file
+from bench.site.gather import SiteData
+
+HEADLINE = ("ttft_ms", "tpot_ms", "decode_tok_s", "peak_rss_bytes", "perplexity", "kld_mean",
+            "energy_decode_j_per_token")
+
+
+def sparkline(values: list[float | None], colour: str) -> dict:
+    """A plotly figure: the values over runs, no axes. The y range spans at least +-5 % of the median (the gate's
+    default threshold), so run-to-run noise below what the gate calls a change stays flat."""
+    known = sorted(v for v in values if v is not None)
+    y_range = None
+    if known:
+        middle = known[len(known) // 2]
+        low, high = min(known[0], middle - 0.05 * abs(middle)), max(known[-1], middle + 0.05 * abs(middle))
+        y_range = [low, high] if high > low else None
+    return {"data": [{"type": "scatter", "mode": "lines+markers", "y": values, "x": list(range(len(values))),
+                      "line": {"color": colour, "width": 2}, "marker": {"size": 4}, "hoverinfo": "y"}],
+            "layout": {"height": 60, "margin": {"l": 2, "r": 2, "t": 4, "b": 4}, "showlegend": False,
+                       "xaxis": {"visible": False}, "yaxis": {"visible": False, "range": y_range},
+                       "paper_bgcolor": "rgba(0,0,0,0)", "plot_bgcolor": "rgba(0,0,0,0)"}}
+
+
+def tiles(data: SiteData, verdicts: dict) -> tuple[list[dict], dict[str, dict]]:
+    """The tiles (sorted by suite, model, case, metric) and their sparkline figures, by figure id."""
+    out: list[dict] = []
+    figures: dict[str, dict] = {}
+    for s in data.series:
+        if s.metric not in HEADLINE or not s.points:
+            continue
+        record = data.record_of(s.suite, s.case_id)
+        verdict = verdicts.get((s.suite, s.case_id, s.metric))
+        status = verdict["status"] if verdict else None
+        latest = s.points[-1]
+        fig_id = f"spark-{len(figures)}"
+        figures[fig_id] = sparkline([shown(s.metric, p.value) for p in s.points], VERDICT_COLOURS[status])
+        ratio = ""
+        if verdict and verdict.get("ratio") is not None:
+            ci = (f" [{verdict['ci_low']:.3f}, {verdict['ci_high']:.3f}]" if verdict.get("ci_low") is not None
+                  else "")
+            ratio = f"x{verdict['ratio']:.3f}{ci} vs {verdict['baseline_run']}"
+        out.append({
+            "suite": s.suite, "machine": s.machine,
+            "machine_label": machine_label(record) if record is not None and record.machine else s.machine,
+            "backend": record.case.backend if record is not None else "unknown", "model": s.model,
+            "variant": s.variant, "workload": s.workload, "case_id": s.case_id, "metric": s.metric,
+            "label": METRICS[s.metric].label, "unit": METRICS[s.metric].display_unit,
+            "value": fmt(shown(s.metric, latest.value)), "runs": len(s.points), "latest_run": latest.run_id,
+            "status": status or "no verdict", "colour": VERDICT_COLOURS[status], "ratio": ratio,
+            "trend": trend_file(s.suite, s.case_id), "figure": fig_id,
+        })
+    out.sort(key=lambda t: (t["suite"], t["model"], t["variant"], t["workload"], HEADLINE.index(t["metric"])))
+    return out, figures
+
+
+def context(data: SiteData, verdicts: dict) -> dict:
+    found, figures = tiles(data, verdicts)
+    filters = {name: sorted({t[name] for t in found}) for name in ("machine", "suite", "backend", "model")}
+    counts: dict[str, int] = {}
+    for t in found:
+        counts[t["status"]] = counts.get(t["status"], 0) + 1
+    return {"tiles": found, "figures": figures, "filters": filters, "counts": counts,
+            "n_runs": len(data.run_rows), "n_loaded": len(data.runs), "colours": VERDICT_COLOURS}
