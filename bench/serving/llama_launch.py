@@ -13,8 +13,12 @@ import sys
 
 def main(argv: list[str]) -> None:
     if len(argv) < 2 or argv[0] != "--use-extra-bufts" or argv[1] not in ("0", "1"):
-        raise SystemExit("usage: python -m bench.serving.llama_launch --use-extra-bufts 0|1 SERVER-ARGS...")
+        raise SystemExit("usage: python -m bench.serving.llama_launch --use-extra-bufts 0|1 [--prefix-reuse 0|1] "
+                         "SERVER-ARGS...")
     use_extra_bufts = argv[1] == "1"
+    prefix_reuse = True
+    if argv[2:3] == ["--prefix-reuse"]:
+        prefix_reuse, argv = argv[3] == "1", argv[:2] + argv[4:]
     import llama_cpp.llama_cpp as lib
 
     default_params = lib.llama_model_default_params
@@ -26,6 +30,11 @@ def main(argv: list[str]) -> None:
 
     lib.llama_model_default_params = model_params
     print(f"llama.cpp extra CPU buffer types: {'on' if use_extra_bufts else 'off'}", flush=True)
+    if not prefix_reuse:  # Llama.generate keeps the KV cells of the longest prefix shared with the last prompt
+        from llama_cpp import Llama
+
+        Llama.longest_token_prefix = staticmethod(lambda a, b: 0)  # type: ignore[method-assign]
+    print(f"llama.cpp prompt-prefix reuse across requests: {'on' if prefix_reuse else 'off'}", flush=True)
     from llama_cpp.server.__main__ import main as serve
 
     sys.argv = ["llama_cpp.server", *argv[2:]]
