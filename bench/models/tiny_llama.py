@@ -141,24 +141,10 @@ def lr_at(step: int, r: Recipe) -> float:
     return r.lr * (r.min_lr_ratio + (1 - r.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def _build_into(out: Path, r: Recipe, log: Callable[[str], None]) -> None:
-    import torch
-    import transformers
+def model_config(r: Recipe, eos_id: int) -> tuple[Any, Any]:
+    """(transformers config, model class) of the recipe's architecture, before training."""
     from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
-    log(f"building tiny-llama {r.recipe_hash()} ({r.steps} steps, {r.train_threads} thread(s))")
-    t0 = time.perf_counter()
-    corpus = load_corpus()
-    if corpus.sha256 != r.corpus_sha256:
-        raise ValueError(f"corpus sha256 {corpus.sha256} != recipe's {r.corpus_sha256} (stdlib changed?)")
-
-    tokenizer = train_tokenizer(corpus.train, r.vocab_size, r.max_position_embeddings)
-    encode = tokenizer.backend_tokenizer.encode  # whole texts: no length warning, no special tokens
-    train_ids = torch.tensor(encode(corpus.train).ids)
-    heldout_ids = encode(corpus.heldout).ids
-    log(f"tokenizer: {len(tokenizer)} tokens; train {len(train_ids)} tokens, held-out {len(heldout_ids)}")
-
-    eos_id = tokenizer.convert_tokens_to_ids(EOS)
     shape: dict[str, Any] = {
         "vocab_size": r.vocab_size,
         "hidden_size": r.hidden_size,
@@ -174,10 +160,30 @@ def _build_into(out: Path, r: Recipe, log: Callable[[str], None]) -> None:
         "pad_token_id": eos_id,
         "dtype": "float32",
     }
+    if r.sliding_window is None:
+        return LlamaConfig(**shape), LlamaForCausalLM
     # a sliding window: Mistral's architecture, which is Llama's plus the window
-    config: Any = LlamaConfig(**shape) if r.sliding_window is None else \
-        MistralConfig(**shape, sliding_window=r.sliding_window)
-    model_class: Any = LlamaForCausalLM if r.sliding_window is None else MistralForCausalLM
+    return MistralConfig(**shape, sliding_window=r.sliding_window), MistralForCausalLM
+
+
+def _build_into(out: Path, r: Recipe, log: Callable[[str], None]) -> None:
+    import torch
+    import transformers
+
+    log(f"building tiny-llama {r.recipe_hash()} ({r.steps} steps, {r.train_threads} thread(s))")
+    t0 = time.perf_counter()
+    corpus = load_corpus()
+    if corpus.sha256 != r.corpus_sha256:
+        raise ValueError(f"corpus sha256 {corpus.sha256} != recipe's {r.corpus_sha256} (stdlib changed?)")
+
+    tokenizer = train_tokenizer(corpus.train, r.vocab_size, r.max_position_embeddings)
+    encode = tokenizer.backend_tokenizer.encode  # whole texts: no length warning, no special tokens
+    train_ids = torch.tensor(encode(corpus.train).ids)
+    heldout_ids = encode(corpus.heldout).ids
+    log(f"tokenizer: {len(tokenizer)} tokens; train {len(train_ids)} tokens, held-out {len(heldout_ids)}")
+
+    eos_id = tokenizer.convert_tokens_to_ids(EOS)
+    config, model_class = model_config(r, eos_id)
     threads = torch.get_num_threads()
     torch.set_num_threads(r.train_threads)
     try:

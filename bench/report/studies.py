@@ -134,10 +134,12 @@ def prefix_cache_table(entries: list[Entry], samples_of: SamplesOf) -> Table | N
         if set(pair) != {True, False}:
             continue
         raw = {state: samples_of(entry) for state, entry in pair.items()}
-        levels = {state: {lv.key: lv for lv in entry.record.serving.levels} for state, entry in pair.items()}
+        levels = {state: {lv.key: lv for lv in (entry.record.serving.levels if entry.record.serving else [])}
+                  for state, entry in pair.items()}
         for key in [k for k in levels[False] if k in levels[True]]:
             off_level, on_level = levels[False][key], levels[True][key]
-            requests = {state: (samples.serving or {}).get(key, []) if samples else [] for state, samples in raw.items()}
+            requests = {state: (samples.serving or {}).get(key, []) if samples else []
+                        for state, samples in raw.items()}
             ratio = speedup(requests[False], requests[True])
             rows.append([Cell(server), Cell(key), Cell(off_level.label),
                          metric_cell(off_level, "serve_ttft_ms"), metric_cell(on_level, "serve_ttft_ms"),
