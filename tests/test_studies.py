@@ -171,3 +171,28 @@ def test_vllm_prefix_cache_counters_are_read_from_its_metrics_text():
             'vllm:num_requests_running{engine="0",model_name="m"} 0.0\n')
     assert prefix_cache_counters(text) == {"hits": 704.0, "queries": 960.0}
     assert prefix_cache_counters('vllm:num_requests_running{engine="0"} 0.0\n') is None
+
+
+def test_study_suites_expand_each_variant_on_its_own_models_and_tasks(tmp_path):
+    from bench.suite import SuiteError, load_suite
+    from tests.conftest import ROOT, write_suite
+
+    _, cases = load_suite(ROOT / "suites" / "attention.yaml")
+    kernels = {c.variant for c in cases if c.model == "tiny-llama"}
+    assert kernels == {"sdpa-flash", "eager", "sdpa", "sdpa-math", "flex", "sdpa-efficient", "sdpa-cudnn",
+                       "flash-attention-2"}
+    assert {(c.model, c.variant) for c in cases if c.model != "tiny-llama"} == {
+        (m, "sdpa-flash") for m in ("tiny-llama-kv1", "tiny-llama-mha", "tiny-llama-swa")}
+    assert all(c.task == "latency" for c in cases if c.variant != "sdpa-flash")
+    assert sorted(c.perplexity.window for c in cases if c.task == "perplexity" and c.model == "tiny-llama-swa") == [
+        32, 64, 128, 256, 512]
+    _, batching = load_suite(ROOT / "suites" / "batching.yaml")
+    assert {c.serving.request.shared_prefix_tokens for c in batching if c.task == "serving"} == {448}
+    path = write_suite(tmp_path / "s.yaml", """
+        name: bad
+        models: [tiny-llama]
+        backends: [{backend: hf-eager, models: [tiny-llama-kv1]}]
+        tasks: [latency]
+        """)
+    with pytest.raises(SuiteError, match=r"s.yaml.*tiny-llama-kv1.*not among the suite's models"):
+        load_suite(path)

@@ -101,9 +101,12 @@ def shape_table(entries: list[Entry]) -> Table | None:
 
 # ---------------------------------------------------------------- prefix caching
 
+PREFIX_OPTIONS = ("prefix_caching", "prefix_reuse")  # vllm-server, llama-cpp-server
+
+
 def prefix_cache_state(options: dict) -> bool | None:
     """Whether a server variant's prefix cache is on (True), off (False), or not set by its options (None)."""
-    for key in ("prefix_caching", "prefix_reuse"):
+    for key in PREFIX_OPTIONS:
         if key in options:
             return bool(options[key])
     return None
@@ -128,9 +131,10 @@ def prefix_cache_table(entries: list[Entry], samples_of: SamplesOf) -> Table | N
         r = e.record
         state = prefix_cache_state(r.case.options)
         if r.ok and r.serving and r.case.serving and r.case.serving.request.shared_prefix_tokens and state is not None:
-            groups[(e.run, r.model, r.case.backend)][state] = e
+            rest = tuple(sorted((k, str(v)) for k, v in r.case.options.items() if k not in PREFIX_OPTIONS))
+            groups[(e.run, r.model, r.case.backend, rest)][state] = e
     rows = []
-    for (_, model, server), pair in sorted(groups.items()):
+    for (_, model, server, _), pair in sorted(groups.items()):
         if set(pair) != {True, False}:
             continue
         raw = {state: samples_of(entry) for state, entry in pair.items()}
