@@ -45,14 +45,16 @@ def attention_table(entries: list[Entry]) -> Table | None:
         seen = ((r.backend.details.get("attention") or {}) if r.backend else {})
         ops = ", ".join(f"{name} x{calls}" for name, calls in sorted((seen.get("kernel_ops") or {}).items()))
         verified = "yes" if seen.get("verified") else ("no" if seen else "")
-        rows.append([Cell(r.variant), Cell(r.case.options["attention"]), Cell(r.workload.label if r.workload else ""),
+        rows.append([Cell(r.model), Cell(r.variant), Cell(r.case.options["attention"]),
+                     Cell(r.workload.label if r.workload else ""),
                      Cell(r.status if r.ok else f"{r.status}: {r.reason or ''}"), Cell(ops or ("" if r.ok else "n/a")),
                      Cell(verified, detail=seen.get("verdict", "") if seen and not seen.get("verified") else ""),
                      *(metric_cell(r, m) if r.ok else NA for m in ("ttft_ms", "tpot_ms"))])
     if not rows:
         return None
     return Table("Attention kernels: what was forced, and what the profiler saw run",
-                 [Column("variant", left=True), Column("attention", left=True), Column("workload", left=True),
+                 [Column("model", left=True), Column("variant", left=True), Column("attention", left=True),
+                  Column("workload", left=True),
                   Column("status", left=True), Column("attention operators in the profile (calls)", left=True),
                   Column("verified", left=True), Column("TTFT ms", "ttft_ms"), Column("TPOT ms", "tpot_ms")], rows,
                  [("The operators come from one profiled 16-token prefill and one decode step, run after measuring "
