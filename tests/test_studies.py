@@ -196,3 +196,51 @@ def test_study_suites_expand_each_variant_on_its_own_models_and_tasks(tmp_path):
         """)
     with pytest.raises(SuiteError, match=r"s.yaml.*tiny-llama-kv1.*not among the suite's models"):
         load_suite(path)
+
+
+def test_prefix_cache_table_pairs_off_and_on_and_gives_the_ttft_speedup_with_its_interval():
+    """Known answer: 12 requests per level, TTFT 100 ms (+ jitter) with the cache off, 25 ms with it on -> ~4x."""
+    import numpy as np
+
+    from bench.records.schema import (
+        CaseRecord,
+        CaseSpec,
+        LoadLevel,
+        RawSamples,
+        RequestSample,
+        ServingInfo,
+        ServingLevel,
+        ServingRequest,
+        ServingSettings,
+    )
+    from bench.report import studies
+    from bench.report.tables import Entry
+    from bench.serving.aggregate import level_metrics
+
+    rng = np.random.default_rng(0)
+    settings = ServingSettings(request=ServingRequest(input_tokens=96, shared_prefix_tokens=64),
+                               levels=[LoadLevel(concurrency=1)])
+    entries, raw = [], {}
+    for reuse, ttft_ms in ((False, 100.0), (True, 25.0)):
+        requests = []
+        for i in range(12):
+            sent = i * 500_000_000
+            first = sent + int((ttft_ms + rng.uniform(-2, 2)) * 1e6)
+            chunks = [first + k * 5_000_000 for k in range(8)]
+            requests.append(RequestSample(scheduled_ns=sent, sent_ns=sent, chunks_ns=chunks, end_ns=chunks[-1],
+                                          input_tokens=96, output_tokens=8))
+        metrics, _ = level_metrics(requests, settings.slo, None)
+        level = ServingLevel(key="sync", label="closed loop, 1 user", load=LoadLevel(concurrency=1), metrics=metrics)
+        label = f"llama-{'reuse' if reuse else 'no-reuse'}"
+        case = CaseSpec(id=label, suite="s", model="m", backend="llama-cpp-server", variant=label, task="serving",
+                        options={"quant": "f32", "prefix_reuse": reuse}, serving=settings)
+        entries.append(Entry("run", CaseRecord(case=case, status="ok", started_at=0, wall_seconds=1,
+                                               serving=ServingInfo(server="llama-cpp-server", levels=[level]))))
+        raw[label] = RawSamples(serving={"sync": requests})
+    table = studies.prefix_cache_table(entries, lambda entry: raw[entry.record.variant])
+    assert table is not None and len(table.rows) == 1
+    speedup = table.rows[0][5]
+    ratio = float(speedup.text.rstrip("x"))
+    low, high = (float(x) for x in speedup.interval.strip("[]").split(","))
+    assert 3.7 < low <= ratio <= high < 4.3 and ratio == pytest.approx(4.0, rel=0.05)
+    assert studies.prefix_cache_table(entries[:1], lambda entry: raw[entry.record.variant]) is None  # no pair
