@@ -228,6 +228,10 @@ _METRICS = [
     Metric("serve_client_max_rps", "client max", "req/s", "info", "higher",
            "Self-check: requests per second of client CPU time against the stub server (the rate at which the "
            "client alone would keep one core busy), with this level's output length."),
+    Metric("serve_prefix_cache_hit_rate", "prefix-cache hits", "fraction", "info", "higher",
+           "Share of the prompt tokens the server looked up in its prefix cache during the level that it found "
+           "there, from the server's own counters (vLLM /metrics: increase of prefix_cache_hits over increase of "
+           "prefix_cache_queries); only servers that expose them."),
     Metric("serve_ready_s", "ready", "s", "timing", "lower",
            "Server start: from launching its process until its readiness endpoint answered 200."),
     # energy per token where a counter exists (bench/measure/energy.py): measured after the latency repetitions

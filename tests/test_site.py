@@ -178,7 +178,7 @@ def test_the_overview_tiles_carry_the_gates_verdict_of_the_newest_pair(site, tmp
         history.record_run(run, db)
     expected = compare_runs(runs["n5"], runs["n6"], rule_from(runs["n6"]),
                             history=history.noise_lookup(db, runs["n6"]))
-    statuses = {(c["case"], c["metric"]): c["status"] for c in expected["comparisons"]}
+    statuses = {(c.case, c.metric): c.status for c in expected.comparisons}
     html = (root / "site" / "index.html").read_text()
     tiles = re.findall(r'<a class="tile"[^>]*data-status="([^"]+)" data-case="([^"]+)" data-metric="([^"]+)"', html)
     ok = [r for r in runs["n6"].records if r.ok]

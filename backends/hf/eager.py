@@ -13,7 +13,8 @@ from typing import Literal
 from pydantic import Field
 
 from backends.base import Backend, BackendDescription, BackendOptions, TokenBatch, require
-from backends.hf import kvcache
+from backends.hf import attention, kvcache
+from backends.hf.attention import Attention
 
 
 class HFOptions(BackendOptions):
@@ -25,6 +26,8 @@ class HFOptions(BackendOptions):
                           "gptq-w4a16", "awq-w4a16"] = "none"  # see backends/hf/quant.py
     kv_cache: kvcache.KVCache = "dynamic"  # see backends/hf/kvcache.py
     kv_residual_length: int = Field(128, ge=1, description="quanto KV cache: newest tokens kept in full precision")
+    attention: Attention | None = Field(None, description="attention kernel (backends/hf/attention.py); default: "
+                                        "the backend's own (hf-eager: eager, bettertransformer: sdpa)")
 
 
 class HFEager(Backend):
@@ -44,11 +47,18 @@ class HFEager(Backend):
         self.model_path = model_path
         self._torch = torch
         torch.set_num_threads(self.threads)
+        self._kernel = self.options.attention or {"eager": "eager", "sdpa": "sdpa"}[self.attn_implementation]
+        attention.check_supported(self._kernel, self.device, self.options.dtype, self.name)
+        self._attention = attention.forcing(self._kernel)
+        if self._kernel == "flex":
+            attention.label_flex(torch)
+        self._attention_verdict: dict | None = None
         from backends.hf.quant import Loader, grad_mode, load_quantized
 
         def load(path: str, **kwargs):
             return transformers.AutoModelForCausalLM.from_pretrained(
-                path, dtype=getattr(torch, self.options.dtype), attn_implementation=self.attn_implementation,
+                path, dtype=getattr(torch, self.options.dtype),
+                attn_implementation=attention.kernel(self._kernel).attn_implementation,
                 **kwargs)
 
         self.model = load_quantized(self.options.quantization, Loader(model_path, load), self.device, self.name).eval()
@@ -66,11 +76,11 @@ class HFEager(Backend):
     def generate(self, batch: TokenBatch, new_tokens: int, on_token: Callable[[], None]) -> TokenBatch:
         torch = self._torch
         if self.options.kv_cache == "off":
-            with self._grad():
+            with self._grad(), self._attention():
                 ids = torch.tensor(batch, device=self.device)
                 return kvcache.decode_without_cache(self._forward, torch, ids, new_tokens, on_token)
         quantized_cache = self._new_cache()
-        with self._grad():
+        with self._grad(), self._attention():
             out = self._forward(input_ids=torch.tensor(batch, device=self.device), use_cache=True, logits_to_keep=1,
                                 **({self._cache_arg: quantized_cache} if quantized_cache is not None else {}))
             token = self._argmax_next(out.logits)
@@ -88,7 +98,7 @@ class HFEager(Backend):
 
     def token_logits(self, ids: list[int]):
         torch = self._torch
-        with self._grad():
+        with self._grad(), self._attention():
             if self.options.kv_cache in kvcache.QUANTIZED:  # what attention reads back: decode through the cache
                 logits = kvcache.logits_through_cache(self._forward, torch, torch.tensor([ids], device=self.device),
                                                       self._new_cache(), self._cache_arg)
@@ -102,8 +112,11 @@ class HFEager(Backend):
 
         torch, model = self._torch, self.model
         quantization, kv = self.options.quantization, self.options.kv_cache
+        if self._attention_verdict is None:  # after the task: which attention kernel ran, from a short profile
+            self._attention_verdict = attention.verify(self._kernel, self.device, torch, self._forward, self._cache_arg,
+                                                       [self._grad, self._attention])
         checkpoint = getattr(model, "bench_checkpoint", None)  # llm-compressor variants (hf/quant.py)
-        details: dict = {"attn_implementation": model.config._attn_implementation,
+        details: dict = {"attn_implementation": model.config._attn_implementation, "attention": self._attention_verdict,
                          "decode_loop": "bench greedy KV-cache loop (prefill forward, then one forward per token)"
                          if kv != "off" else "bench greedy loop without a cache: a full forward over the whole "
                          "sequence per token (use_cache=False)",
@@ -120,7 +133,8 @@ class HFEager(Backend):
         return BackendDescription(
             mechanism=self.mechanism() + (" + torch.compile" if self.options.compile else "")
             + (f" + {quantization} weights" if quantization != "none" else "")
-            + (f" + kv_cache={kv}" if kv != "dynamic" else ""),
+            + (f" + kv_cache={kv}" if kv != "dynamic" else "")
+            + (f" + attention={self._kernel}" if self.options.attention else ""),
             dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
             device=self.device,
             threads=torch.get_num_threads(),

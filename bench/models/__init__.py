@@ -10,14 +10,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.models import tiny_llama
+from bench.models import tiny_llama, tiny_variants
 
 BUILTIN_MODELS: dict[str, Callable[..., Path]] = {
     "tiny-llama": tiny_llama.build,
+    **tiny_variants.BUILDERS,
 }
 # context length (tokens) of each built-in model, known without building it (suites are checked against it)
 BUILTIN_CONTEXT: dict[str, int] = {
     "tiny-llama": tiny_llama.CONTEXT,
+    **tiny_variants.CONTEXT,
 }
 
 

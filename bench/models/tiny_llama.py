@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bench.core.cache import build_dir_atomically, cache_dir
 from bench.models.corpus import load_corpus
@@ -49,9 +50,14 @@ class Recipe:
     grad_clip: float = 1.0
     # 1 thread: ~7k tokens/s whatever else runs; 2 threads: ~11k alone, 1-3k on a busy machine
     train_threads: int = 1
+    # attention over the last N tokens only (Mistral's architecture: Llama's plus the window); None: full
+    sliding_window: int | None = None
 
     def recipe_hash(self) -> str:
-        canonical = json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
+        fields = dataclasses.asdict(self)
+        if fields["sliding_window"] is None:  # added later: a recipe without it keeps the hash (and build) it had
+            del fields["sliding_window"]
+        canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
@@ -135,10 +141,34 @@ def lr_at(step: int, r: Recipe) -> float:
     return r.lr * (r.min_lr_ratio + (1 - r.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def model_config(r: Recipe, eos_id: int) -> tuple[Any, Any]:
+    """(transformers config, model class) of the recipe's architecture, before training."""
+    from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+
+    shape: dict[str, Any] = {
+        "vocab_size": r.vocab_size,
+        "hidden_size": r.hidden_size,
+        "intermediate_size": r.intermediate_size,
+        "num_hidden_layers": r.num_layers,
+        "num_attention_heads": r.num_heads,
+        "num_key_value_heads": r.num_kv_heads,
+        "max_position_embeddings": r.max_position_embeddings,
+        "rope_parameters": {"rope_type": "default", "rope_theta": r.rope_theta},
+        "tie_word_embeddings": r.tie_word_embeddings,
+        "bos_token_id": eos_id,
+        "eos_token_id": eos_id,
+        "pad_token_id": eos_id,
+        "dtype": "float32",
+    }
+    if r.sliding_window is None:
+        return LlamaConfig(**shape), LlamaForCausalLM
+    # a sliding window: Mistral's architecture, which is Llama's plus the window
+    return MistralConfig(**shape, sliding_window=r.sliding_window), MistralForCausalLM
+
+
 def _build_into(out: Path, r: Recipe, log: Callable[[str], None]) -> None:
     import torch
     import transformers
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     log(f"building tiny-llama {r.recipe_hash()} ({r.steps} steps, {r.train_threads} thread(s))")
     t0 = time.perf_counter()
@@ -153,26 +183,12 @@ def _build_into(out: Path, r: Recipe, log: Callable[[str], None]) -> None:
     log(f"tokenizer: {len(tokenizer)} tokens; train {len(train_ids)} tokens, held-out {len(heldout_ids)}")
 
     eos_id = tokenizer.convert_tokens_to_ids(EOS)
-    config = LlamaConfig(
-        vocab_size=r.vocab_size,
-        hidden_size=r.hidden_size,
-        intermediate_size=r.intermediate_size,
-        num_hidden_layers=r.num_layers,
-        num_attention_heads=r.num_heads,
-        num_key_value_heads=r.num_kv_heads,
-        max_position_embeddings=r.max_position_embeddings,
-        rope_parameters={"rope_type": "default", "rope_theta": r.rope_theta},
-        tie_word_embeddings=r.tie_word_embeddings,
-        bos_token_id=eos_id,
-        eos_token_id=eos_id,
-        pad_token_id=eos_id,
-        dtype="float32",
-    )
+    config, model_class = model_config(r, eos_id)
     threads = torch.get_num_threads()
     torch.set_num_threads(r.train_threads)
     try:
         torch.manual_seed(r.seed)
-        model = LlamaForCausalLM(config)
+        model = model_class(config)
         loss = _train(model, train_ids, r, log, t0)
         ppl = heldout_perplexity(model, heldout_ids, r.seq_len)
     finally:
@@ -186,6 +202,7 @@ def _build_into(out: Path, r: Recipe, log: Callable[[str], None]) -> None:
         "name": "tiny-llama",
         "recipe": dataclasses.asdict(r),
         "recipe_hash": r.recipe_hash(),
+        "architecture": model_class.__name__,
         "corpus": {"sha256": corpus.sha256, "n_files": corpus.n_files, "n_docstrings": corpus.n_docstrings},
         "n_parameters": sum(p.numel() for p in model.parameters()),
         "train_steps": r.steps,

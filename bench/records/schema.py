@@ -157,6 +157,9 @@ class ServingRequest(_Record):
     prompts_file: str | None = Field(None, description="JSONL file of prompts ({\"prompt\": text} per line, "
                                      "optional \"output_tokens\"), used in turn instead of the evaluation text")
     text: str = Field("stdlib-heldout", description="evaluation text prompts are cut from (as perplexity.text)")
+    shared_prefix_tokens: int | None = Field(None, ge=1, description="every prompt starts with the same prefix of "
+                                             "this many tokens (a long system prompt), then its own suffix up to "
+                                             "input_tokens (bench/serving/traffic/shared_prefix.py)")
 
 
 class LoadLevel(_Record):

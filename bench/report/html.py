@@ -17,7 +17,7 @@ import jinja2
 from bench.metrics import METRICS
 from bench.records import safe_files
 from bench.records.rundir import Run
-from bench.report import tables
+from bench.report import studies, tables
 from bench.report.markdown import serving
 
 TREND_METRICS = ("tpot_ms", "ttft_ms", "decode_tok_s", "perplexity")
@@ -73,14 +73,15 @@ def render(runs: list[Run], history_db: Path | None = None) -> str:
     figures = [plots.pareto(entries, several), plots.latency_distributions(entries, several, samples),
                *plots.scaling(entries, several), plots.memory(entries, several), plots.context_curves(entries, several),
                plots.perplexity_vs_window(entries, several),
-               *plots.serving_curves(entries, several), plots.serving_pareto(entries, several)]
+               *plots.serving_curves(entries, several), plots.serving_pareto(entries, several),
+               *studies.batching_plots(entries, several)]
     figures += trend_plots(history_db, {run.meta.suite_name for run in runs})
     env = jinja2.Environment(loader=jinja2.PackageLoader("bench.report", "templates"), autoescape=True,
                              trim_blocks=True, lstrip_blocks=True)
     return env.get_template("report.html.j2").render(
         runs=runs, several=several,
         tables=[*tables.summary_tables(entries, several), *tables.result_tables(entries, several),
-                *serving(entries, several), *tables.machine_tables(entries)],
+                *serving(entries, several), *studies.tables(entries, samples), *tables.machine_tables(entries)],
         what_ran=tables.what_ran(entries, several), figures=[f for f in figures if f],
         problems=[e for e in entries if not e.record.ok], metrics=METRICS.values(),
     )

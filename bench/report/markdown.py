@@ -14,7 +14,7 @@ import jinja2
 from bench.metrics import METRICS
 from bench.records import safe_files
 from bench.records.rundir import Run
-from bench.report import tables
+from bench.report import studies, tables
 from bench.report.profile_section import profiled_sections
 
 
@@ -27,10 +27,14 @@ def _template(name: str, **options) -> jinja2.Template:
 def render(run: Run, run_link: str = ".") -> str:
     """run_link: the run's results directory relative to the report (for links to traces)."""
     entries = [tables.Entry(run.run_id, r) for r in run.records]
+
+    def samples(entry: tables.Entry):
+        return run.samples(entry.record.id) if entry.record.ok else None
     return _template("report.md.j2").render(
         meta=run.meta, reference=run.reference,
         tables=[(t.title, tables.markdown(t)) for t in [*tables.summary_tables(entries), *tables.result_tables(entries),
-                                                        *serving(entries), *tables.machine_tables(entries)]],
+                                                        *serving(entries), *studies.tables(entries, samples),
+                                                        *tables.machine_tables(entries)]],
         problems=[r for r in run.records if not r.ok], missing=run.missing,
         what_ran=tables.markdown(tables.what_ran(entries)), metrics=METRICS.values(),
         n_ok=sum(r.ok for r in run.records), n_total=len(run.meta.case_ids),

@@ -79,10 +79,13 @@ class ServingCase:
                      level: LoadLevel, client_max_rps: float | None) -> ServingLevel:
         s = self.settings
         sampler = MemorySampler(SERVER_MEMORY_INTERVAL_S, pid=server.pid).start() if server.pid else None
+        launch = server.launch
+        counters = await asyncio.to_thread(self.kind.cache_counters, launch) if launch else None
         cpu, wall = time.process_time(), time.perf_counter()
         run = await load.run_level(http, target, prompts, level, s.runaway, s.seed, self.floor_e2e_ms,
                                    server.exit_code)
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        after = await asyncio.to_thread(self.kind.cache_counters, launch) if launch and counters else None
         memory = sampler.stop() if sampler else None
         requests = aggregate.samples(run.outcomes, prompts, run.started_ns, self.tokenizer.count,
                                      chunk_is_token=self.kind.one_token_per_chunk)
@@ -96,6 +99,9 @@ class ServingCase:
         metrics["serve_client_cpu"] = cpu / wall if wall > 0 else None
         metrics["serve_client_max_rps"] = client_max_rps
         metrics["serve_server_rss_bytes"] = memory.metrics["peak_rss_sampled_bytes"] if memory else None
+        if counters and after and after["queries"] > counters["queries"]:
+            metrics["serve_prefix_cache_hit_rate"] = (after["hits"] - counters["hits"]) / \
+                (after["queries"] - counters["queries"])
         notes = []
         if level.mode == "open" and client_max_rps and level.rate and level.rate > client_max_rps:
             notes.append(f"the requested rate {level.rate:.3g} req/s exceeds what this client can drive "
@@ -186,7 +192,12 @@ class ServingCase:
         model_dir = resolve_model(self.case.model)
         self.tokenizer = Tokenizer(model_dir)
         longest = max([lv.requests for lv in s.levels] + [s.sweep.requests if s.sweep else 0])
-        prompts = make_prompts(s.request, max(longest, s.warmup_requests), s.seed, self.tokenizer)
+        if s.request.shared_prefix_tokens:  # N requests sharing one long prefix (a prefix cache's workload)
+            from bench.serving.traffic import shared_prefix
+
+            prompts = shared_prefix.make_prompts(s.request, max(longest, s.warmup_requests), s.seed, self.tokenizer)
+        else:
+            prompts = make_prompts(s.request, max(longest, s.warmup_requests), s.seed, self.tokenizer)
         client: dict = {}
         if s.self_check:
             from bench.serving.traffic.selfcheck import self_check

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+from bench.gate.result import Comparison
 from bench.metrics import METRICS
 from bench.records.rundir import Run
 from bench.site.common import VERDICT_COLOURS, fmt, shown
@@ -37,14 +38,14 @@ def environment(run: Run) -> dict[str, str]:
     return out
 
 
-def _row(c: dict) -> dict:
-    return {"case": c["case"], "variant": c["variant"], "metric": c["metric"],
-            "unit": METRICS[c["metric"]].display_unit if c["metric"] in METRICS else c["unit"],
-            "baseline": fmt(shown(c["metric"], c["baseline"])) if c["baseline"] is not None else "n/a",
-            "current": fmt(shown(c["metric"], c["current"])) if c["current"] is not None else "n/a",
-            "ratio": fmt(c["ratio"]) if c["ratio"] is not None else "n/a",
-            "ci": f"[{c['ci_low']:.4g}, {c['ci_high']:.4g}]" if c["ci_low"] is not None else "",
-            "status": c["status"], "colour": VERDICT_COLOURS.get(c["status"], "#8c959f"), "note": c["note"]}
+def _row(c: Comparison) -> dict:
+    return {"case": c.case, "variant": c.variant, "metric": c.metric,
+            "unit": METRICS[c.metric].display_unit if c.metric in METRICS else c.unit,
+            "baseline": fmt(shown(c.metric, c.baseline)) if c.baseline is not None else "n/a",
+            "current": fmt(shown(c.metric, c.current)) if c.current is not None else "n/a",
+            "ratio": fmt(c.ratio) if c.ratio is not None else "n/a",
+            "ci": f"[{c.ci_low:.4g}, {c.ci_high:.4g}]" if c.ci_low is not None and c.ci_high is not None else "",
+            "status": c.status, "colour": VERDICT_COLOURS.get(c.status, "#8c959f"), "note": c.note}
 
 
 def context(runs: list[Run], pairs: list[Pair], links: dict[str, str]) -> dict:
@@ -54,9 +55,9 @@ def context(runs: list[Run], pairs: list[Pair], links: dict[str, str]) -> dict:
                   "when": datetime.fromtimestamp(r.meta.created_at, timezone.utc).strftime("%Y-%m-%d %H:%M"),
                   "report": links.get(r.run_id)} for r in runs],
         "env": {r.run_id: environment(r) for r in runs},
-        "pairs": {p.key: {"verdict": p.result["verdict"], "exit_code": p.result["exit_code"],
-                          "rows": [_row(c) for c in p.result["comparisons"]],
-                          "not_compared": p.result["not_compared"]} for p in pairs},
+        "pairs": {p.key: {"verdict": p.result.verdict, "exit_code": p.result.exit_code,
+                          "rows": [_row(c) for c in p.result.comparisons],
+                          "not_compared": [n.model_dump() for n in p.result.not_compared]} for p in pairs},
         "default": [pairs[-1].baseline, pairs[-1].current] if pairs else
                    [r.run_id for r in runs[-2:]] if len(runs) >= 2 else [],
     }}

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from bench.gate.compare import compare_runs, rule_from
 from bench.gate.history import noise_lookup
+from bench.gate.result import GateResult
 from bench.site.gather import SiteData
 
 MAX_PAIRS = 12  # per suite: the bootstrap of every pair costs about a second; older pairs show their env diff only
@@ -20,16 +21,16 @@ MAX_PAIRS = 12  # per suite: the bootstrap of every pair costs about a second; o
 class Pair:
     baseline: str
     current: str
-    result: dict  # compare_runs' JSON-ready result
+    result: GateResult
 
     @property
     def key(self) -> str:
         return f"{self.baseline}..{self.current}"
 
     def status(self, case_id: str, metric: str) -> str | None:
-        for c in self.result["comparisons"]:
-            if c["case"] == case_id and c["metric"] == metric:
-                return c["status"]
+        for c in self.result.comparisons:
+            if c.case == case_id and c.metric == metric:
+                return c.status
         return None
 
 
@@ -47,7 +48,8 @@ def latest_verdicts(pairs: list[Pair]) -> dict[tuple[str, str, str], dict]:
     """(suite, case, metric) -> the newest comparison of it (with the pair's run ids), from consecutive pairs."""
     out: dict[tuple[str, str, str], dict] = {}
     for pair in pairs:  # oldest first within a suite: a newer pair overwrites
-        suite = pair.result["current"]["suite"]
-        for c in pair.result["comparisons"]:
-            out[(suite, c["case"], c["metric"])] = {**c, "baseline_run": pair.baseline, "current_run": pair.current}
+        suite = pair.result.current.suite
+        for c in pair.result.comparisons:
+            out[(suite or "", c.case, c.metric)] = {**c.model_dump(), "baseline_run": pair.baseline,
+                                                    "current_run": pair.current}
     return out

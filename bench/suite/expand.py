@@ -125,13 +125,16 @@ def expand(suite: Suite) -> list[CaseSpec]:
     per_window = [settings.model_dump() for settings in suite.perplexity.per_case()]  # one, unless window is a list
     perplexity = per_window[0]  # what latency cases carry (their prompts come from the same text)
     for model, variant in itertools.product(suite.models, suite.backends):
+        if variant.models is not None and model not in variant.models:
+            continue
         grid = variant_grid(variant)
         for options in grid:
             label = variant_label(variant, options, expanded=len(grid) > 1)
             tasks: list[tuple[str, dict | None, dict]] = []
-            if "latency" in suite.tasks:
+            wanted = [task for task in suite.tasks if variant.tasks is None or task in variant.tasks]
+            if "latency" in wanted:
                 tasks += [("latency", point, perplexity) for workload in suite.workloads for point in workload.grid()]
-            if "perplexity" in suite.tasks:
+            if "perplexity" in wanted:
                 tasks += [("perplexity", None, settings) for settings in per_window]
             for task, workload, settings in tasks:
                 identity = {"suite": suite.name, "model": model, "backend": variant.backend, "variant": label,

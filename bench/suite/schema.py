@@ -200,6 +200,10 @@ class _Runnable(_Strict):
 class Variant(_Runnable):
     backend: str
     profile: SuiteProfile | None = Field(None, description="overrides the suite's profile settings for this variant")
+    models: list[str] | None = Field(None, min_length=1, description="run this variant on these of the suite's "
+                                     "models only (default: all)")
+    tasks: list[Literal["latency", "perplexity"]] | None = Field(None, min_length=1, description="run this variant "
+                                                                 "for these of the suite's tasks only (default: all)")
 
     @field_validator("backend")
     @classmethod
@@ -268,5 +272,14 @@ class Suite(_Strict):
         if len(set(tasks)) != len(tasks):
             raise ValueError("a task is listed twice")
         return tasks
+
+    @model_validator(mode="after")
+    def _variant_models_known(self):
+        for variant in self.backends:
+            unknown = sorted(set(variant.models or []) - set(self.models))
+            if unknown:
+                raise ValueError(f"variant {variant.label or variant.backend}: models {unknown} are not among the "
+                                 f"suite's models")
+        return self
 
 

@@ -11,9 +11,11 @@ version and details to record. `bench.serving.launch.lifecycle` starts, watches 
   (backends/gguf), started through `bench.serving.launch.llama_launch` so llama.cpp's extra CPU buffer types
   (AMX, repacked layouts) follow the same crash probe as the llama-cpp backend; `min_tokens`. It has one
   slot: requests are served one at a time (its server holds a lock around the model), and
-  `interrupt_requests` is off (on, a new request cuts the streaming one short).
+  `interrupt_requests` is off (on, a new request cuts the streaming one short). `prefix_reuse: false`
+  makes it evaluate every prompt whole instead of keeping the prefix shared with the previous one.
 - vllm-server: `python -m vllm.entrypoints.openai.api_server` (from `interpreter: env:vllm-cpu` on a
-  CPU); `ignore_eos` and `min_tokens`.
+  CPU); `ignore_eos` and `min_tokens`; `max_num_seqs` (1: no batching), `prefix_caching` on/off, and
+  its prefix-cache counters read from `/metrics` around each level (`cache_counters`).
 - endpoint: a server someone else runs, at `url`; the API key comes from the environment variable
   named by `api_key_env` and is never recorded.
 - stub: bench's own SSE server with a known cadence (bench/serving/launch/stub.py): self-check and tests.
@@ -111,6 +113,10 @@ class ServerKind(ABC):
         """Fields added to every request so it generates exactly `output_tokens` tokens, greedily."""
         return {"temperature": 0.0}
 
+    def cache_counters(self, launch: Launch) -> dict[str, float] | None:
+        """The server's prefix-cache counters now ({"hits", "queries"}, tokens), where it exposes them; else None."""
+        return None
+
 
 class TransformersServeOptions(ServerOptions):
     continuous_batching: bool = True
@@ -145,6 +151,8 @@ class TransformersServe(ServerKind):
 class LlamaCppServerOptions(ServerOptions):
     quant: Literal["f32", "f16", "q8_0", "q4_0", "q4_k_m"] = "f32"
     n_ctx: int = Field(2048, ge=16, description="context (KV cells) of the server's one slot")
+    prefix_reuse: bool = Field(True, description="keep the KV cells of the prompt prefix a request shares with the "
+                               "previous one (llama-cpp-python's default); false: evaluate every prompt whole")
 
 
 class LlamaCppServer(ServerKind):
@@ -162,12 +170,14 @@ class LlamaCppServer(ServerKind):
         gguf, extra_buffers, why = backend_class("llama-cpp").file_for_server(model_dir, self.options.quant)
         threads = str(self.threads)
         command = [python, "-m", "bench.serving.launch.llama_launch", "--use-extra-bufts", str(int(extra_buffers)),
-                   "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(self.options.n_ctx),
+                   "--prefix-reuse", str(int(self.options.prefix_reuse)), "--model", str(gguf), "--host", "127.0.0.1",
+                   "--port", str(port), "--n_ctx", str(self.options.n_ctx),
                    "--n_threads", threads, "--n_threads_batch", threads, "--verbose", "False",
                    "--interrupt_requests", "False"]  # default True: a new request cuts the streaming one short
         launch = self.local(port, command, version=dist_version(python, "llama_cpp_python"),
                             details={"gguf": str(gguf), "extra_buffer_types": extra_buffers,
                                      "extra_buffer_types_reason": why, "parallel_slots": 1,
+                                     "prefix_reuse": self.options.prefix_reuse,
                                      "exact_length": "min_tokens = max_tokens, repeat_penalty 1.0"})
         launch.env["PYTHONPATH"] = os.pathsep.join(filter(None, [_project_root(), os.environ.get("PYTHONPATH")]))
         return launch
@@ -183,6 +193,8 @@ class VLLMServerOptions(ServerOptions):
     kv_cache_gib: float = Field(0.5, gt=0, description="--kv-cache-memory-bytes (on a CPU it replaces the "
                                 "memory fraction, which fails on a busy machine)")
     enforce_eager: bool = True
+    prefix_caching: bool | None = Field(None, description="--enable-prefix-caching / --no-enable-prefix-caching "
+                                        "(None: vLLM's default, on in its V1 engine)")
 
 
 class VLLMServer(ServerKind):
@@ -197,6 +209,8 @@ class VLLMServer(ServerKind):
                    "--port", str(port), "--dtype", o.dtype, "--max-model-len", str(o.max_model_len),
                    "--max-num-seqs", str(o.max_num_seqs), "--kv-cache-memory-bytes", str(int(o.kv_cache_gib * 2**30)),
                    "--seed", "0"] + (["--enforce-eager"] if o.enforce_eager else [])
+        if o.prefix_caching is not None:
+            command.append("--enable-prefix-caching" if o.prefix_caching else "--no-enable-prefix-caching")
         version = dist_version(python, "vllm-cpu") or dist_version(python, "vllm")
         if version is None:
             raise MissingDependency(f"'{self.name}' needs vllm in {python}: give the server `interpreter: "
@@ -208,6 +222,29 @@ class VLLMServer(ServerKind):
 
     def request_fields(self, output_tokens: int) -> dict[str, Any]:
         return {"temperature": 0.0, "ignore_eos": True, "min_tokens": output_tokens}
+
+    def cache_counters(self, launch: Launch) -> dict[str, float] | None:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(launch.base_url.removesuffix("/v1") + "/metrics", timeout=5) as answer:
+                return prefix_cache_counters(answer.read().decode())
+        except OSError:
+            return None
+
+
+def prefix_cache_counters(prometheus_text: str) -> dict[str, float] | None:
+    """{"hits", "queries"} summed over label sets from vLLM's Prometheus text (vllm:prefix_cache_hits_total and
+    vllm:prefix_cache_queries_total; before vLLM 0.10: vllm:gpu_prefix_cache_*), None when it has neither."""
+    found: dict[str, float] = {}
+    for line in prometheus_text.splitlines():
+        if line.startswith("#") or " " not in line:
+            continue
+        name, value = line.split("{", 1)[0].split(" ", 1)[0], line.rsplit(" ", 1)[-1]
+        for key in ("hits", "queries"):
+            if name in (f"vllm:prefix_cache_{key}_total", f"vllm:gpu_prefix_cache_{key}_total"):
+                found[key] = found.get(key, 0.0) + float(value)
+    return found if len(found) == 2 else None
 
 
 class EndpointOptions(ServerOptions):

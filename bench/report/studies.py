@@ -1,0 +1,236 @@
+"""Report sections of the attention and batching studies (suites/attention.yaml, suites/batching.yaml).
+
+Shown only when a run has what they compare:
+- **Attention kernels**: latency cases with an `attention` option: the kernel asked for, the attention
+  operators the torch profiler saw (backends/hf/attention.py), whether they prove the kernel ran, TTFT
+  and TPOT; skipped kernels with their reason.
+- **Attention shape**: latency and perplexity cases over several models: KV heads and sliding window
+  (from each model's config.json), KV-cache bytes per token computed and measured, TPOT, and perplexity
+  at each window.
+- **Prefix caching**: serving cases with a shared-prefix workload (`request.shared_prefix_tokens`), the
+  same server with its prefix cache off and on: TTFT median of each and the speedup (off / on) with a
+  95 % bootstrap interval over requests (bench/gate/rule.py's resampling), and the hit rate where the
+  server counts it.
+- **Static vs dynamic batching** (a plot): per model, every server variant's load levels (TPOT and TTFT
+  p50 against output tokens/s) with the offline static batch of the latency task (hf backends at each
+  batch size: batch x new tokens / e2e, TPOT and TTFT medians) on the same axes.
+"""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from bench.records.schema import RawSamples
+from bench.report.tables import NA, Cell, Column, Entry, Table, fmt, metric_cell, serving_levels
+
+SamplesOf = Callable[[Entry], RawSamples | None]
+
+
+def tables(entries: list[Entry], samples_of: SamplesOf) -> list[Table]:
+    return [t for t in (attention_table(entries), shape_table(entries), prefix_cache_table(entries, samples_of)) if t]
+
+
+# ---------------------------------------------------------------- attention kernels
+
+def attention_table(entries: list[Entry]) -> Table | None:
+    rows = []
+    for e in entries:
+        r = e.record
+        if r.task != "latency" or "attention" not in r.case.options:
+            continue
+        seen = ((r.backend.details.get("attention") or {}) if r.backend else {})
+        ops = ", ".join(f"{name} x{calls}" for name, calls in sorted((seen.get("kernel_ops") or {}).items()))
+        verified = "yes" if seen.get("verified") else ("no" if seen else "")
+        rows.append([Cell(r.model), Cell(r.variant), Cell(r.case.options["attention"]),
+                     Cell(r.workload.label if r.workload else ""),
+                     Cell(r.status if r.ok else f"{r.status}: {r.reason or ''}"), Cell(ops or ("" if r.ok else "n/a")),
+                     Cell(verified, detail=seen.get("verdict", "") if seen and not seen.get("verified") else ""),
+                     *(metric_cell(r, m) if r.ok else NA for m in ("ttft_ms", "tpot_ms"))])
+    if not rows:
+        return None
+    return Table("Attention kernels: what was forced, and what the profiler saw run",
+                 [Column("model", left=True), Column("variant", left=True), Column("attention", left=True),
+                  Column("workload", left=True),
+                  Column("status", left=True), Column("attention operators in the profile (calls)", left=True),
+                  Column("verified", left=True), Column("TTFT ms", "ttft_ms"), Column("TPOT ms", "tpot_ms")], rows,
+                 [("The operators come from one profiled 16-token prefill and one decode step, run after measuring "
+                   "(backends/hf/attention.py); 'verified' means the forced kernel's operator ran and no other fused "
+                   "attention kernel did.")])
+
+
+# ---------------------------------------------------------------- attention shape (GQA, sliding window)
+
+def _config(path: str | None) -> dict:
+    file = Path(path or "") / "config.json"
+    return json.loads(file.read_text()) if path and file.is_file() else {}
+
+
+def shape_table(entries: list[Entry]) -> Table | None:
+    ok = [e for e in entries if e.record.ok]
+    models = sorted({e.record.model for e in ok})
+    if len(models) < 2 or not any("kv_cache_bytes_per_token" in e.record.metrics for e in ok):
+        return None
+    windows = sorted({e.record.case.perplexity.window for e in ok if e.record.task == "perplexity"})
+    rows = []
+    for model in models:
+        for variant in sorted({e.record.variant for e in ok if e.record.model == model}):
+            mine = [e.record for e in ok if e.record.model == model and e.record.variant == variant]
+            latency = [r for r in mine if r.task == "latency"]
+            if not latency:
+                continue
+            config = _config(latency[0].model_path)
+            ppl = {r.case.perplexity.window: r for r in mine if r.task == "perplexity"}
+            for r in latency:
+                rows.append([Cell(model), Cell(variant), Cell(r.workload.label if r.workload else ""),
+                             Cell(fmt(config.get("num_attention_heads"))), Cell(fmt(config.get("num_key_value_heads"))),
+                             Cell(fmt(config.get("sliding_window")) if config.get("sliding_window") else "full"),
+                             metric_cell(r, "kv_cache_bytes_per_token"),
+                             metric_cell(r, "kv_cache_measured_bytes_per_token"), metric_cell(r, "tpot_ms"),
+                             *(metric_cell(ppl[w], "perplexity") if w in ppl else NA for w in windows)])
+    return Table("Attention shape: KV heads, sliding window, KV bytes, TPOT, perplexity against context", [
+        Column("model", left=True), Column("variant", left=True), Column("workload", left=True), Column("heads"),
+        Column("KV heads"), Column("window"), Column("KV/token computed", "kv_cache_bytes_per_token"),
+        Column("KV/token measured", "kv_cache_measured_bytes_per_token"), Column("TPOT ms", "tpot_ms"),
+        *(Column(f"PPL @{w}", "perplexity") for w in windows)], rows,
+        [("KV/token: bytes per cached token per sequence; computed = 2 x layers x KV heads x head dim x bytes per "
+          "element, measured = what the cache held after the last generation / its tokens (a sliding-window cache "
+          "holds the window only). PPL @w: perplexity with windows of w tokens (the suite's strides).")])
+
+
+# ---------------------------------------------------------------- prefix caching
+
+PREFIX_OPTIONS = ("prefix_caching", "prefix_reuse")  # vllm-server, llama-cpp-server
+
+
+def prefix_cache_state(options: dict) -> bool | None:
+    """Whether a server variant's prefix cache is on (True), off (False), or not set by its options (None)."""
+    for key in PREFIX_OPTIONS:
+        if key in options:
+            return bool(options[key])
+    return None
+
+
+def speedup(off: list, on: list, seed: int = 0) -> tuple[float, float, float] | None:
+    """(median TTFT off / median TTFT on, 95 % CI low, high) over the levels' successful requests."""
+    from bench.gate.rule import Rule, Units, ratio_ci
+    from bench.serving.results.aggregate import request_units
+
+    units = [request_units(requests, "serve_ttft_ms") for requests in (on, off)]
+    if any(u is None for u in units):
+        return None
+    (on_u, stat, _), (off_u, _, _) = units  # type: ignore[misc]
+    cur, base = (Units(u, stat, np.zeros(len(u), dtype=int)) for u in (off_u, on_u))
+    return ratio_ci(base, cur, Rule(), seed)
+
+
+def prefix_cache_table(entries: list[Entry], samples_of: SamplesOf) -> Table | None:
+    groups: dict[tuple, dict[bool, Entry]] = defaultdict(dict)
+    for e in entries:
+        r = e.record
+        state = prefix_cache_state(r.case.options)
+        if r.ok and r.serving and r.case.serving and r.case.serving.request.shared_prefix_tokens and state is not None:
+            rest = tuple(sorted((k, str(v)) for k, v in r.case.options.items() if k not in PREFIX_OPTIONS))
+            groups[(e.run, r.model, r.case.backend, rest)][state] = e
+    rows = []
+    for (_, model, server, _), pair in sorted(groups.items()):
+        if set(pair) != {True, False}:
+            continue
+        raw = {state: samples_of(entry) for state, entry in pair.items()}
+        levels = {state: {lv.key: lv for lv in (entry.record.serving.levels if entry.record.serving else [])}
+                  for state, entry in pair.items()}
+        for key in [k for k in levels[False] if k in levels[True]]:
+            off_level, on_level = levels[False][key], levels[True][key]
+            requests = {state: (samples.serving or {}).get(key, []) if samples else []
+                        for state, samples in raw.items()}
+            ratio = speedup(requests[False], requests[True])
+            load = off_level.label if off_level.load == on_level.load else \
+                f"off: {off_level.label}; on: {on_level.label}"  # a sweep's rates follow each server's own floor
+            rows.append([Cell(server), Cell(key), Cell(load),
+                         metric_cell(off_level, "serve_ttft_ms"), metric_cell(on_level, "serve_ttft_ms"),
+                         Cell(f"{ratio[0]:.3f}x", f"[{ratio[1]:.3f}, {ratio[2]:.3f}]") if ratio else NA,
+                         metric_cell(on_level, "serve_prefix_cache_hit_rate"),
+                         metric_cell(off_level, "serve_tpot_ms"), metric_cell(on_level, "serve_tpot_ms")])
+    if not rows:
+        return None
+    return Table("Prefix caching: the same server, shared-prefix requests, its prefix cache off and on", [
+        Column("server", left=True), Column("level", left=True), Column("load", left=True),
+        Column("TTFT ms, off", "serve_ttft_ms"), Column("TTFT ms, on", "serve_ttft_ms"),
+        Column("TTFT speedup (off / on)"), Column("hit rate (on)", "serve_prefix_cache_hit_rate"),
+        Column("TPOT ms, off", "serve_tpot_ms"), Column("TPOT ms, on", "serve_tpot_ms")], rows,
+        [("Speedup: median TTFT with the cache off / with it on; interval: 95 % bootstrap over the requests of each "
+          "level, resampled independently. Hit rate: the server's own counters, where it exposes them.")])
+
+
+# ---------------------------------------------------------------- static vs dynamic batching (plot)
+
+def static_batch_points(entries: list[Entry], model: str) -> list[tuple[str, float, float, float]]:
+    """(label, output tok/s, TTFT p50 ms, TPOT p50 ms) of each ok latency case of `model`, the offline static batch."""
+    points = []
+    for e in entries:
+        r = e.record
+        if r.model != model or r.task != "latency" or not r.ok or r.workload is None:
+            continue
+        e2e, ttft, tpot = (r.value(m) for m in ("e2e_ms", "ttft_ms", "tpot_ms"))
+        if e2e is None or ttft is None or tpot is None:
+            continue
+        points.append((f"{r.variant}, batch {r.workload.batch_size}",
+                       r.workload.batch_size * r.workload.new_tokens / (e2e / 1e3), ttft, tpot))
+    return points
+
+
+def _load_order(level) -> float:
+    """sync (one user) first, then the sweep's rates, then the throughput level, then the suite's own levels."""
+    key = level.key or ""
+    if key == "sync":
+        return 0
+    if key.startswith("sweep-") and key[6:].isdigit():
+        return int(key[6:])
+    return 1000 if key == "throughput" else 2000
+
+
+def batching_plots(entries: list[Entry], several_runs: bool) -> list:
+    from bench.report.plots import Plot, _plt, _png
+
+    series: dict[tuple[str, str], list] = defaultdict(list)
+    for entry, level in serving_levels(entries):
+        if level.status in ("ok", "stopped") and level.value("serve_output_tok_s"):
+            label = f"{entry.run} · {entry.record.variant}" if several_runs else entry.record.variant
+            series[(entry.record.model, label)].append(level)
+    plots = []
+    for model in sorted({m for m, _ in series}):
+        static = static_batch_points(entries, model)
+        if not static:
+            continue  # the serving curves show servers alone; this plot is for runs that also ran the offline batch
+        plt, _ = _plt()
+        fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+        for (m, label), levels in sorted(series.items()):
+            if m != model:
+                continue
+            levels = sorted(levels, key=_load_order)
+            xs = [lv.value("serve_output_tok_s") for lv in levels]
+            for ax, metric in zip(axes, ("serve_ttft_ms", "serve_tpot_ms")):
+                ax.plot(xs, [lv.value(metric) or float("nan") for lv in levels], marker="o", label=label)
+        for label, x, ttft, tpot in static:
+            for ax, y in zip(axes, (ttft, tpot)):
+                ax.scatter([x], [y], marker="*", s=140, zorder=3, label=label)
+                ax.annotate(label.rsplit(" ", 1)[-1], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        for ax, metric in zip(axes, ("TTFT", "TPOT")):
+            ax.set_xlabel("output tokens/s (all requests)")
+            ax.set_ylabel(f"{metric} p50 (ms) ↓ better")
+            ax.set_yscale("log")
+        fig.legend(*axes[0].get_legend_handles_labels(), fontsize=7, loc="lower center", ncol=4,
+                   bbox_to_anchor=(0.5, -0.02))
+        fig.subplots_adjust(bottom=0.28)
+        name = model.rstrip("/").split("/")[-1]
+        plots.append(Plot(f"batching-{name}", f"{name}: static vs dynamic batching, latency against throughput",
+                          "What does batching buy in throughput, and what does it cost each request in latency?",
+                          "Lines: each server variant's load levels in order of load (one user, the sweep's rates, "
+                          "the throughput level, then the suite's levels), median over the level's requests. Stars: "
+                          "the offline static batch (latency task, batch size N, no server): N x new tokens / the "
+                          "batch's e2e, its TTFT and TPOT medians.", _png(fig),
+                          ("serve_output_tok_s", "serve_ttft_ms", "serve_tpot_ms", "ttft_ms", "tpot_ms")))
+    return plots

@@ -1,0 +1,246 @@
+"""Issue 22: attention kernels forced and proven from the profile, GQA KV bytes, batching and prefix options."""
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+import pytest
+
+from tests.conftest import load_hf
+
+
+@pytest.fixture(scope="module")
+def prompt(tiny_llama):
+    from bench.models.corpus import heldout_text
+
+    backend = load_hf(tiny_llama)
+    return backend.tokenize(heldout_text())[:40]
+
+
+@pytest.fixture(scope="module")
+def forced(tiny_llama, prompt):
+    """hf-eager forced to each CPU kernel (flex is left to the suite: its first call compiles for ~40 s)."""
+    out = {}
+    for name in ("eager", "sdpa", "sdpa-math", "sdpa-flash"):
+        backend = load_hf(tiny_llama, attention=name)
+        tokens = backend.generate([prompt, prompt[::-1]], 12, lambda: None)
+        out[name] = (tokens, backend.describe().details["attention"], backend.token_logits(prompt))
+    return out
+
+
+def test_each_forced_kernel_is_the_one_the_profiler_saw(forced):
+    seen = {name: set(verdict["kernel_ops"]) for name, (_, verdict, _) in forced.items()}
+    assert all(verdict["verified"] for _, verdict, _ in forced.values()), {n: v for n, (_, v, _) in forced.items()}
+    math, flash = "aten::_scaled_dot_product_attention_math", "aten::_scaled_dot_product_flash_attention_for_cpu"
+    assert math in seen["sdpa-math"] and flash not in seen["sdpa-math"]
+    assert flash in seen["sdpa-flash"] and math not in seen["sdpa-flash"]
+    assert not any("scaled_dot_product" in op for op in seen["eager"]) and "aten::_softmax" in seen["eager"]
+    assert forced["sdpa"][1]["verdict"] == f"torch chose {flash}"  # unforced: torch 2.13's CPU choice, recorded
+    # 2 layers x (one prefill + one decode step): the kernel ran once per layer per forward
+    assert forced["sdpa-math"][1]["kernel_ops"][math] == 4
+
+
+def test_the_verdict_rejects_a_profile_of_another_kernel(forced):
+    from backends.hf.attention import verdict
+
+    math_profile = forced["sdpa-math"][1]["kernel_ops"]
+    wrong = verdict("sdpa-flash", "cpu", math_profile)
+    assert not wrong["verified"] and "_scaled_dot_product_attention_math" in wrong["verdict"]
+    assert not verdict("eager", "cpu", math_profile)["verified"]
+
+
+def test_every_kernel_computes_the_same_model(forced):
+    import numpy as np
+
+    tokens, _, logits = forced["eager"]
+    for name, (other_tokens, _, other_logits) in forced.items():
+        assert other_tokens == tokens, name
+        assert np.abs(other_logits - logits).max() < 1e-4, name
+
+
+@pytest.mark.parametrize("name, why", [("sdpa-efficient", "CUDA implementation only"), ("sdpa-cudnn", "NVIDIA GPU"),
+                                       ("flash-attention-2", "CUDA-only")])
+def test_a_kernel_this_cpu_lacks_is_skipped_with_its_reason(tiny_llama, name, why):
+    from backends.base import NotSupportedHere
+    from backends.hf.bettertransformer import BetterTransformer
+    from bench.run.worker import failure
+
+    backend = BetterTransformer(BetterTransformer.Options(attention=name))
+    with pytest.raises(NotSupportedHere, match=why) as caught:
+        backend.load(tiny_llama)
+    result = failure(caught.value)
+    assert result.status == "skipped" and name in result.reason and "cpu" in result.reason
+
+
+def test_gqa_kv_bytes_per_token_fall_with_kv_heads_as_computed(tmp_path):
+    """The variants' own configs (bench/models/tiny_variants.py), untrained: shapes, not quality (no build)."""
+    import torch
+
+    from bench.measure import kvcache
+    from bench.models import tiny_llama, tiny_variants
+
+    measured = {}
+    for name, extra in (("tiny-llama-kv1", {}), ("tiny-llama-kv2", {}), ("tiny-llama-mha", {}),
+                        ("tiny-llama-swa", {"sliding_window": 8})):
+        recipe = dataclasses.replace(tiny_variants.recipe(name), **extra)
+        config, model_class = tiny_llama.model_config(recipe, eos_id=0)
+        torch.manual_seed(0)
+        model_class(config).save_pretrained(tmp_path / name)
+        backend = load_hf(str(tmp_path / name), attention="sdpa-flash")
+        backend.generate([list(range(1, 25))] * 2, 8, lambda: None)
+        measured[name] = metrics = kvcache.metrics(str(tmp_path / name), backend.describe())
+        assert metrics["kv_cache_bytes_per_token"] == 2 * 2 * recipe.num_kv_heads * (256 // 4) * 4  # float32
+    computed = [measured[n]["kv_cache_bytes_per_token"] for n in ("tiny-llama-kv1", "tiny-llama-kv2", "tiny-llama-mha")]
+    assert computed == [1024, 2048, 4096]
+    for name in ("tiny-llama-kv1", "tiny-llama-kv2", "tiny-llama-mha"):  # a full cache holds what was computed
+        assert measured[name]["kv_cache_measured_bytes_per_token"] == measured[name]["kv_cache_bytes_per_token"]
+    # a window of 8 over 24 + 8 tokens: the cache keeps about the window, far under the computed full-cache bytes
+    swa = measured["tiny-llama-swa"]
+    assert swa["kv_cache_measured_bytes_per_token"] < swa["kv_cache_bytes_per_token"] / 2
+    assert tiny_variants.recipe("tiny-llama-kv2") == tiny_llama.default_recipe()  # kv2 is tiny-llama itself
+
+
+def test_shared_prefix_prompts_share_the_prefix_token_for_token(tiny_llama):
+    from bench.records.schema import ServingRequest
+    from bench.serving.traffic.prompts import Tokenizer
+    from bench.serving.traffic.shared_prefix import common_prefix, make_prompts
+
+    tokenizer = Tokenizer(tiny_llama)
+    request = ServingRequest(input_tokens=96, output_tokens=8, shared_prefix_tokens=64)
+    prompts = make_prompts(request, 8, 0, tokenizer)
+    ids = [tokenizer.encode(p.text) for p in prompts]
+    assert [len(i) for i in ids] == [p.input_tokens for p in prompts]
+    assert all(90 <= p.input_tokens <= 100 for p in prompts)
+    shared = min(common_prefix(a, b) for a in ids for b in ids if a is not b)
+    assert 64 <= shared < 90  # the whole prefix, token for token, and then each its own suffix
+    assert len({tuple(i[shared:]) for i in ids}) == len(ids)
+    assert make_prompts(request, 8, 0, tokenizer) == prompts  # seeded
+
+
+def test_batching_and_prefix_options_reach_the_server_command_line(tiny_llama, monkeypatch):
+    from bench.serving.launch import servers
+
+    def command(kind: str, **options) -> list[str]:
+        cls = servers.server_class(kind)
+        return cls(cls.Options(**options)).prepare(tiny_llama, 8000).command or []
+
+    assert "--continuous-batching" in command("transformers-serve", continuous_batching=True)
+    assert "--no-continuous-batching" in command("transformers-serve", continuous_batching=False)
+    pytest.importorskip("llama_cpp")
+    llama = command("llama-cpp-server", prefix_reuse=False)
+    assert llama[llama.index("--prefix-reuse") + 1] == "0"
+    assert command("llama-cpp-server")[llama.index("--prefix-reuse") + 1] == "1"
+    monkeypatch.setattr(servers, "python_of", lambda interpreter: sys.executable)  # vLLM lives in its own env
+    monkeypatch.setattr(servers, "dist_version", lambda python, dist: "0.32.0")
+    vllm = command("vllm-server", max_num_seqs=1, prefix_caching=False)
+    assert vllm[vllm.index("--max-num-seqs") + 1] == "1" and "--no-enable-prefix-caching" in vllm
+    assert "--enable-prefix-caching" in command("vllm-server", prefix_caching=True)
+    assert not any("prefix-caching" in arg for arg in command("vllm-server"))  # vLLM's own default
+
+
+def test_llama_cpp_prefix_reuse_off_evaluates_every_prompt_whole(tiny_llama, monkeypatch):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from backends.gguf.convert import gguf_file
+    from bench.serving.launch.llama_launch import whole_prompt
+
+    llm = llama_cpp.Llama(str(gguf_file(tiny_llama, "f32")), n_ctx=256, verbose=False)
+    evaluated: list[int] = []
+    original_eval = llama_cpp.Llama.eval
+    monkeypatch.setattr(llama_cpp.Llama, "eval", lambda self, tokens: (evaluated.append(len(tokens)),
+                                                                        original_eval(self, tokens))[1])
+    prefix, a, b = list(range(10, 60)), list(range(100, 110)), list(range(200, 210))
+
+    def prompt_tokens_evaluated(tokens: list[int]) -> int:
+        evaluated.clear()
+        next(iter(llm.generate(tokens, temp=0.0)))
+        return evaluated[0]
+    prompt_tokens_evaluated(prefix + a)
+    assert prompt_tokens_evaluated(prefix + b) == len(b)  # llama-cpp-python's default: the shared prefix is kept
+    monkeypatch.setattr(llama_cpp.Llama, "generate", whole_prompt(llama_cpp.Llama.generate))
+    prompt_tokens_evaluated(prefix + a)
+    assert prompt_tokens_evaluated(prefix + b) == len(prefix + b)
+
+
+def test_vllm_prefix_cache_counters_are_read_from_its_metrics_text():
+    from bench.serving.launch.servers import prefix_cache_counters
+
+    text = ("# HELP vllm:prefix_cache_queries_total Prefix cache queries, in terms of number of queried tokens.\n"
+            "# TYPE vllm:prefix_cache_queries_total counter\n"
+            'vllm:prefix_cache_queries_total{engine="0",model_name="m"} 960.0\n'
+            'vllm:prefix_cache_hits_total{engine="0",model_name="m"} 704.0\n'
+            'vllm:num_requests_running{engine="0",model_name="m"} 0.0\n')
+    assert prefix_cache_counters(text) == {"hits": 704.0, "queries": 960.0}
+    assert prefix_cache_counters('vllm:num_requests_running{engine="0"} 0.0\n') is None
+
+
+def test_study_suites_expand_each_variant_on_its_own_models_and_tasks(tmp_path):
+    from bench.suite import SuiteError, load_suite
+    from tests.conftest import ROOT, write_suite
+
+    _, cases = load_suite(ROOT / "suites" / "attention.yaml")
+    kernels = {c.variant for c in cases if c.model == "tiny-llama"}
+    assert kernels == {"sdpa-flash", "eager", "sdpa", "sdpa-math", "flex", "sdpa-efficient", "sdpa-cudnn",
+                       "flash-attention-2"}
+    assert {(c.model, c.variant) for c in cases if c.model != "tiny-llama"} == {
+        (m, "sdpa-flash") for m in ("tiny-llama-kv1", "tiny-llama-mha", "tiny-llama-swa")}
+    assert all(c.task == "latency" for c in cases if c.variant != "sdpa-flash")
+    assert sorted(c.perplexity.window for c in cases if c.task == "perplexity" and c.model == "tiny-llama-swa") == [
+        32, 64, 128, 256, 512]
+    _, batching = load_suite(ROOT / "suites" / "batching.yaml")
+    assert {c.serving.request.shared_prefix_tokens for c in batching if c.task == "serving"} == {448}
+    path = write_suite(tmp_path / "s.yaml", """
+        name: bad
+        models: [tiny-llama]
+        backends: [{backend: hf-eager, models: [tiny-llama-kv1]}]
+        tasks: [latency]
+        """)
+    with pytest.raises(SuiteError, match=r"s.yaml.*tiny-llama-kv1.*not among the suite's models"):
+        load_suite(path)
+
+
+def test_prefix_cache_table_pairs_off_and_on_and_gives_the_ttft_speedup_with_its_interval():
+    """Known answer: 12 requests per level, TTFT 100 ms (+ jitter) with the cache off, 25 ms with it on -> ~4x."""
+    import numpy as np
+
+    from bench.records.schema import (
+        CaseRecord,
+        CaseSpec,
+        LoadLevel,
+        RawSamples,
+        RequestSample,
+        ServingInfo,
+        ServingLevel,
+        ServingRequest,
+        ServingSettings,
+    )
+    from bench.report import studies
+    from bench.report.tables import Entry
+    from bench.serving.results.aggregate import level_metrics
+
+    rng = np.random.default_rng(0)
+    settings = ServingSettings(request=ServingRequest(input_tokens=96, shared_prefix_tokens=64),
+                               levels=[LoadLevel(concurrency=1)])
+    entries, raw = [], {}
+    for reuse, ttft_ms in ((False, 100.0), (True, 25.0)):
+        requests = []
+        for i in range(12):
+            sent = i * 500_000_000
+            first = sent + int((ttft_ms + rng.uniform(-2, 2)) * 1e6)
+            chunks = [first + k * 5_000_000 for k in range(8)]
+            requests.append(RequestSample(scheduled_ns=sent, sent_ns=sent, chunks_ns=chunks, end_ns=chunks[-1],
+                                          input_tokens=96, output_tokens=8))
+        metrics, _ = level_metrics(requests, settings.slo, None)
+        level = ServingLevel(key="sync", label="closed loop, 1 user", load=LoadLevel(concurrency=1), metrics=metrics)
+        label = f"llama-{'reuse' if reuse else 'no-reuse'}"
+        case = CaseSpec(id=label, suite="s", model="m", backend="llama-cpp-server", variant=label, task="serving",
+                        options={"quant": "f32", "prefix_reuse": reuse}, serving=settings)
+        entries.append(Entry("run", CaseRecord(case=case, status="ok", started_at=0, wall_seconds=1,
+                                               serving=ServingInfo(server="llama-cpp-server", levels=[level]))))
+        raw[label] = RawSamples(serving={"sync": requests})
+    table = studies.prefix_cache_table(entries, lambda entry: raw[entry.record.variant])
+    assert table is not None and len(table.rows) == 1
+    speedup = table.rows[0][5]
+    ratio = float(speedup.text.rstrip("x"))
+    low, high = (float(x) for x in speedup.interval.strip("[]").split(","))
+    assert 3.7 < low <= ratio <= high < 4.3 and ratio == pytest.approx(4.0, rel=0.05)
+    assert studies.prefix_cache_table(entries[:1], lambda entry: raw[entry.record.variant]) is None  # no pair
