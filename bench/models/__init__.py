@@ -11,13 +11,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.models import tiny_llama
+from bench.models.realistic import CONTEXT as REALISTIC_CONTEXT
+from bench.models.realistic import NAME as REALISTIC
+from bench.models.realistic import build as build_realistic
 
 BUILTIN_MODELS: dict[str, Callable[..., Path]] = {
     "tiny-llama": tiny_llama.build,
+    REALISTIC: build_realistic,
 }
 # context length (tokens) of each built-in model, known without building it (suites are checked against it)
 BUILTIN_CONTEXT: dict[str, int] = {
     "tiny-llama": tiny_llama.CONTEXT,
+    REALISTIC: REALISTIC_CONTEXT,
 }
 
 

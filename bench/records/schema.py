@@ -22,6 +22,8 @@ Format history (FORMAT_VERSION is what this code writes; `bench.records.upgrade`
   `machine_id`), `RunMeta.shard` (ShardInfo: the run is one shard of a suite, `bench run --shard I/N`) and
   `RunMeta.merged_from` (the runs `bench merge` combined into this one), and `RunMeta.model_override`
   (ModelOverride: `--model` replaced the suite's models; the snapshot suite.yaml holds the models run).
+  Also additive: `CaseSpec.measure_memory_bandwidth` (the suite said `peak_memory_bandwidth_gbs: measured`) and
+  the metrics `conversion_s` / `conversion_peak_rss_bytes` (what making a backend's converted files cost).
 
 Settings shared by suites and records (workload, repetitions, perplexity, profile, serving) are defined here,
 so reading a run never needs the suite's backends, or even its schema, to still exist.
@@ -280,6 +282,7 @@ class CaseSpec(_Record):
     # not part of the case's identity (its id): what its results are compared with
     reference: str | None = None
     peak_memory_bandwidth_gbs: float | None = None
+    measure_memory_bandwidth: bool = False  # suite `peak_memory_bandwidth_gbs: measured`: the worker measures it
 
 
 # ---------------------------------------------------------------- metric values

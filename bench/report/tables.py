@@ -120,6 +120,7 @@ def _lead_cells(entry: Entry, several_runs: bool) -> list[Cell]:
 
 LATENCY_METRICS = ("ttft_ms", "tpot_ms", "e2e_ms", "decode_tok_s", "prefill_tok_s", "peak_rss_bytes", "load_s")
 BANDWIDTH_METRICS = ("model_size_bytes", "achieved_bandwidth_gbs", "mbu")
+CONVERSION_METRICS = ("conversion_s", "conversion_peak_rss_bytes")  # "What ran", where some variant converted
 
 
 def paired_cell(record: CaseRecord, paired: str, metric: str, ref: CaseRecord | None) -> Cell:
@@ -358,13 +359,15 @@ def what_ran(entries: list[Entry], several_runs: bool = False) -> Table:
     columns = _lead(several_runs) + [Column("mechanism", left=True), Column("dtype", left=True),
                                      Column("device", left=True), Column("threads"),
                                      Column(METRICS["model_size_bytes"].header, "model_size_bytes")]
+    converted = [m for m in CONVERSION_METRICS if any(e.record.value(m) is not None for e in entries)]
+    columns += [Column(METRICS[m].header, m) for m in converted]
     rows = []
     for (run, variant), r in seen.items():
         b = r.backend
         assert b is not None
         rows.append(([Cell(run)] if several_runs else []) + [
             Cell(variant), Cell(b.mechanism), Cell(b.dtype), Cell(b.device), Cell(fmt(b.threads)),
-            metric_cell(r, "model_size_bytes")])
+            metric_cell(r, "model_size_bytes")] + [metric_cell(r, m) for m in converted])
     return Table("What ran", columns, rows)
 
 

@@ -131,11 +131,18 @@ def run_case(case: CaseSpec, run_dir: Path | None = None, driver: Driver | None 
     finally:
         backend.close()
     result.metrics.update(load_s=load_ns / 1e9, model_size_bytes=description.model_size_bytes, **memory.metrics)
+    converted = {"conversion_s": description.conversion_seconds,
+                 "conversion_peak_rss_bytes": description.conversion_peak_rss_bytes}
+    result.metrics.update({k: v for k, v in converted.items() if v is not None})
     result.not_applicable.update(memory.not_applicable)
     if case.task == "latency":  # the KV cache's bytes per token: computed from the config, and measured
         result.metrics.update(kvcache.metrics(model_path, description))
         # the device's peak bandwidth: MBU is weight bytes per step / TPOT over it
-        peak, source = bandwidth.peak_bandwidth(backend.device, case.peak_memory_bandwidth_gbs)
+        peak: float | None
+        if case.measure_memory_bandwidth and backend.device == "cpu":  # the model is closed: memory is free
+            peak, source = bandwidth.measure_host_gbs()
+        else:
+            peak, source = bandwidth.peak_bandwidth(backend.device, case.peak_memory_bandwidth_gbs)
         description.details["peak_memory_bandwidth_gbs"] = peak
         description.details["peak_memory_bandwidth_source"] = source
         if driver is None:  # measured alone: TPOT is known here (driven: the runner has the samples)

@@ -10,7 +10,7 @@ records, in bench/records/schema.py, so a finished run is readable without this 
 from __future__ import annotations
 
 import itertools
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -222,8 +222,9 @@ class Suite(_Strict):
     timeout_s: float = Field(900, gt=0, le=7 * 24 * 3600,
                              description="a case still running after this is killed and recorded")
     reference: str | None = Field(None, description="variant label every other variant is compared to")
-    peak_memory_bandwidth_gbs: float | None = Field(
-        None, gt=0, description="the device's peak memory bandwidth in GB/s, for MBU (known GPUs need none)")
+    peak_memory_bandwidth_gbs: Annotated[float, Field(gt=0)] | Literal["measured"] | None = Field(
+        None, description="the device's peak memory bandwidth in GB/s, for MBU (known GPUs need none); `measured`: "
+        "each latency case measures the host's copy bandwidth after measuring (bench/measure/bandwidth.py)")
     regression: SuiteRegression = SuiteRegression()
     profile: SuiteProfile = SuiteProfile()
     cluster: ClusterSettings = Field(ClusterSettings(), description="where units run on a Ray cluster "
