@@ -75,3 +75,45 @@ def test_a_run_without_model_records_no_override(tmp_path):
     run = load_run(tmp_path / "results" / "plain")
     assert run.meta.model_override is None and {r.model for r in run.records} == {"org/suite-model"}
     assert "--model" not in (tmp_path / "reports" / "plain" / "report.md").read_text()
+
+
+def test_a_hub_id_given_with_model_runs_from_its_snapshot_in_the_hf_cache(tiny_llama, tmp_path, monkeypatch):
+    """What the GPU nightly does with its repository variable: a hub id, found in the runner's HF cache (here
+    offline: a cache filled by hand), so every backend, converters included, gets a local directory."""
+    import shutil
+
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--acme--tiny"
+    snapshot = repo / "snapshots" / revision
+    shutil.copytree(tiny_llama, snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    _suite(tmp_path)
+    write_suite(tmp_path / "hf.yaml", """
+        name: hub
+        models: [tiny-llama]
+        backends: [{backend: hf-eager, label: hf}]
+        workloads: [{batch_size: 1, prompt_tokens: 8, new_tokens: 4}]
+        tasks: [latency]
+        repetitions: {warmup: 0, min: 2, max: 2, processes: 1}
+        """)
+    run_bench("run", "hf.yaml", "--model", "acme/tiny", "--run-id", "hub", cwd=tmp_path)
+    (record,) = load_run(tmp_path / "results" / "hub").records
+    assert record.ok and record.model == "acme/tiny" and record.model_path == str(snapshot)
+    assert ".tiny." in record.id  # the case is named after the hub id, whatever the snapshot's revision
+
+
+def test_every_nightly_run_measures_the_repository_variables_model_else_tiny_llama():
+    """The nightly's runs (its shards and the re-measurement that confirms a regression) must run the same model:
+    a case id names its model, so a confirmation of another model would match nothing."""
+    import yaml
+
+    from tests.conftest import ROOT
+    from tests.test_workflows import workflow_commands
+
+    path = ROOT / ".github" / "workflows" / "nightly.yml"
+    assert yaml.safe_load(path.read_text())["env"]["BENCH_MODEL"] == \
+        "${{ vars.BENCH_NIGHTLY_MODEL || 'tiny-llama' }}"
+    runs = [c for c in workflow_commands(path) if c.startswith("python -m bench run suites/nightly.yaml")]
+    assert len(runs) == 2 and all(c.endswith('--model "$BENCH_MODEL"') for c in runs)
