@@ -26,13 +26,14 @@ from bench.core.timing import Clock
 PEAK_MARK = "BENCH_CONVERSION_VMHWM_KB"
 # runs `python -m MODULE ARGS` or `python SCRIPT ARGS`; prints the process's own peak RSS last, whatever the outcome
 _WRAPPER = f"""
-import runpy, sys
+import os, runpy, sys
 target, sys.argv = sys.argv[1], sys.argv[2:]
 try:
     if target == "-m":
         runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
-    else:
+    else:  # as `python SCRIPT`: its folder first on sys.path
         sys.argv.insert(0, target)
+        sys.path.insert(0, os.path.dirname(os.path.abspath(target)))
         runpy.run_path(target, run_name="__main__")
 finally:
     hwm = [l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM:")]
