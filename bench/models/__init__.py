@@ -11,13 +11,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.models import tiny_llama
+from bench.models.zoo import BUILDERS as ZOO_BUILDERS
+from bench.models.zoo import CONTEXT as ZOO_CONTEXT
 
 BUILTIN_MODELS: dict[str, Callable[..., Path]] = {
     "tiny-llama": tiny_llama.build,
+    **ZOO_BUILDERS,
 }
 # context length (tokens) of each built-in model, known without building it (suites are checked against it)
 BUILTIN_CONTEXT: dict[str, int] = {
     "tiny-llama": tiny_llama.CONTEXT,
+    **dict.fromkeys(ZOO_BUILDERS, ZOO_CONTEXT),
 }
 
 
