@@ -15,15 +15,19 @@ from bench.models import tiny_llama
 from bench.models.realistic import CONTEXT as REALISTIC_CONTEXT
 from bench.models.realistic import NAME as REALISTIC
 from bench.models.realistic import build as build_realistic
+from bench.models.zoo import BUILDERS as ZOO_BUILDERS
+from bench.models.zoo import CONTEXT as ZOO_CONTEXT
 
 BUILTIN_MODELS: dict[str, Callable[..., Path]] = {
     "tiny-llama": tiny_llama.build,
     REALISTIC: build_realistic,
+    **ZOO_BUILDERS,
 }
 # context length (tokens) of each built-in model, known without building it (suites are checked against it)
 BUILTIN_CONTEXT: dict[str, int] = {
     "tiny-llama": tiny_llama.CONTEXT,
     REALISTIC: REALISTIC_CONTEXT,
+    **dict.fromkeys(ZOO_BUILDERS, ZOO_CONTEXT),
 }
 
 
