@@ -115,6 +115,7 @@ def test_conversion_time_and_peak_rss_reach_the_record_and_the_report(tiny_llama
         backends:
           - {{backend: hf-eager, label: hf}}
           - {{backend: onnx-genai, label: onnx-int4, options: {{precision: int4}}}}
+          - {{backend: llama-cpp, label: gguf-q8_0, options: {{quant: q8_0}}}}
         workloads: [{{batch_size: 1, prompt_tokens: 16, new_tokens: 4}}]
         tasks: [latency]
         repetitions: {{warmup: 0, min: 2, max: 2, processes: 1}}
@@ -123,13 +124,19 @@ def test_conversion_time_and_peak_rss_reach_the_record_and_the_report(tiny_llama
     run_bench("run", str(suite), "--run-id", "c", cwd=tmp_path)
     records = {r.variant: r for r in load_records(tmp_path / "results" / "c")}
     onnx, hf = records["onnx-int4"], records["hf"]
-    assert onnx.ok and hf.ok
+    assert onnx.ok and hf.ok and records["gguf-q8_0"].status in ("ok", "skipped")
     manifest = json.loads((Path(onnx.backend.details["export_dir"]) / "export.json").read_text())
     assert onnx.value("conversion_s") == manifest["conversion"]["seconds"] > 0
     # the builder's own process: more than its interpreter and torch (> 100 MiB), far less than 24 GiB
     assert onnx.value("conversion_peak_rss_bytes") == manifest["conversion"]["peak_rss_bytes"]
     assert 100 * 2**20 < onnx.value("conversion_peak_rss_bytes") < 8 * 2**30
     assert "conversion_s" not in hf.metrics  # nothing converted: no number, not a zero
+    gguf = records["gguf-q8_0"]
+    if gguf.ok:  # llama-cpp-python installed: the f32 conversion plus the quantization, from conversion.json
+        info = json.loads((Path(gguf.backend.details["gguf_file"]).parent / "conversion.json").read_text())
+        assert gguf.value("conversion_s") == pytest.approx(info["seconds"] + info["input_conversion"]["seconds"])
+        steps = [info["peak_rss_bytes"], info["input_conversion"]["peak_rss_bytes"]]
+        assert gguf.metrics.get("conversion_peak_rss_bytes") == (None if None in steps else max(steps))
     for record in (onnx, hf):  # MBU against the copy bandwidth each case measured
         assert record.backend.details["peak_memory_bandwidth_source"].startswith("measured: best of 5")
         assert record.value("mbu") == pytest.approx(

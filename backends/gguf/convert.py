@@ -124,6 +124,20 @@ def conversion_info(path: str | Path) -> dict:
     return json.loads(info_path.read_text()) if info_path.is_file() else {}
 
 
+def conversion_cost(path: str | Path) -> dict:
+    """What making the cached GGUF `path` from its model directory cost, as BackendDescription fields: for a
+    quantized file the f32 conversion it started from plus the quantization (seconds summed, the larger peak
+    RSS); None where a step's figure is unknown or bench did not make the file."""
+    steps, info = [], conversion_info(path)
+    while info:
+        steps.append(info)
+        info = info.get("input_conversion") or {}
+    seconds = [s["seconds"] for s in steps if s.get("seconds") is not None]
+    peaks = [s["peak_rss_bytes"] for s in steps if s.get("peak_rss_bytes") is not None]
+    return {"conversion_seconds": sum(seconds) if steps and len(seconds) == len(steps) else None,
+            "conversion_peak_rss_bytes": max(peaks) if steps and len(peaks) == len(steps) else None}
+
+
 def _convert(model_dir: Path, out: Path, quant: str, log: Callable[[str], None]) -> dict:
     """f32/f16 with llama.cpp's converter; bench's writer where llama.cpp refuses the tokenizer of a Llama."""
     from backends.gguf import llamacpp_source
