@@ -53,6 +53,7 @@ def _expected_parameters(r) -> int:
     return r.vocab_size * r.hidden_size + r.num_layers * layer + r.hidden_size
 
 
+@pytest.mark.slow
 def test_the_reduced_builder_makes_a_qwen2_with_qwen2s_tokenizer_and_records_how(reduced):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -77,6 +78,7 @@ def test_the_reduced_builder_makes_a_qwen2_with_qwen2s_tokenizer_and_records_how
     assert logits.shape == (1, 2, 151936) and torch.isfinite(logits).all()
 
 
+@pytest.mark.slow
 def test_the_same_recipe_builds_the_same_weights(reduced):
     from bench.models import realistic
 
@@ -104,6 +106,7 @@ def test_a_child_conversions_peak_rss_is_its_own_not_its_parents(tmp_path):
     del parent
 
 
+@pytest.mark.slow
 def test_conversion_time_and_peak_rss_reach_the_record_and_the_report(tiny_llama, tmp_path):
     pytest.importorskip("onnxruntime_genai", reason="needs onnxruntime-genai: pip install 'bench[onnx]'")
     model = tmp_path / "model"  # a copy with one more file: a model never exported, so this run converts it
