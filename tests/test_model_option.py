@@ -64,6 +64,8 @@ def test_run_measures_the_models_given_records_that_it_did_and_resumes_with_them
     # the snapshot a resume reads holds the models run: resuming neither adds the suite's model nor reruns
     snapshot = (tmp_path / "results" / "r" / "suite.yaml").read_text()
     assert "models replaced by --model org/first --model org/second" in snapshot and "org/suite-model" not in snapshot
+    refused = run_bench("run", "--resume", "r", "--model", "org/third", cwd=tmp_path, check_exit=2)
+    assert "a resumed run keeps the models it started with" in refused.stderr
     resumed = run_bench("run", "--resume", "r", cwd=tmp_path)
     assert "4 of 4 cases already finished" in resumed.stderr
     assert len(load_run(tmp_path / "results" / "r").records) == 4

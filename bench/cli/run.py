@@ -140,6 +140,8 @@ def cmd_run(args) -> ExitCode:
 
         import_ray()
     if args.resume is not None:
+        if args.models:
+            raise BadInput("--model with --resume: a resumed run keeps the models it started with")
         run = RunDir(args.results_dir, check_plain_name(args.resume, "--resume"))
         if not run.exists():
             raise BadInput(f"--resume: no run '{args.resume}' in {args.results_dir}")
