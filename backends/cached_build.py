@@ -4,10 +4,17 @@ Each is a directory under `cache_dir()`, keyed by a hash of the source model's f
 settings, built atomically under a lock (bench.core.cache) and complete once its manifest (a JSON file
 saying what built it) is written. `build_cached` returns the typed answer: where, what the manifest
 says, whether this call found it or built it, and how long the call took.
+
+A conversion that runs in a child Python process (`run_python`) is measured there: its wall time and its
+peak RSS, the kernel's high-water mark (VmHWM) of that process read by a wrapper just before it exits
+(VmHWM starts fresh at exec; `ru_maxrss` would carry over the parent's peak across fork+exec). The build
+writes both in its manifest under `conversion`, so a cached build still reports what making it cost.
 """
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +23,53 @@ from typing import TypeVar
 from bench.core.cache import build_dir_atomically
 from bench.core.timing import Clock
 
+PEAK_MARK = "BENCH_CONVERSION_VMHWM_KB"
+# runs `python -m MODULE ARGS` or `python SCRIPT ARGS`; prints the process's own peak RSS last, whatever the outcome
+_WRAPPER = f"""
+import os, runpy, sys
+target, sys.argv = sys.argv[1], sys.argv[2:]
+try:
+    if target == "-m":
+        runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+    else:  # as `python SCRIPT`: its folder first on sys.path
+        sys.argv.insert(0, target)
+        sys.path.insert(0, os.path.dirname(os.path.abspath(target)))
+        runpy.run_path(target, run_name="__main__")
+finally:
+    hwm = [l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM:")]
+    print("{PEAK_MARK}", hwm[0] if hwm else "", file=sys.stderr, flush=True)
+"""
+PEAK_DEFINITION = "VmHWM of the conversion's Python process at its exit (its peak RSS since its exec)"
+
+
+@dataclass(frozen=True)
+class ChildRun:
+    """A finished child conversion: exit status, its output (stdout + stderr), wall time, peak RSS."""
+
+    returncode: int
+    output: str
+    seconds: float
+    peak_rss_bytes: int | None  # None where /proc has no VmHWM
+
+    def manifest(self) -> dict:
+        """What a build's manifest says about its conversion (`conversion`)."""
+        return {"seconds": self.seconds, "peak_rss_bytes": self.peak_rss_bytes, "peak_rss": PEAK_DEFINITION}
+
+
+def run_python(args: list[str], env: dict[str, str] | None = None, cwd: Path | str | None = None,
+               timeout_s: float | None = None) -> ChildRun:
+    """`python ARGS` (ARGS: `-m MODULE ...` or `SCRIPT ...`) in a child process of this interpreter, measured."""
+    command = [sys.executable, "-c", _WRAPPER, *args]
+    clock = Clock()
+    clock.start()
+    proc = subprocess.run(command, check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout_s)
+    clock.mark()
+    lines = (proc.stdout + proc.stderr).splitlines()
+    marks = [line.split() for line in lines if line.startswith(PEAK_MARK)]
+    peak_kb = marks[-1][1] if marks and len(marks[-1]) > 1 else None
+    output = "\n".join(line for line in lines if not line.startswith(PEAK_MARK))
+    return ChildRun(proc.returncode, output, clock.stamps_ns()[-1] / 1e9, int(peak_kb) * 1024 if peak_kb else None)
+
 
 @dataclass(frozen=True)
 class Built:
@@ -23,6 +77,12 @@ class Built:
     manifest: dict
     cached: bool  # True: found in the cache; False: built by this call
     seconds: float  # time the call took (hashing the source, plus building when not cached)
+
+    def conversion(self) -> dict:
+        """The description fields of what making it cost (bench/core/description.py), from its manifest: None
+        for a build from before they were recorded."""
+        made = self.manifest.get("conversion") or {}
+        return {"conversion_seconds": made.get("seconds"), "conversion_peak_rss_bytes": made.get("peak_rss_bytes")}
 
 
 B = TypeVar("B", bound=Built)

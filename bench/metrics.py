@@ -88,6 +88,13 @@ _METRICS = [
     Metric("load_s", "load", "s", "timing", "lower",
            "Load time: from the start of the backend's load call until the model is ready to run (weights read, "
            "moved to device, any conversion or compilation done eagerly)."),
+    Metric("conversion_s", "conversion", "s", "timing", "lower",
+           "Conversion time: wall time of the conversion that made the files the backend ran (ONNX or OpenVINO "
+           "export, GGUF conversion and quantization), measured when they were built and kept with them, so a case "
+           "that found them cached reports what making them cost; not part of load_s."),
+    _bytes("conversion_peak_rss_bytes", "conversion peak RSS", "timing",
+           "Peak RSS of the conversion's process: the kernel's high-water mark (VmHWM) of the child Python process "
+           "that converted, read just before it exited (backends/cached_build.py run_python)."),
     # memory (bench/measure/memory.py)
     _bytes("peak_rss_bytes", "peak RSS", "scalar",
            "Peak resident set size of the case: the larger of the kernel's high-water mark of the case's process "
@@ -151,7 +158,9 @@ _METRICS = [
            "median TPOT, which is gated itself)."),
     Metric("peak_memory_bandwidth_gbs", "peak bandwidth", "GB/s", "info", "higher",
            "The device's peak memory bandwidth MBU is relative to: the suite's peak_memory_bandwidth_gbs when "
-           "stated, else the spec sheet of a known GPU (table in bench/measure/bandwidth.py)."),
+           "stated, else the spec sheet of a known GPU (table in bench/measure/bandwidth.py); with "
+           "`peak_memory_bandwidth_gbs: measured`, the host's copy bandwidth measured in the case's process (best of 5 "
+           "one-thread numpy copies of 256 MiB, 2 bytes moved per byte copied)."),
     # the KV cache of a latency case (bench/measure/kvcache.py): computed from the model's config, and measured
     Metric("kv_cache_bytes_per_token", "KV/token computed", "bytes/token", "info", "lower",
            "KV cache bytes per token per sequence computed from the model's config: 2 (keys and values) x layers x "

@@ -1,34 +1,62 @@
-"""HF Llama directory -> GGUF file (f32, f16, or quantized by llama.cpp itself), cached by content hash.
+"""HF model directory -> GGUF file (f32, f16, or quantized by llama.cpp itself), cached by content hash.
 
-`gguf_file(model_dir, quant)` returns the path of a cached GGUF file, building it on first use:
-f32 and f16 are written here with the `gguf` package's writer (hyperparameters, the byte-level BPE
-vocabulary with merges, token types and special ids of the HF tokenizer, and the weights with Q/K
-permuted the way llama.cpp's own converter does); q8_0, q4_0 and q4_k_m are made from the f32 file
-by llama.cpp's quantizer (`llama_model_quantize`). Files live in
-`cache_dir()/gguf/<key>/model-<quant>.gguf`, the key hashing the source model files, the quant
-type, this converter's version and the gguf / llama-cpp-python versions.
+`gguf_file(model_dir, quant)` returns the path of a cached GGUF file, building it on first use. f32 and
+f16 are written by llama.cpp's own converter (`convert_hf_to_gguf.py` at the installed
+llama-cpp-python's exact revision, run as a child process: see `llamacpp_source.py`), so every
+architecture llama.cpp supports converts. q8_0, q4_0 and q4_k_m are made from the f32 file by
+llama.cpp's quantizer (`llama_model_quantize`), also in a child process. Each build's wall time and
+the peak RSS of the process that did it are kept next to the file; `conversion_info(path)` reads them.
+
+llama.cpp's converter identifies BPE tokenizers by hashing their output and refuses one it does not
+know ("BPE pre-tokenizer was not recognized"), which is what a home-trained tokenizer is (tiny-llama's).
+For that case only, and only for the Llama architecture, `write_gguf` below, a hand-written writer
+(byte-level BPE vocabulary with merges and pre-tokenizer `gpt-2`, Q/K permuted as llama.cpp's converter
+does), writes the file instead; `conversion_info` names which converter made each file. Files live in
+`cache_dir()/gguf/<key>/model-<quant>.gguf`, the key hashing the source model files, the quant type,
+this module's version and the gguf / llama-cpp-python versions (the latter fixes the converter's).
 """
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from backends.base import require
 from bench.core.cache import build_dir_atomically, cache_dir, files_digest
+from bench.core.timing import Clock
 
-CONVERTER_VERSION = 1  # bump when the written file changes for the same inputs
+CONVERTER_VERSION = 2  # bump when the written file changes for the same inputs
 QUANTS = ("f32", "f16", "q8_0", "q4_0", "q4_k_m")
 LLAMA_FTYPES = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",
                 "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
 SOURCE_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                "generation_config.json")
+                "generation_config.json", "tokenizer.model")
 EXTRA = "gguf"
 WHO = "llama-cpp"
+INFO = "conversion.json"
+LLAMACPP_CONVERTER = "llama.cpp convert_hf_to_gguf.py"
+BENCH_WRITER = "bench's Llama GGUF writer (backends/gguf/convert.py write_gguf)"
+QUANTIZER = "llama.cpp llama_model_quantize"
+UNRECOGNISED_TOKENIZER = "pre-tokenizer was not recognized"
+
+# quantize argv[1] -> argv[2] at ftype argv[3] with llama.cpp, then print this process's peak RSS
+_QUANTIZE = """
+import ctypes, sys
+import llama_cpp
+params = llama_cpp.llama_model_quantize_default_params()
+params.ftype = getattr(llama_cpp, sys.argv[3])
+status = llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(params))
+hwm = [l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM:")]
+print("BENCH_VMHWM_KB", hwm[0] if hwm else "", file=sys.stderr, flush=True)
+sys.exit(status)
+"""
 
 
 class ConversionError(ValueError):
-    """The model directory cannot be converted (not a Llama, missing files, unsupported setting)."""
+    """The model directory cannot be converted (missing files, unsupported architecture or setting)."""
 
 
 def permute(weights, n_head: int, n_head_kv: int | None = None):
@@ -48,7 +76,7 @@ def _source_files(model_dir: Path) -> list[Path]:
 
 
 def cache_key(model_dir: Path, quant: str) -> str:
-    """Hash of the source files' bytes, the quant type, this converter and the library versions."""
+    """Hash of the source files' bytes, the quant type, this module and the library versions."""
     gguf, llama_cpp = require("gguf", EXTRA, WHO), require("llama_cpp", EXTRA, WHO)
     return files_digest(_source_files(model_dir), quant, f"converter {CONVERTER_VERSION}",
                         f"gguf {_version('gguf', gguf)}", f"llama-cpp-python {llama_cpp.__version__}")
@@ -69,7 +97,6 @@ def gguf_file(model_dir: str | Path, quant: str = "f16", log: Callable[[str], No
         raise ConversionError(f"unknown GGUF quant type {quant!r}; valid values: {', '.join(QUANTS)}")
     model_dir = Path(model_dir)
     target = cache_dir() / "gguf" / cache_key(model_dir, quant)
-    _hparams(model_dir)  # refuse an unsupported model before taking the build lock
     name = f"model-{quant}.gguf"
     if (target / name).is_file():
         return target / name
@@ -77,13 +104,64 @@ def gguf_file(model_dir: str | Path, quant: str = "f16", log: Callable[[str], No
     def fill(tmp: Path) -> None:
         log(f"converting {model_dir} to GGUF {quant} into {target}")
         if quant in ("f32", "f16"):
-            write_gguf(model_dir, tmp / name, quant)
+            info = _convert(model_dir, tmp / name, quant, log)
         else:
-            quantize(gguf_file(model_dir, "f32", log), tmp / name, quant)
-        (tmp / "source.json").write_text(json.dumps({"model_dir": str(model_dir), "quant": quant}))
+            source = gguf_file(model_dir, "f32", log)
+            info = {**quantize(source, tmp / name, quant), "input": str(source),
+                    "input_conversion": conversion_info(source)}
+        info = {"model_dir": str(model_dir), "quant": quant, **info}
+        (tmp / INFO).write_text(json.dumps(info, indent=1))
 
     build_dir_atomically(target, fill, lambda path: (path / name).is_file())
     return target / name
+
+
+def conversion_info(path: str | Path) -> dict:
+    """How the cached GGUF `path` was made: converter, seconds (wall), peak_rss_bytes of the process
+    that made it (None where unknown), and for a quantized file the f32 conversion it started from
+    (`input_conversion`). Empty for a GGUF file bench did not make."""
+    info_path = Path(path).parent / INFO
+    return json.loads(info_path.read_text()) if info_path.is_file() else {}
+
+
+def conversion_cost(path: str | Path) -> dict:
+    """What making the cached GGUF `path` from its model directory cost, as BackendDescription fields: for a
+    quantized file the f32 conversion it started from plus the quantization (seconds summed, the larger peak
+    RSS); None where a step's figure is unknown or bench did not make the file."""
+    steps, info = [], conversion_info(path)
+    while info:
+        steps.append(info)
+        info = info.get("input_conversion") or {}
+    seconds = [s["seconds"] for s in steps if s.get("seconds") is not None]
+    peaks = [s["peak_rss_bytes"] for s in steps if s.get("peak_rss_bytes") is not None]
+    return {"conversion_seconds": sum(seconds) if steps and len(seconds) == len(steps) else None,
+            "conversion_peak_rss_bytes": max(peaks) if steps and len(peaks) == len(steps) else None}
+
+
+def _convert(model_dir: Path, out: Path, quant: str, log: Callable[[str], None]) -> dict:
+    """f32/f16 with llama.cpp's converter; bench's writer where llama.cpp refuses the tokenizer of a Llama."""
+    from backends.gguf import llamacpp_source
+
+    try:
+        done = llamacpp_source.convert(model_dir, out, quant, log)
+        return {"converter": f"{LLAMACPP_CONVERTER} (llama-cpp-python {llamacpp_source.runtime_version()})",
+                "seconds": done.seconds, "peak_rss_bytes": done.peak_rss_bytes}
+    except llamacpp_source.ConverterFailed as exc:
+        if UNRECOGNISED_TOKENIZER not in str(exc):
+            raise ConversionError(str(exc)) from None
+        try:
+            _hparams(model_dir)  # bench's writer takes plain Llamas only
+        except ConversionError as refused:
+            raise ConversionError(f"{exc}\n(bench's own writer cannot stand in: {refused})") from None
+        reason = f"llama.cpp's converter does not recognise this tokenizer ({UNRECOGNISED_TOKENIZER})"
+        log(f"{reason}: writing the GGUF with bench's Llama writer")
+        clock = Clock()
+        clock.start()
+        write_gguf(model_dir, out, quant)
+        clock.mark()
+        return {"converter": BENCH_WRITER, "why_not_llama_cpp": reason,
+                "seconds": clock.stamps_ns()[-1] / 1e9, "peak_rss_bytes": None,
+                "peak_rss_note": "written in the calling process: no separate peak"}
 
 
 # ---------------------------------------------------------------- writing f32 / f16
@@ -195,14 +273,21 @@ def write_gguf(model_dir: Path, out: Path, quant: str) -> None:
 
 # ---------------------------------------------------------------- llama.cpp quantization
 
-def quantize(source: Path, out: Path, quant: str) -> None:
-    """Quantize a GGUF file with llama.cpp's own quantizer (`llama_model_quantize`)."""
-    import ctypes
-
-    llama_cpp = require("llama_cpp", EXTRA, WHO)
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, LLAMA_FTYPES[quant])
-    status = llama_cpp.llama_model_quantize(str(source).encode(), str(out).encode(), ctypes.byref(params))
-    if status != 0 or not out.is_file():
-        raise ConversionError(f"llama_model_quantize to {quant} failed (status {status}) for {source}; "
-                              f"K-quants need tensor rows divisible by 256")
+def quantize(source: Path, out: Path, quant: str) -> dict:
+    """Quantize a GGUF file with llama.cpp's own quantizer in a child process; its seconds and peak RSS."""
+    require("llama_cpp", EXTRA, WHO)
+    command = [sys.executable, "-c", _QUANTIZE, str(source), str(out), LLAMA_FTYPES[quant]]
+    clock = Clock()
+    clock.start()
+    proc = subprocess.run(command, capture_output=True, text=True, check=False, env=dict(os.environ))
+    clock.mark()
+    lines = proc.stderr.strip().splitlines()
+    peak_kb = next((line.split()[1] for line in reversed(lines)
+                    if line.startswith("BENCH_VMHWM_KB") and len(line.split()) > 1), None)
+    if proc.returncode != 0 or not out.is_file():
+        tail = "\n".join(line for line in lines if not line.startswith("BENCH_VMHWM_KB"))[-800:]
+        raise ConversionError(f"llama_model_quantize to {quant} failed (exit {proc.returncode}) for {source}; "
+                              f"K-quants need tensor rows divisible by 256:\n{tail}")
+    fallbacks = [line.strip() for line in lines if "fallback" in line.lower()]
+    return {"converter": QUANTIZER, "seconds": clock.stamps_ns()[-1] / 1e9,
+            "peak_rss_bytes": int(peak_kb) * 1024 if peak_kb else None, "fallbacks": fallbacks}

@@ -226,6 +226,8 @@ class LlamaCpp(Backend):
         return list(tokens[:n])
 
     def describe(self) -> BackendDescription:
+        from backends.gguf.convert import conversion_cost
+
         lib = self._lib
         desc = ctypes.create_string_buffer(256)
         lib.llama_model_desc(self._model, desc, len(desc))
@@ -242,6 +244,7 @@ class LlamaCpp(Backend):
             n_parameters=lib.llama_model_n_params(self._model),
             quantization=self.options.quant if self.hf_dir is not None and self.options.quant.startswith("q") else None,
             versions={"llama_cpp_python": lib.__version__},
+            **conversion_cost(self.gguf_path),
             details={
                 "quant": self.options.quant if self.hf_dir is not None else "as in file",
                 "gguf_file": str(self.gguf_path),

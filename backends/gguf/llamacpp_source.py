@@ -34,9 +34,10 @@ CONVERTER_TIMEOUT_S = 3600.0
 
 # the child's own peak RSS (VmHWM starts fresh at exec), printed on its last line whatever the outcome
 _WRAPPER = """
-import runpy, sys
+import os, runpy, sys
 script = sys.argv[1]
 sys.argv = sys.argv[1:]
+sys.path.insert(0, os.path.dirname(script))  # its `conversion` package, as when run as a script
 try:
     runpy.run_path(script, run_name="__main__")
 finally:
@@ -124,8 +125,8 @@ def source_dir(log: Callable[[str], None] = print) -> Path:
 
 def vocab_names(log: Callable[[str], None] = print) -> list[str]:
     """Names of the tokenizers llama.cpp ships as vocabulary-only GGUF files (qwen2, llama-bpe, phi-3, ...)."""
-    models = source_dir(log) / "models"
-    return sorted(p.name[len("ggml-vocab-"):-len(".gguf")] for p in models.glob("ggml-vocab-*.gguf"))
+    files = (source_dir(log) / "models").glob("ggml-vocab-*.gguf")
+    return sorted(p.name[len("ggml-vocab-"):-len(".gguf")] for p in files)
 
 
 def vocab_file(name: str, log: Callable[[str], None] = print) -> Path:

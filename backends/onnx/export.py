@@ -5,7 +5,8 @@
 
 - fp32 / fp16 / int8 / int4: onnxruntime-genai's model builder
   (`python -m onnxruntime_genai.models.builder -i DIR -o OUT -p PRECISION -e EP`), run as a child
-  process so its torch import never counts in the case's own memory. The graph has an explicit KV
+  process so its torch import never counts in the case's own memory (its wall time and peak RSS are
+  recorded in the manifest's `conversion`: backends/cached_build.py `run_python`). The graph has an explicit KV
   cache (`past_key_values.N.key/value` in, `present.N.key/value` out, GroupQueryAttention).
   int8 and int4 are the builder's block quantization of the weights (MatMulNBits; on the CPU its
   default accuracy_level 4 also quantizes activations to int8 inside the matmul kernel).
@@ -24,8 +25,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from typing import Literal
 from pydantic import field_validator
 
 from backends.base import BackendOptions, require
-from backends.cached_build import Built, build_cached, hf_source_files
+from backends.cached_build import Built, build_cached, hf_source_files, run_python
 from bench.core.cache import cache_dir, files_digest
 from bench.core.timing import Clock
 
@@ -117,26 +116,31 @@ def graph_summary(model_file: Path) -> dict:
 def _run_builder(model_dir: Path, out: Path, precision: str, execution_provider: str) -> dict:
     args = ["-i", str(model_dir), "-p", precision, "-e", execution_provider]
     with tempfile.TemporaryDirectory(prefix="ortgenai-builder-") as scratch:
-        command = [sys.executable, "-m", BUILDER, *args, "-o", str(out), "-c", scratch]
-        proc = subprocess.run(command, check=False, cwd=scratch, capture_output=True, text=True,
-                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    if proc.returncode != 0 or not (out / "model.onnx").is_file():
-        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-15:])
-        raise ExportError(f"onnxruntime-genai model builder failed (exit {proc.returncode}) on {model_dir} "
+        child = run_python(["-m", BUILDER, *args, "-o", str(out), "-c", scratch], cwd=scratch,
+                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if child.returncode != 0 or not (out / "model.onnx").is_file():
+        tail = "\n".join(child.output.splitlines()[-15:])
+        raise ExportError(f"onnxruntime-genai model builder failed (exit {child.returncode}) on {model_dir} "
                           f"for {precision}/{execution_provider}:\n{tail}")
-    return {"call": f"python -m {BUILDER} {' '.join(args)}"}
+    return {"tool": {"call": f"python -m {BUILDER} {' '.join(args)}"}, "conversion": child.manifest()}
 
 
 def _quantize_dynamic(fp32: Path, out: Path) -> dict:
     quantization = require("onnxruntime.quantization", EXTRA, "onnx")
     settings = {"weight_type": "QInt8", "per_channel": False, "reduce_range": False}
+    clock = Clock()
+    clock.start()
     quantization.quantize_dynamic(str(fp32 / "model.onnx"), str(out / "model.onnx"),
                                   weight_type=quantization.QuantType.QInt8, per_channel=False,
                                   reduce_range=False, use_external_data_format=True)
     for item in fp32.iterdir():  # genai_config.json and tokenizer files: the interface is unchanged
         if item.name not in (*MODEL_FILES, MANIFEST) and item.is_file():
             shutil.copy2(item, out / item.name)
-    return {"call": "onnxruntime.quantization.quantize_dynamic", **settings, "source_export": str(fp32)}
+    clock.mark()
+    # in this process: its peak RSS is not the quantization's alone, so none is recorded
+    return {"tool": {"call": "onnxruntime.quantization.quantize_dynamic", **settings, "source_export": str(fp32)},
+            "conversion": {"seconds": clock.stamps_ns()[-1] / 1e9, "peak_rss_bytes": None,
+                           "peak_rss": "not measured: quantize_dynamic runs in the process that asked for it"}}
 
 
 def export(model_dir: str | Path, precision: str, execution_provider: str = "cpu") -> Export:
@@ -153,11 +157,11 @@ def export(model_dir: str | Path, precision: str, execution_provider: str = "cpu
 
     def fill(tmp: Path) -> None:
         if precision == "int8-dynamic":
-            tool = _quantize_dynamic(export(model_dir, "fp32", execution_provider).path, tmp)
+            made = _quantize_dynamic(export(model_dir, "fp32", execution_provider).path, tmp)
         else:
-            tool = _run_builder(model_dir, tmp, precision, execution_provider)
+            made = _run_builder(model_dir, tmp, precision, execution_provider)
         manifest = {"source": str(model_dir), "key": key, "precision": precision,
-                    "execution_provider": execution_provider, "versions": libs, "tool": tool}
+                    "execution_provider": execution_provider, "versions": libs, **made}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
 
     return build_cached(Export, target, MANIFEST, fill, clock)

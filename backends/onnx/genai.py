@@ -141,6 +141,7 @@ class OnnxGenai(Backend):
                                     "get_next_tokens() per token (greedy, min_length = max_length = prompt + "
                                     "new tokens)",
                      **self.export.details()},
+            **self.export.conversion(),
         )
 
     def close(self) -> None:

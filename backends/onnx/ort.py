@@ -144,6 +144,7 @@ class OnnxOrt(Backend):
                      "decode_loop": "bench greedy KV-cache loop: one session.run on the prompt with an empty cache, "
                                     "then one per token with past_key_values = previous present (argmax on the host)",
                      **self.export.details()},
+            **self.export.conversion(),
         )
 
     def close(self) -> None:

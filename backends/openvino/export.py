@@ -13,7 +13,8 @@ stateful IR: the KV cache is model state, not inputs and outputs), its `config.j
   first and last layers), so the bits per weight are above 4.
 
 It runs as a child process (`python -m backends.openvino.export ...`, same interpreter), so the
-export's torch model never counts in the case's memory. Exports live in
+export's torch model never counts in the case's memory; its wall time and peak RSS are recorded in the
+manifest's `conversion` (backends/cached_build.py `run_python`). Exports live in
 `cache_dir()/openvino/<model>-<weights>-<key>`, the key hashing the source model's files, the
 weight settings and the library versions; built atomically under a lock (bench.core.cache).
 """
@@ -22,12 +23,11 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from backends.cached_build import Built, build_cached, hf_source_files
+from backends.cached_build import Built, build_cached, hf_source_files, run_python
 from bench.core.cache import cache_dir, files_digest
 from bench.core.timing import Clock
 
@@ -79,14 +79,14 @@ def export(model_dir: str | Path, weights: str, group_size: int) -> Export:
     target = cache_dir() / "openvino" / f"{model_dir.name[:40]}-{weights}-{key}"
 
     def fill(tmp: Path) -> None:
-        command = [sys.executable, "-m", "backends.openvino.export", str(model_dir), str(tmp), json.dumps(settings)]
         env = {**os.environ, "HF_HUB_OFFLINE": "1",
                "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
-        proc = subprocess.run(command, check=False, capture_output=True, text=True, env=env)
-        if proc.returncode != 0 or not (tmp / "openvino_model.xml").is_file():
-            tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-15:])
-            raise ExportError(f"OpenVINO export failed (exit {proc.returncode}) on {model_dir} for {weights}:\n{tail}")
+        child = run_python(["-m", "backends.openvino.export", str(model_dir), str(tmp), json.dumps(settings)], env=env)
+        if child.returncode != 0 or not (tmp / "openvino_model.xml").is_file():
+            tail = "\n".join(child.output.splitlines()[-15:])
+            raise ExportError(f"OpenVINO export failed (exit {child.returncode}) on {model_dir} for {weights}:\n{tail}")
         manifest = {"source": str(model_dir), "key": key, "weights": weights, "weight_compression": settings,
+                    "conversion": child.manifest(),
                     "versions": libs, "call": "optimum.intel.OVModelForCausalLM.from_pretrained(export=True, "
                     f"quantization_config=OVWeightQuantizationConfig(**{settings}))" if settings else
                     "optimum.intel.OVModelForCausalLM.from_pretrained(export=True, load_in_8bit=False)"}

@@ -119,6 +119,7 @@ class OpenVINO(Backend):
             + (f"-g{self.options.group_size}" if weights == "int4" else ""),
             versions={name: importlib.metadata.version(name) for name in
                       ("openvino", "optimum-intel", "nncf", "transformers", "torch")},
+            **self.export.conversion(),
             details={**self.export.details(), "ov_config": self.config,
                      "inference_precision": compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(),
                      "weight_elements_by_type": census,

@@ -117,7 +117,8 @@ def _new_run(args, suite_path: Path, profile: dict | None):
     from bench.run import runner
     from bench.suite import load_suite
 
-    suite, cases = load_suite(suite_path, profile=profile)
+    models = getattr(args, "models", None)
+    suite, cases = load_suite(suite_path, profile=profile, models=models)
     cases, shard = _shard(args, _selected(cases, args))
     check_writable(args.results_dir, "--results-dir")
     check_writable(args.reports_dir, "--reports-dir")
@@ -129,10 +130,23 @@ def _new_run(args, suite_path: Path, profile: dict | None):
     if run.exists() or run.half_made():
         raise BadInput(run.half_made() or f"run '{run.run_id}' already exists in {args.results_dir}; use --resume "
                        f"{run.run_id}")
-    # what --resume and report read: the suite as it runs (with profiling forced on by `bench profile`)
-    snapshot = suite_path.read_bytes() if profile is None else _profiled_snapshot(suite, str(suite_path))
-    runner.start_run(suite_path, snapshot, suite.name, cases, run, suite.regression, shard)
+    # what --resume and report read: the suite as it runs (profiling forced on by `bench profile`, --model's models)
+    snapshot = suite_path.read_bytes() if profile is None and not models else \
+        _forced_snapshot(suite, str(suite_path), profile is not None, models)
+    runner.start_run(suite_path, snapshot, suite.name, cases, run, suite.regression, shard,
+                     _model_override(suite_path, models))
     return suite, cases, run
+
+
+def _model_override(suite_path: Path, models: list[str] | None):
+    """What run.json says when --model replaced the suite file's models (None without --model)."""
+    if not models:
+        return None
+    from bench.records.schema import ModelOverride
+    from bench.suite.reader import read_yaml
+
+    listed = read_yaml(suite_path)[0].get("models")
+    return ModelOverride(models=list(models), suite_models=[str(m) for m in listed] if isinstance(listed, list) else [])
 
 
 def cmd_run(args) -> ExitCode:
@@ -144,6 +158,8 @@ def cmd_run(args) -> ExitCode:
 
         import_ray()
     if args.resume is not None:
+        if args.models:
+            raise BadInput("--model with --resume: a resumed run keeps the models it started with")
         run = RunDir(args.results_dir, check_plain_name(args.resume, "--resume")).require("--resume")
         _check_unedited(run, args.allow_edited_suite)
         suite, cases = load_suite(run.suite_snapshot)
@@ -172,11 +188,14 @@ def _check_unedited(run, allowed: bool) -> None:
                        f"suite adds")
 
 
-def _profiled_snapshot(suite, source: str) -> bytes:
+def _forced_snapshot(suite, source: str, profiled: bool, models: list[str] | None) -> bytes:
+    """The suite as it runs, when the command line changed it: profiling forced on, --model's models."""
     import yaml
 
     text = yaml.safe_dump(suite.model_dump(exclude_unset=True), sort_keys=False)
-    return f"# {source} with profiling forced on (python -m bench profile)\n{text}".encode()
+    changes = (["profiling forced on (python -m bench profile)"] if profiled else []) + \
+        ([f"models replaced by --model {' --model '.join(models)}"] if models else [])
+    return f"# {source} with {' and '.join(changes)}\n{text}".encode()
 
 
 def cmd_profile(args) -> ExitCode:
@@ -211,11 +230,19 @@ def cmd_merge(args) -> ExitCode:
 def cmd_validate(args) -> ExitCode:
     from bench.suite import load_suite
 
-    suite, cases = load_suite(args.suite)
+    suite, cases = load_suite(args.suite, models=args.models)
     print(f"{args.suite}: suite '{suite.name}' is valid: {len(cases)} cases")
+    if args.models:
+        print(f"  models replaced by --model: {', '.join(args.models)}")
     for case in cases:
         print(f"  {case.id}")
     return ExitCode.OK
+
+
+def _add_model_argument(parser) -> None:
+    parser.add_argument("--model", action="append", dest="models", metavar="PATH_OR_HUB_ID",
+                        help="run this model instead of the suite's models (repeatable: each one replaces the "
+                        "suite's list); a built-in name, a local directory or a hub id. The run records it")
 
 
 def add_commands(sub) -> list:
@@ -238,6 +265,7 @@ def add_commands(sub) -> list:
                      "default: RAY_ADDRESS, else a Ray instance started here)")
     run.add_argument("--shard", metavar="I/N", help="run only shard I of N of the suite's units (a deterministic "
                      "partition, for CI matrices; combine the shards with bench merge)")
+    _add_model_argument(run)
     run.set_defaults(func=cmd_run)
 
     merge = sub.add_parser("merge", help="merge runs of one suite (the shards of run --shard) into a new run")
@@ -258,5 +286,6 @@ def add_commands(sub) -> list:
 
     validate = sub.add_parser("validate", help="check a suite and list the cases it expands to")
     validate.add_argument("suite")
+    _add_model_argument(validate)
     validate.set_defaults(func=cmd_validate)
     return [run, profile, merge]

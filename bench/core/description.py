@@ -22,3 +22,7 @@ class BackendDescription(BaseModel):
     quantization: str | None = Field(None, description="quantization method, or None for none")
     versions: dict[str, str] = Field(default_factory=dict, description="library versions that ran it")
     details: dict[str, Any] = Field(default_factory=dict, description="backend-specific facts, shown as is")
+    conversion_seconds: float | None = Field(
+        None, description="wall time of the conversion that made the files it ran (export, GGUF conversion), "
+        "measured when they were built, even if this case found them cached; None: no conversion")
+    conversion_peak_rss_bytes: int | None = Field(None, description="peak RSS of that conversion's process")

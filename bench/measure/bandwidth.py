@@ -5,10 +5,17 @@ model_size_bytes / TPOT; MBU is that over the device's peak bandwidth. The peak 
 the suite's `peak_memory_bandwidth_gbs` when the user states it (the only source for a CPU, whose
 bandwidth depends on its memory channels and DIMMs), else the spec sheet of a known GPU, looked up
 by the name NVML / CUDA reports. Otherwise MBU is not applicable, with the reason.
+
+A suite may instead say `peak_memory_bandwidth_gbs: measured` (for a CPU): each latency case's process then
+measures the host's memory bandwidth itself, after measuring the case (`measure_host_gbs`: STREAM's
+"copy" kernel, numpy on one thread, arrays far larger than any cache), so MBU is relative to what this
+machine delivered at that time, not to a spec sheet. That is an achieved copy bandwidth, below the DIMMs'
+theoretical peak; on a shared machine it varies from case to case, like the TPOT it divides.
 """
 from __future__ import annotations
 
 import sys
+import time
 
 # Spec-sheet memory bandwidth in GB/s (1e9 bytes/s), keyed by the device name NVML reports with a
 # leading "NVIDIA " removed, lower-cased.
@@ -40,6 +47,29 @@ def _cuda_device_name(device: str) -> str | None:
         return pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(index))
     except pynvml.NVMLError:  # no GPU or no driver
         return None
+
+
+COPY_BYTES = 256 * 2**20  # per array: 8x the 32 MiB L3 of these machines
+COPY_REPEATS = 5
+
+
+def measure_host_gbs(copy_bytes: int = COPY_BYTES, repeats: int = COPY_REPEATS) -> tuple[float, str]:
+    """(GB/s, how): the host's copy bandwidth, the best of `repeats` numpy copies of `copy_bytes` on one thread,
+    counting 2 bytes moved (one read, one write) per byte copied, as STREAM's copy does."""
+    import numpy as np
+
+    src = np.ones(copy_bytes // 8, dtype=np.float64)
+    dst = np.zeros_like(src)  # both written once first: no page faults inside the timed copies
+    best_ns = None
+    for _ in range(repeats):
+        start = time.perf_counter_ns()
+        np.copyto(dst, src)
+        elapsed = time.perf_counter_ns() - start
+        best_ns = elapsed if best_ns is None else min(best_ns, elapsed)
+    assert best_ns is not None
+    gbs = 2 * src.nbytes / (best_ns / 1e9) / 1e9
+    return gbs, (f"measured: best of {repeats} numpy copies of {copy_bytes // 2**20} MiB on one thread "
+                 f"(STREAM copy, 2 bytes moved per byte), in the case's process after measuring it")
 
 
 def peak_bandwidth(device: str, stated_gbs: float | None) -> tuple[float | None, str]:

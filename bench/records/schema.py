@@ -20,8 +20,12 @@ Format history (FORMAT_VERSION is what this code writes; `bench.records.upgrade`
   ServingLevel per load level) and `RawSamples.serving` (per-request stamps, one list per level).
   Also additive: `CaseRecord.machine` (Machine: the fingerprint of the machine that ran the case, with its
   `machine_id`), `RunMeta.shard` (ShardInfo: the run is one shard of a suite, `bench run --shard I/N`) and
-  `RunMeta.merged_from` (the runs `bench merge` combined into this one), and `CaseOutcome.energy` (EnergyInfo:
-  the counters, idle baseline and phases behind the energy_* metrics, where a counter exists).
+  `RunMeta.merged_from` (the runs `bench merge` combined into this one), `CaseOutcome.energy` (EnergyInfo:
+  the counters, idle baseline and phases behind the energy_* metrics, where a counter exists) and
+  `RunMeta.model_override` (ModelOverride: `--model` replaced the suite's models; the snapshot suite.yaml holds
+  the models run).
+  Also additive: `CaseSpec.measure_memory_bandwidth` (the suite said `peak_memory_bandwidth_gbs: measured`) and
+  the metrics `conversion_s` / `conversion_peak_rss_bytes` (what making a backend's converted files cost).
 
 Settings shared by suites and records (workload, repetitions, perplexity, profile, serving) are defined here,
 so reading a run never needs the suite's backends, or even its schema, to still exist.
@@ -283,6 +287,7 @@ class CaseSpec(_Record):
     # not part of the case's identity (its id): what its results are compared with
     reference: str | None = None
     peak_memory_bandwidth_gbs: float | None = None
+    measure_memory_bandwidth: bool = False  # suite `peak_memory_bandwidth_gbs: measured`: the worker measures it
 
 
 # ---------------------------------------------------------------- metric values
@@ -611,6 +616,13 @@ class ShardInfo(_Record):
         return f"{self.index}/{self.count}"
 
 
+class ModelOverride(_Record):
+    """`bench run SUITE --model M` (repeatable): the models run instead of those the suite file lists."""
+
+    models: list[str] = Field(description="the models given with --model, in order: what the run's cases run")
+    suite_models: list[str] = Field(description="the models the suite file lists, which the run did not run")
+
+
 class RunMeta(_Record):
     """run.json: what the run is, where it came from, and the cases it was planned to run."""
 
@@ -628,3 +640,4 @@ class RunMeta(_Record):
     cwd: str = ""
     shard: ShardInfo | None = None  # set when the run is one shard of its suite
     merged_from: list[str] = Field(default_factory=list, description="runs `bench merge` combined into this one")
+    model_override: ModelOverride | None = None  # set when --model replaced the suite's models

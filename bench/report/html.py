@@ -18,6 +18,7 @@ from bench.metrics import METRICS
 from bench.records import safe_files
 from bench.records.rundir import Run
 from bench.report import studies, tables
+from bench.report.conformance import matrix as conformance_matrix
 from bench.report.markdown import serving
 
 TREND_METRICS = ("tpot_ms", "ttft_ms", "decode_tok_s", "perplexity")
@@ -81,7 +82,8 @@ def render(runs: list[Run], history_db: Path | None = None) -> str:
     return env.get_template("report.html.j2").render(
         runs=runs, several=several,
         tables=[*tables.summary_tables(entries, several), *tables.result_tables(entries, several),
-                *serving(entries, several), *studies.tables(entries, samples), *tables.machine_tables(entries)],
+                *serving(entries, several), *studies.tables(entries, samples), *tables.machine_tables(entries),
+                *conformance_matrix(entries)],
         what_ran=tables.what_ran(entries, several), figures=[f for f in figures if f],
         problems=[e for e in entries if not e.record.ok], metrics=METRICS.values(),
     )

@@ -15,6 +15,7 @@ from bench.metrics import METRICS
 from bench.records import safe_files
 from bench.records.rundir import Run
 from bench.report import studies, tables
+from bench.report.conformance import matrix as conformance_matrix
 from bench.report.profile_section import profiled_sections
 
 
@@ -34,7 +35,8 @@ def render(run: Run, run_link: str = ".") -> str:
         meta=run.meta, reference=run.reference,
         tables=[(t.title, tables.markdown(t)) for t in [*tables.summary_tables(entries), *tables.result_tables(entries),
                                                         *serving(entries), *studies.tables(entries, samples),
-                                                        *tables.machine_tables(entries)]],
+                                                        *tables.machine_tables(entries),
+                                                        *conformance_matrix(entries)]],
         problems=[r for r in run.records if not r.ok], missing=run.missing,
         what_ran=tables.markdown(tables.what_ran(entries)), metrics=METRICS.values(),
         n_ok=sum(r.ok for r in run.records), n_total=len(run.meta.case_ids),

@@ -122,6 +122,7 @@ LATENCY_METRICS = ("ttft_ms", "tpot_ms", "e2e_ms", "decode_tok_s", "prefill_tok_
 BANDWIDTH_METRICS = ("model_size_bytes", "achieved_bandwidth_gbs", "mbu")
 ENERGY_METRICS = ("energy_prefill_j_per_token", "energy_decode_j_per_token", "energy_prefill_tok_per_j",
                   "energy_decode_tok_per_j", "energy_idle_w")  # columns only where a counter measured them
+CONVERSION_METRICS = ("conversion_s", "conversion_peak_rss_bytes")  # "What ran", where some variant converted
 
 
 def paired_cell(record: CaseRecord, paired: str, metric: str, ref: CaseRecord | None) -> Cell:
@@ -364,13 +365,15 @@ def what_ran(entries: list[Entry], several_runs: bool = False) -> Table:
     columns = _lead(several_runs) + [Column("mechanism", left=True), Column("dtype", left=True),
                                      Column("device", left=True), Column("threads"),
                                      Column(METRICS["model_size_bytes"].header, "model_size_bytes")]
+    converted = [m for m in CONVERSION_METRICS if any(e.record.value(m) is not None for e in entries)]
+    columns += [Column(METRICS[m].header, m) for m in converted]
     rows = []
     for (run, variant), r in seen.items():
         b = r.backend
         assert b is not None
         rows.append(([Cell(run)] if several_runs else []) + [
             Cell(variant), Cell(b.mechanism), Cell(b.dtype), Cell(b.device), Cell(fmt(b.threads)),
-            metric_cell(r, "model_size_bytes")])
+            metric_cell(r, "model_size_bytes")] + [metric_cell(r, m) for m in converted])
     return Table("What ran", columns, rows)
 
 

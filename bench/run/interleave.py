@@ -382,6 +382,8 @@ def _record(m: _Measured, reference: _Measured | None, mode: str, group_size: in
         metrics.update(rates)
         not_applicable.update(unknown)
         metrics["model_size_bytes"] = description.model_size_bytes
+        if last.peak_bandwidth_gbs is not None and last.peak_bandwidth_source:  # for readers: where the peak is from
+            description.details["peak_memory_bandwidth_source"] = last.peak_bandwidth_source
     if reference is not None and reference is not m:
         for metric, name in PAIRED.items():
             ratio = stats.paired_ratio(_rounds_of(m, metric), _rounds_of(reference, metric), case.repetitions.ci_level)

@@ -24,7 +24,15 @@ from bench.exec import envs
 from bench.exec.protocol import WorkerResult
 from bench.records import safe_files
 from bench.records.rundir import RunDir, RunError
-from bench.records.schema import CaseRecord, CaseSpec, RawSamples, RegressionSettings, RunMeta, ShardInfo
+from bench.records.schema import (
+    CaseRecord,
+    CaseSpec,
+    ModelOverride,
+    RawSamples,
+    RegressionSettings,
+    RunMeta,
+    ShardInfo,
+)
 from bench.run import environment
 from bench.run.plan import Unit, plan
 from bench.run.spawn import exit_reason, spawn_worker
@@ -156,13 +164,15 @@ def suite_sha256(path: Path) -> str:
 
 
 def start_run(suite_path: Path, snapshot: bytes, suite_name: str, cases: list[CaseSpec], run: RunDir,
-              regression: RegressionSettings, shard: ShardInfo | None = None) -> None:
+              regression: RegressionSettings, shard: ShardInfo | None = None,
+              model_override: ModelOverride | None = None) -> None:
     """Create the run directory with its metadata and the suite as it runs (`snapshot`: what --resume reads);
-    `shard`: the run is that shard of the suite (bench/run/shard.py), `cases` its share."""
+    `shard`: the run is that shard of the suite (bench/run/shard.py), `cases` its share; `model_override`:
+    --model replaced the suite's models."""
     run.create(RunMeta(
         run_id=run.run_id, suite_name=suite_name, suite_path=str(suite_path),
         suite_sha256=hashlib.sha256(snapshot).hexdigest(), created_at=time.time(),
         environment=environment.fingerprint(), case_ids=[c.id for c in cases],
         reference=cases[0].reference if cases else None, regression=regression, command=sys.argv, cwd=os.getcwd(),
-        shard=shard,
+        shard=shard, model_override=model_override,
     ), snapshot)

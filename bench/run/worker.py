@@ -103,13 +103,19 @@ def run_backend_case(case: CaseSpec, run_dir: Path | None = None, driver: Driver
     finally:
         backend.close()
     result.metrics.update(load_s=load_ns / 1e9, model_size_bytes=description.model_size_bytes, **memory.metrics)
+    converted = {"conversion_s": description.conversion_seconds,
+                 "conversion_peak_rss_bytes": description.conversion_peak_rss_bytes}
+    result.metrics.update({k: v for k, v in converted.items() if v is not None})
     result.not_applicable.update(memory.not_applicable)
     if case.task == "latency":  # the KV cache's bytes per token: computed from the config, and measured
         result.metrics.update(kvcache.metrics(model_path, description))
-        # the device's peak bandwidth: the runner computes MBU (weight bytes per step / TPOT over it) from every
-        # process's samples
-        result.peak_bandwidth_gbs, result.peak_bandwidth_source = bandwidth.peak_bandwidth(
-            backend.device, case.peak_memory_bandwidth_gbs)
+        # the device's peak bandwidth (measured on this host when the suite says so: the model is closed, memory
+        # is free): the runner computes MBU (weight bytes per step / TPOT over it) from every process's samples
+        if case.measure_memory_bandwidth and backend.device == "cpu":
+            result.peak_bandwidth_gbs, result.peak_bandwidth_source = bandwidth.measure_host_gbs()
+        else:
+            result.peak_bandwidth_gbs, result.peak_bandwidth_source = bandwidth.peak_bandwidth(
+                backend.device, case.peak_memory_bandwidth_gbs)
     result.backend = description
     result.model_path = model_path
     result.worker_seconds = time.monotonic() - started

@@ -20,14 +20,20 @@ from bench.suite.schema import Suite
 __all__ = ["Suite", "SuiteError", "load_suite"]
 
 
-def load_suite(path: str | Path, profile: dict | None = None) -> tuple[Suite, list[CaseSpec]]:
+def load_suite(path: str | Path, profile: dict | None = None,
+               models: list[str] | None = None) -> tuple[Suite, list[CaseSpec]]:
     """Parse, validate and expand a suite file. Raises SuiteError with file:line: field: message.
 
-    `profile`: force profiling on with these settings (what `bench profile` runs; see force_profile)."""
+    `profile`: force profiling on with these settings (what `bench profile` runs; see force_profile).
+    `models`: run these models instead of the suite's (`--model`); an error about one of them names the
+    suite's `models:` line."""
     path = Path(path)
     data, index = read_yaml(path)
     if profile is not None:
         data = force_profile(data, profile)
+    if models:
+        data = {**data, "models": list(models)}
+        index = {loc: line for loc, line in index.items() if loc[:1] != ("models",) or len(loc) == 1}
     try:
         suite = Suite.model_validate(data)
     except ValidationError as exc:

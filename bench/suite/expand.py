@@ -147,5 +147,8 @@ def expand(suite: Suite) -> list[CaseSpec]:
                 identities.append(identity)
     identities += _serving_identities(suite)
     reference = suite.reference or (identities[0]["variant"] if identities else None)
+    stated = suite.peak_memory_bandwidth_gbs
+    measured = stated == "measured"
     return [CaseSpec(id=case_id(identity), **identity, reference=reference,
-                     peak_memory_bandwidth_gbs=suite.peak_memory_bandwidth_gbs) for identity in identities]
+                     peak_memory_bandwidth_gbs=None if measured else stated,
+                     measure_memory_bandwidth=measured) for identity in identities]

@@ -250,8 +250,9 @@ class Suite(_Strict):
     timeout_s: float = Field(900, gt=0, le=7 * 24 * 3600,
                              description="a case still running after this is killed and recorded")
     reference: str | None = Field(None, description="variant label every other variant is compared to")
-    peak_memory_bandwidth_gbs: float | None = Field(
-        None, gt=0, description="the device's peak memory bandwidth in GB/s, for MBU (known GPUs need none)")
+    peak_memory_bandwidth_gbs: float | str | None = Field(
+        None, description="the device's peak memory bandwidth in GB/s, for MBU (known GPUs need none); `measured`: "
+        "each latency case measures the host's copy bandwidth after measuring (bench/measure/bandwidth.py)")
     regression: SuiteRegression = SuiteRegression()
     profile: SuiteProfile = SuiteProfile()
     cluster: ClusterSettings = Field(ClusterSettings(), description="where units run on a Ray cluster "
@@ -265,6 +266,15 @@ class Suite(_Strict):
         if len(set(models)) != len(models):
             raise ValueError("a model is listed twice")
         return models
+
+    @field_validator("peak_memory_bandwidth_gbs")
+    @classmethod
+    def _bandwidth(cls, value):
+        if isinstance(value, str) and value != "measured":
+            raise ValueError(f"{value!r}: give the peak in GB/s (a number > 0) or 'measured'")
+        if isinstance(value, float | int) and not value > 0:
+            raise ValueError("must be greater than 0 (GB/s), or 'measured'")
+        return value
 
     @field_validator("tasks")
     @classmethod

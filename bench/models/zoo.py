@@ -1,0 +1,217 @@
+"""The offline architecture zoo: small models of the decoder architectures people run, with real tokenizers.
+
+Each zoo model is built from transformers' own config class for its `model_type` (Llama 3, Qwen2,
+Qwen3, Mistral with a sliding window, Gemma 3, Phi-3, OLMo 2, Qwen3-MoE, GPT-2), with a real tokenizer
+that llama.cpp ships as a vocabulary-only GGUF (`ggml-vocab-<name>.gguf` from llama-cpp-python's
+sdist, see `backends/gguf/llamacpp_source.py`; loaded by transformers' GGUF reader), so llama.cpp's
+own converter recognises it. Weights are initialised with a fixed seed and trained briefly on the
+stdlib docstring corpus with tiny-llama's training loop (`tiny_llama._train`): hidden sizes are small
+because the 50-262k token embeddings dominate. `build_zoo(name)` caches each model under
+`cache_dir()/models/zoo-<name>-<recipe_hash>` and records how it was made in `bench_model.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from bench.core.cache import build_dir_atomically, cache_dir
+from bench.models import tiny_llama
+from bench.models.corpus import load_corpus
+
+CONTEXT = 1024  # max_position_embeddings of every zoo model
+HELDOUT_TOKENS = 4096  # the recorded held-out perplexity reads this many tokens (the vocabularies are large)
+_COMMON = {"max_position_embeddings": CONTEXT, "dtype": "float32"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ZooRecipe:
+    """Everything that determines one zoo model (besides library versions)."""
+
+    name: str
+    model_type: str  # transformers' model_type (AutoConfig.for_model)
+    vocab: str  # llama.cpp's ggml-vocab-<vocab>.gguf
+    architecture: tuple[tuple[str, Any], ...]  # config kwargs
+    note: str  # what the architecture exercises, in words
+    tokenizer_class: str = "PreTrainedTokenizerFast"  # declared in tokenizer_config.json
+    seed: int = 0
+    seq_len: int = 128
+    batch_size: int = 2
+    steps: int = 60
+    lr: float = 3e-3
+    warmup_steps: int = 6
+    train_threads: int = 1
+
+    def config_kwargs(self) -> dict[str, Any]:
+        return {**_COMMON, **dict(self.architecture)}
+
+    def recipe_hash(self, corpus_sha256: str) -> str:
+        canonical = json.dumps([dataclasses.asdict(self), corpus_sha256], sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+    def training(self, corpus_sha256: str) -> tiny_llama.Recipe:
+        """tiny-llama's Recipe carrying this model's training settings (its architecture fields are unused)."""
+        return tiny_llama.Recipe(corpus_sha256=corpus_sha256, seed=self.seed, seq_len=self.seq_len,
+                                 batch_size=self.batch_size, steps=self.steps, lr=self.lr,
+                                 warmup_steps=self.warmup_steps, train_threads=self.train_threads)
+
+
+def _arch(**kwargs: Any) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted(kwargs.items()))
+
+
+_ATTN = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+         "num_key_value_heads": 2}
+
+ZOO: dict[str, ZooRecipe] = {r.name: r for r in (
+    ZooRecipe("zoo-llama", "llama", "llama-bpe", _arch(**_ATTN, rope_theta=500000.0, tie_word_embeddings=True),
+              "Llama 3: GQA, RoPE (theta 5e5), SwiGLU, RMSNorm, Llama 3's 128k BPE vocabulary"),
+    ZooRecipe("zoo-qwen2", "qwen2", "qwen2", _arch(**_ATTN, tie_word_embeddings=True),
+              "Qwen2/2.5: Llama-like with biases on the q/k/v projections, Qwen's 152k vocabulary"),
+    ZooRecipe("zoo-qwen3", "qwen3", "qwen2", _arch(**_ATTN, head_dim=16, tie_word_embeddings=True),
+              "Qwen3: RMSNorm on queries and keys (QK-norm), no q/k/v biases"),
+    ZooRecipe("zoo-mistral", "mistral", "llama-spm",
+              _arch(**_ATTN, sliding_window=64, tie_word_embeddings=False),
+              "Mistral: sliding-window attention (64 tokens here, shorter than the 256-token windows "
+              "perplexity reads), SentencePiece 32k vocabulary (Llama 2's)"),
+    ZooRecipe("zoo-gemma3", "gemma3_text", "llama-bpe",
+              _arch(**_ATTN, head_dim=16, sliding_window=32, query_pre_attn_scalar=16,
+                    layer_types=["sliding_attention", "full_attention"], tie_word_embeddings=True),
+              "Gemma 3: interleaved local (32-token sliding window) and global attention, QK-norm, "
+              "norms with +1 offset, scaled embeddings, GeGLU; Llama 3's vocabulary (llama.cpp's gemma-4 "
+              "vocabulary does not load in transformers 5.23, and Gemma's own SentencePiece file is not shipped)"),
+    ZooRecipe("zoo-phi3", "phi3", "gpt-2", _arch(**_ATTN, tie_word_embeddings=False),
+              "Phi-3/Phi-4: fused qkv and gate_up projections; GPT-2's BPE vocabulary declared as "
+              "GPT2Tokenizer the way Phi-4 does (Phi-3's own is SentencePiece)",
+              tokenizer_class="GPT2Tokenizer"),
+    ZooRecipe("zoo-olmo2", "olmo2", "gpt-2", _arch(**_ATTN, tie_word_embeddings=False),
+              "OLMo 2: norms after attention and MLP (post-norm), QK-norm over all heads; GPT-2's 50k "
+              "vocabulary (OLMo's own is not shipped by llama.cpp; its gpt-neox one does not load in "
+              "transformers 5.23)"),
+    ZooRecipe("zoo-qwen3-moe", "qwen3_moe", "qwen2",
+              _arch(**_ATTN, head_dim=16, moe_intermediate_size=64, num_experts=4, num_experts_per_tok=2,
+                    decoder_sparse_step=1, norm_topk_prob=True, tie_word_embeddings=True),
+              "Qwen3-MoE: 4 experts, 2 routed per token, in every layer"),
+    ZooRecipe("zoo-gpt2", "gpt2", "gpt-2",
+              _arch(n_embd=64, n_layer=2, n_head=4, n_positions=CONTEXT, tie_word_embeddings=True),
+              "GPT-2: learned absolute positions (no RoPE), LayerNorm with biases, GELU MLP"),
+)}
+
+
+def model_dir(recipe: ZooRecipe, corpus_sha256: str) -> Path:
+    return cache_dir() / "models" / f"{recipe.name}-{recipe.recipe_hash(corpus_sha256)}"
+
+
+def build_zoo(name: str, force: bool = False, log: Callable[[str], None] = print,
+              recipe: ZooRecipe | None = None) -> Path:
+    """Directory of zoo model `name` (or of `recipe`, e.g. a shorter one in tests), building it if needed."""
+    recipe = recipe or ZOO[name]
+    corpus = load_corpus()
+    target = model_dir(recipe, corpus.sha256)
+    if tiny_llama.is_complete(target) and not force:
+        return target
+    return build_dir_atomically(target, lambda tmp: _build_into(tmp, recipe, log), tiny_llama.is_complete, force)
+
+
+def load_tokenizer(vocab: str, log: Callable[[str], None] = print):
+    """llama.cpp's vocabulary `ggml-vocab-<vocab>.gguf` as a transformers fast tokenizer.
+
+    transformers' GGUF reader takes ~40 s on a 150k vocabulary, so its result is cached (as
+    tokenizer.json) per vocabulary, llama-cpp-python version and transformers version.
+    """
+    import transformers
+    from transformers import AutoTokenizer
+
+    from backends.gguf.llamacpp_source import runtime_version, vocab_file
+
+    target = cache_dir() / "tokenizers" / f"{vocab}-llama-cpp-{runtime_version()}-tf-{transformers.__version__}"
+
+    def fill(tmp: Path) -> None:
+        path = vocab_file(vocab, log)
+        log(f"reading llama.cpp's {path.name} into a transformers tokenizer (once)")
+        AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name).save_pretrained(tmp)
+
+    build_dir_atomically(target, fill, lambda path: (path / "tokenizer.json").is_file())
+    return AutoTokenizer.from_pretrained(target)
+
+
+def _save_tokenizer(tokenizer, out: Path, tokenizer_class: str) -> None:
+    tokenizer.save_pretrained(out)
+    config_path = out / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["tokenizer_class"] = tokenizer_class  # transformers 5 writes TokenizersBackend (see tiny_llama)
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def _build_into(out: Path, r: ZooRecipe, log: Callable[[str], None]) -> None:
+    import torch
+    import transformers
+
+    log(f"building {r.name} ({r.model_type}, vocabulary {r.vocab}, {r.steps} steps, {r.train_threads} thread(s))")
+    t0 = time.perf_counter()
+    corpus = load_corpus()
+    tokenizer = load_tokenizer(r.vocab, log)
+    encode = tokenizer.backend_tokenizer.encode  # whole texts, no special tokens
+    train_ids = torch.tensor(encode(corpus.train, add_special_tokens=False).ids)
+    heldout_ids = encode(corpus.heldout, add_special_tokens=False).ids[:HELDOUT_TOKENS]
+    special = {key: tokenizer.convert_tokens_to_ids(tok) for key, tok in
+               (("bos_token_id", tokenizer.bos_token), ("eos_token_id", tokenizer.eos_token),
+                ("pad_token_id", tokenizer.pad_token or tokenizer.eos_token)) if tok is not None}
+    config = transformers.AutoConfig.for_model(r.model_type, vocab_size=len(tokenizer), **special,
+                                               **r.config_kwargs())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(r.train_threads)
+    training = r.training(corpus.sha256)
+    try:
+        torch.manual_seed(r.seed)
+        model = transformers.AutoModelForCausalLM.from_config(config)
+        untrained = tiny_llama.heldout_perplexity(model, heldout_ids, r.seq_len, batch_size=2)
+        loss = tiny_llama._train(model, train_ids, training, log, t0)
+        ppl = tiny_llama.heldout_perplexity(model, heldout_ids, r.seq_len, batch_size=2)
+    finally:
+        torch.set_num_threads(threads)
+
+    model.generation_config.pad_token_id = special.get("pad_token_id")
+    model.save_pretrained(out, safe_serialization=True)
+    _save_tokenizer(tokenizer, out, r.tokenizer_class)
+    (out / "heldout.txt").write_text(corpus.heldout, encoding="utf-8")
+    build_seconds = time.perf_counter() - t0
+    info = {
+        "name": r.name,
+        "model_type": r.model_type,
+        "architecture_note": r.note,
+        "recipe": dataclasses.asdict(r),
+        "recipe_hash": r.recipe_hash(corpus.sha256),
+        "training_recipe": dataclasses.asdict(training),
+        "tokenizer_source": f"llama.cpp's models/ggml-vocab-{r.vocab}.gguf from llama-cpp-python's sdist, "
+                            f"read by transformers' GGUF tokenizer loader",
+        "vocab_size": len(tokenizer),
+        "corpus": {"sha256": corpus.sha256, "n_files": corpus.n_files, "n_docstrings": corpus.n_docstrings},
+        "n_parameters": sum(p.numel() for p in model.parameters()),
+        "train_steps": r.steps,
+        "train_tokens": r.steps * r.batch_size * r.seq_len,
+        "final_train_loss": loss,
+        "final_train_loss_definition": "mean training loss over the last 10% of steps",
+        "heldout_tokens": len(heldout_ids),
+        "heldout_perplexity_untrained": untrained,
+        "heldout_perplexity": ppl,
+        "heldout_perplexity_definition": (
+            f"exp(mean next-token NLL) over the first {len(heldout_ids)} tokens of heldout.txt tokenized "
+            f"as one stream without special tokens and cut into non-overlapping windows of "
+            f"seq_len={r.seq_len} tokens (first token of each window is context only), float32"),
+        "build_seconds": build_seconds,
+        "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__,
+    }
+    (out / "bench_model.json").write_text(json.dumps(info, indent=2) + "\n")
+    log(f"built {r.name} in {build_seconds:.1f} s: held-out perplexity {ppl:.1f} (untrained {untrained:.0f}), "
+        f"final train loss {loss:.3f}")
+
+
+BUILDERS: dict[str, Callable[..., Path]] = {name: partial(build_zoo, name) for name in ZOO}
