@@ -86,9 +86,11 @@ ZOO: dict[str, ZooRecipe] = {r.name: r for r in (
               "Gemma 3: interleaved local (32-token sliding window) and global attention, QK-norm, "
               "norms with +1 offset, scaled embeddings, GeGLU; Llama 3's vocabulary (llama.cpp's gemma-4 "
               "vocabulary does not load in transformers 5.23, and Gemma's own SentencePiece file is not shipped)"),
-    ZooRecipe("zoo-phi3", "phi3", "gpt-2", _arch(**_ATTN, tie_word_embeddings=False),
-              "Phi-3/Phi-4: fused qkv and gate_up projections; GPT-2's BPE vocabulary declared as "
-              "GPT2Tokenizer the way Phi-4 does (Phi-3's own is SentencePiece)",
+    ZooRecipe("zoo-phi3", "phi3", "gpt-2",
+              _arch(**_ATTN, original_max_position_embeddings=CONTEXT, tie_word_embeddings=False),
+              "Phi-3/Phi-4: fused qkv and gate_up projections, no RoPE scaling (original context = context, "
+              "as onnxruntime-genai's builder requires); GPT-2's BPE vocabulary declared as GPT2Tokenizer "
+              "the way Phi-4 does (Phi-3's own is SentencePiece)",
               tokenizer_class="GPT2Tokenizer"),
     ZooRecipe("zoo-olmo2", "olmo2", "gpt-2", _arch(**_ATTN, tie_word_embeddings=False),
               "OLMo 2: norms after attention and MLP (post-norm), QK-norm over all heads; GPT-2's 50k "
