@@ -19,8 +19,18 @@ from typing import Literal
 
 from pydantic import Field
 
-from backends.base import Backend, BackendDescription, BackendOptions, MissingDependency, TokenBatch, require
+from backends.base import (
+    Backend,
+    BackendDescription,
+    BackendOptions,
+    MissingDependency,
+    NotSupportedHere,
+    TokenBatch,
+    require,
+)
 from backends.safetensors_header import stored_tensors
+
+CPU_ATTENTION_UNSUPPORTED = "Unsupported CPU attention configuration"  # vLLM CPU's error for a head size it lacks
 
 
 class VLLMOptions(BackendOptions):
@@ -82,12 +92,17 @@ class VLLM(Backend):
         self.model_path = model_path
         self._vllm = vllm
         self.vocab_size = transformers.AutoConfig.from_pretrained(model_path).vocab_size
-        self.llm = vllm.LLM(
-            model=model_path, dtype=self.options.dtype, seed=0, max_model_len=self.options.max_model_len,
-            max_logprobs=self.vocab_size, enforce_eager=self.options.enforce_eager,
-            enable_prefix_caching=self.options.prefix_caching,
-            kv_cache_memory_bytes=int(self.options.kv_cache_gib * 2**30), max_num_seqs=self.options.max_num_seqs,
-        )
+        try:
+            self.llm = vllm.LLM(
+                model=model_path, dtype=self.options.dtype, seed=0, max_model_len=self.options.max_model_len,
+                max_logprobs=self.vocab_size, enforce_eager=self.options.enforce_eager,
+                enable_prefix_caching=self.options.prefix_caching,
+                kv_cache_memory_bytes=int(self.options.kv_cache_gib * 2**30), max_num_seqs=self.options.max_num_seqs,
+            )
+        except RuntimeError as exc:  # vLLM's CPU attention kernels cover some head sizes only (e.g. not 16)
+            if str(exc).startswith(CPU_ATTENTION_UNSUPPORTED):
+                raise NotSupportedHere(f"vLLM has no CPU attention kernel for this model: {exc}") from None
+            raise
         self.engine = self.llm.llm_engine
         self._ids = itertools.count()
 
