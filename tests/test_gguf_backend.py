@@ -19,7 +19,15 @@ from tests.conftest import load_records, run_bench, write_suite
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: pip install 'bench[gguf]'")
 gguf = pytest.importorskip("gguf", reason="gguf is not installed: pip install 'bench[gguf]'")
 
-from backends.gguf.convert import ConversionError, gguf_file, permute
+from backends.gguf.convert import (
+    BENCH_WRITER,
+    LLAMACPP_CONVERTER,
+    QUANTIZER,
+    ConversionError,
+    conversion_info,
+    gguf_file,
+    permute,
+)
 from backends.gguf.llama_cpp import LlamaCpp
 from bench.core.timing import Clock
 from bench.measure.latency import derive, one_generation
@@ -178,17 +186,69 @@ def test_conversion_is_cached_by_content_and_not_rebuilt(tiny_llama, tmp_path, m
     assert gguf_file(tiny_llama, "f32", built.append).parent != first.parent and len(built) == 2
 
 
-def test_non_llama_directories_are_refused_with_a_reason(tmp_path, monkeypatch):
-    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+def test_directories_llama_cpp_cannot_convert_are_refused_with_a_reason(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
     (tmp_path / "model.safetensors").write_bytes(b"")
-    with pytest.raises(ConversionError, match="model_type 'gpt2' is not supported"):
-        gguf_file(tmp_path, "f16")
+    with pytest.raises(ConversionError, match="convert_hf_to_gguf.py failed"):
+        gguf_file(tmp_path, "f16", log=lambda _: None)
     with pytest.raises(ConversionError, match="not a Hugging Face model directory"):
         gguf_file(tmp_path / "missing", "f16")
     with pytest.raises(ConversionError, match="valid values: f32, f16"):
         gguf_file(tmp_path, "q3")
-    assert not (tmp_path / "cache").exists()
+
+
+def test_tiny_llamas_home_trained_tokenizer_falls_back_to_benchs_writer_with_the_reason(tiny_llama):
+    info = conversion_info(gguf_file(tiny_llama, "f32"))
+    assert info["converter"] == BENCH_WRITER and "pre-tokenizer was not recognized" in info["why_not_llama_cpp"]
+    quantized = conversion_info(gguf_file(tiny_llama, "q8_0"))
+    assert quantized["converter"] == QUANTIZER and quantized["input_conversion"]["converter"] == BENCH_WRITER
+    assert quantized["seconds"] > 0 and quantized["peak_rss_bytes"] > 1 << 20
+
+
+@pytest.mark.slow
+def test_llama_cpps_own_converter_makes_a_qwen3_that_matches_hf(tmp_path):
+    """Qwen3 (QK-norm, no biases, a real 152k vocabulary): llama.cpp's converter, then llama.cpp's logits vs HF's.
+
+    The weights are drawn with a large initializer range (0.3, trained 2 steps) so attention is sharp and a
+    mislaid RoPE layout, norm or head split would move the logits far beyond the tolerance."""
+    import dataclasses
+
+    from backends.hf.eager import HFEager
+    from bench.models.zoo import ZOO, build_zoo
+
+    base = ZOO["zoo-qwen3"]
+    recipe = dataclasses.replace(base, architecture=(*base.architecture, ("initializer_range", 0.3)), steps=2,
+                                 warmup_steps=1, heldout_tokens=256)
+    model = str(build_zoo("zoo-qwen3", recipe=recipe, log=lambda _: None))
+    path = gguf_file(model, "f32", log=lambda _: None)
+    info = conversion_info(path)
+    assert info["converter"].startswith(LLAMACPP_CONVERTER) and info["seconds"] > 0
+    assert info["peak_rss_bytes"] > 10 << 20  # a Python process that imported torch
+    reader = gguf.GGUFReader(path)
+    assert reader.fields["general.architecture"].contents() == "qwen3"
+    assert reader.fields["tokenizer.ggml.pre"].contents() == "qwen2"  # recognised as Qwen's own tokenizer
+
+    hf = HFEager(HFEager.Options(), threads=1)
+    hf.load(model)
+    ids = hf.tokenize(heldout_text())[:WINDOW]
+    expected = log_softmax(hf.token_logits(ids).astype(np.float64), axis=-1)
+    hf.close()
+    cpp = load(model, quant="f32")
+    assert cpp.tokenize(heldout_text())[:WINDOW] == ids
+    got = log_softmax(cpp.token_logits(ids).astype(np.float64), axis=-1)
+    cpp.close()
+    assert np.abs(expected).max() > 10.0  # far from uniform
+    # measured here: largest |log p| difference 1.2e-2 at log-probabilities down to -28 (the same with an f32 KV
+    # cache), largest probability difference 1.5e-4, largest KL 3e-6 nats, perplexity 4.3e-5 relative
+    assert np.abs(np.exp(got) - np.exp(expected)).max() < 1e-3
+    assert (np.exp(expected) * (expected - got)).sum(-1).max() < 1e-4
+    nll_cpp = [-float(got[k][ids[k + 1]]) for k in range(len(ids) - 1)]
+    nll = [-float(expected[k][ids[k + 1]]) for k in range(len(ids) - 1)]
+    assert np.exp(np.mean(nll_cpp)) == pytest.approx(np.exp(np.mean(nll)), rel=1e-4)
+    assert (got.argmax(-1) == expected.argmax(-1)).mean() > 0.99
+
+    q8 = conversion_info(gguf_file(model, "q8_0", log=lambda _: None))
+    assert q8["converter"] == QUANTIZER and q8["input_conversion"]["converter"].startswith(LLAMACPP_CONVERTER)
 
 
 @pytest.mark.slow

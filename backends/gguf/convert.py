@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from backends.base import require
+from backends.cached_build import run_python
 from bench.core.cache import build_dir_atomically, cache_dir, files_digest
 from bench.core.timing import Clock
 
@@ -41,19 +40,6 @@ LLAMACPP_CONVERTER = "llama.cpp convert_hf_to_gguf.py"
 BENCH_WRITER = "bench's Llama GGUF writer (backends/gguf/convert.py write_gguf)"
 QUANTIZER = "llama.cpp llama_model_quantize"
 UNRECOGNISED_TOKENIZER = "pre-tokenizer was not recognized"
-
-# quantize argv[1] -> argv[2] at ftype argv[3] with llama.cpp, then print this process's peak RSS
-_QUANTIZE = """
-import ctypes, sys
-import llama_cpp
-params = llama_cpp.llama_model_quantize_default_params()
-params.ftype = getattr(llama_cpp, sys.argv[3])
-status = llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(params))
-hwm = [l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM:")]
-print("BENCH_VMHWM_KB", hwm[0] if hwm else "", file=sys.stderr, flush=True)
-sys.exit(status)
-"""
-
 
 class ConversionError(ValueError):
     """The model directory cannot be converted (missing files, unsupported architecture or setting)."""
@@ -276,18 +262,13 @@ def write_gguf(model_dir: Path, out: Path, quant: str) -> None:
 def quantize(source: Path, out: Path, quant: str) -> dict:
     """Quantize a GGUF file with llama.cpp's own quantizer in a child process; its seconds and peak RSS."""
     require("llama_cpp", EXTRA, WHO)
-    command = [sys.executable, "-c", _QUANTIZE, str(source), str(out), LLAMA_FTYPES[quant]]
-    clock = Clock()
-    clock.start()
-    proc = subprocess.run(command, capture_output=True, text=True, check=False, env=dict(os.environ))
-    clock.mark()
-    lines = proc.stderr.strip().splitlines()
-    peak_kb = next((line.split()[1] for line in reversed(lines)
-                    if line.startswith("BENCH_VMHWM_KB") and len(line.split()) > 1), None)
-    if proc.returncode != 0 or not out.is_file():
-        tail = "\n".join(line for line in lines if not line.startswith("BENCH_VMHWM_KB"))[-800:]
-        raise ConversionError(f"llama_model_quantize to {quant} failed (exit {proc.returncode}) for {source}; "
+    child = run_python(["-m", "backends.gguf.quantize_child", str(source), str(out), LLAMA_FTYPES[quant]],
+                       env=dict(os.environ))
+    lines = child.output.strip().splitlines()
+    if child.returncode != 0 or not out.is_file():
+        tail = "\n".join(lines)[-800:]
+        raise ConversionError(f"llama_model_quantize to {quant} failed (exit {child.returncode}) for {source}; "
                               f"K-quants need tensor rows divisible by 256:\n{tail}")
     fallbacks = [line.strip() for line in lines if "fallback" in line.lower()]
-    return {"converter": QUANTIZER, "seconds": clock.stamps_ns()[-1] / 1e9,
-            "peak_rss_bytes": int(peak_kb) * 1024 if peak_kb else None, "fallbacks": fallbacks}
+    return {"converter": QUANTIZER, "seconds": child.seconds, "peak_rss_bytes": child.peak_rss_bytes,
+            "fallbacks": fallbacks}

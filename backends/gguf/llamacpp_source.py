@@ -23,28 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backends.base import MissingDependency
+from backends.cached_build import run_python
 from bench.core.cache import build_dir_atomically, cache_dir
-from bench.core.timing import Clock
 
 EXTRA = "gguf"
 SDIST_ENV = "BENCH_LLAMA_CPP_SDIST"  # path of a llama_cpp_python-<version>.tar.gz, for machines without an index
 PARTS = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/", "models/ggml-vocab-")  # what is unpacked
 MANIFEST = "source.json"
 CONVERTER_TIMEOUT_S = 3600.0
-
-# the child's own peak RSS (VmHWM starts fresh at exec), printed on its last line whatever the outcome
-_WRAPPER = """
-import os, runpy, sys
-script = sys.argv[1]
-sys.argv = sys.argv[1:]
-sys.path.insert(0, os.path.dirname(script))  # its `conversion` package, as when run as a script
-try:
-    runpy.run_path(script, run_name="__main__")
-finally:
-    hwm = [l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM:")]
-    print("BENCH_VMHWM_KB", hwm[0] if hwm else "", file=sys.stderr, flush=True)
-"""
-
 
 class SourceUnavailable(MissingDependency):
     """llama-cpp-python's source distribution cannot be had here (not installed, no index, no local sdist)."""
@@ -141,18 +127,10 @@ def convert(model_dir: Path, out: Path, outtype: str = "f32", log: Callable[[str
             timeout_s: float = CONVERTER_TIMEOUT_S) -> Conversion:
     """Convert the HF directory `model_dir` to GGUF `out` with llama.cpp's converter, in a child process."""
     converter = source_dir(log) / "convert_hf_to_gguf.py"
-    command = [sys.executable, "-c", _WRAPPER, str(converter), str(model_dir), "--outfile", str(out),
-               "--outtype", outtype]
     env = {k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"}  # the converter uses its own gguf-py
-    clock = Clock()
-    clock.start()
-    proc = subprocess.run(command, capture_output=True, text=True, env=env, check=False, timeout=timeout_s)
-    clock.mark()
-    lines = proc.stderr.strip().splitlines()
-    peak_kb = next((line.split()[1] for line in reversed(lines)
-                    if line.startswith("BENCH_VMHWM_KB") and len(line.split()) > 1), None)
-    if proc.returncode != 0 or not out.is_file():
-        tail = "\n".join(line for line in lines if not line.startswith("BENCH_VMHWM_KB"))[-1500:]
+    child = run_python([str(converter), str(model_dir), "--outfile", str(out), "--outtype", outtype], env=env,
+                       timeout_s=timeout_s)
+    if child.returncode != 0 or not out.is_file():
         raise ConverterFailed(f"llama.cpp's convert_hf_to_gguf.py failed on {model_dir} "
-                              f"(exit {proc.returncode}):\n{tail}")
-    return Conversion(out, clock.stamps_ns()[-1] / 1e9, int(peak_kb) * 1024 if peak_kb else None)
+                              f"(exit {child.returncode}):\n{child.output[-1500:]}")
+    return Conversion(out, child.seconds, child.peak_rss_bytes)

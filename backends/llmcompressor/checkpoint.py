@@ -98,11 +98,29 @@ def _cuda_here() -> bool:
         return False
 
 
+GROUP_SIZES = {"W4A16": 128}  # compressed-tensors presets: weights quantized in groups of this many input features
+
+
+def _check_group_size(model_dir: Path, spec: Method) -> None:
+    """Refuse (skip) a model whose hidden size is not a multiple of the scheme's group size: llm-compressor
+    would fail inside its observer ("Provided sizes [-1, 128] don't multiply up ...")."""
+    group = GROUP_SIZES.get(spec.scheme)
+    config_path = model_dir / "config.json"
+    if group is None or not config_path.is_file():
+        return
+    config = json.loads(config_path.read_text())
+    hidden = config.get("hidden_size") or config.get("n_embd")
+    if isinstance(hidden, int) and hidden % group:
+        raise NotSupportedHere(f"{spec.scheme} quantizes weights in groups of {group} input features; this "
+                               f"model's hidden size {hidden} is not a multiple of {group}")
+
+
 def checkpoint(model_dir: str | Path, method: str, who: str, threads: int = 1) -> Checkpoint:
     """The cached `method` checkpoint of `model_dir`, built if missing (see the module docstring)."""
     if method not in METHODS:
         raise CheckpointError(f"unknown llm-compressor method {method!r}; valid: {', '.join(METHODS)}")
     spec = METHODS[method]
+    _check_group_size(Path(model_dir), spec)
     python = env_python(ENV)
     if python is None:
         raise MissingDependency(f"'{who}' makes {method} checkpoints with llm-compressor in its side environment "

@@ -33,7 +33,7 @@ from typing import Literal
 
 from pydantic import field_validator
 
-from backends.base import BackendOptions, require
+from backends.base import BackendOptions, NotSupportedHere, require
 from backends.cached_build import Built, build_cached, hf_source_files, run_python
 from bench.core.cache import cache_dir, files_digest
 from bench.core.timing import Clock
@@ -46,6 +46,9 @@ BUILDER = "onnxruntime_genai.models.builder"
 # ops that say how a graph computes its matmuls and attention (shown by describe())
 _TELLING_OPS = ("MatMul", "MatMulNBits", "MatMulInteger", "DynamicQuantizeLinear", "GroupQueryAttention",
                 "MultiHeadAttention")
+
+
+BUILDER_UNSUPPORTED = "model is not currently supported"  # the model builder's message for an unknown architecture
 
 
 class ExportError(RuntimeError):
@@ -120,6 +123,10 @@ def _run_builder(model_dir: Path, out: Path, precision: str, execution_provider:
                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if child.returncode != 0 or not (out / "model.onnx").is_file():
         tail = "\n".join(child.output.splitlines()[-15:])
+        if BUILDER_UNSUPPORTED in tail:  # the builder's own refusal of an architecture it has no recipe for
+            architectures = json.loads((model_dir / "config.json").read_text()).get("architectures") or ["?"]
+            raise NotSupportedHere(f"onnxruntime-genai's model builder has no recipe for {architectures[0]} "
+                                   f"(\"{BUILDER_UNSUPPORTED}\")")
         raise ExportError(f"onnxruntime-genai model builder failed (exit {child.returncode}) on {model_dir} "
                           f"for {precision}/{execution_provider}:\n{tail}")
     return {"tool": {"call": f"python -m {BUILDER} {' '.join(args)}"}, "conversion": child.manifest()}

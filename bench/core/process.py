@@ -1,5 +1,5 @@
 """Child processes that die with their parent (a killed runner must not leave a case or a server running),
-and the tail of their logs.
+the tail of their logs, and a process's peak RSS as the kernel keeps it (VmHWM).
 
 `die_with_parent()` is a `preexec_fn` for subprocess: on Linux it asks the kernel (prctl
 PR_SET_PDEATHSIG) to SIGKILL the child the moment the process that started it dies, even by kill -9,
@@ -43,3 +43,14 @@ def log_tail(path: Path | None, lines: int = 25) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
+
+
+def vm_hwm_bytes(pid: int | str = "self") -> int | None:
+    """The kernel's peak RSS of a process since its exec (VmHWM), or None where /proc has no such field."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        return None
+    return None

@@ -23,24 +23,14 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import psutil
+
+from bench.core.process import vm_hwm_bytes
 
 SAMPLE_INTERVAL_S = 0.02  # children's RSS and NVML
 CHILDREN_INTERVAL_S = 1.0  # rediscovering the process tree scans /proc: rarely
 PSS_MIN_GAP_S = 0.2  # reading a tree's PSS walks its page tables: at most this often
-
-
-def vm_hwm_bytes(pid: int | str = "self") -> int | None:
-    """The kernel's peak RSS of a process since its exec (VmHWM), or None where /proc has no such field."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024  # kB
-    except OSError:
-        return None
-    return None
 
 
 def _nvml_handles() -> tuple[tuple | None, str | None]:

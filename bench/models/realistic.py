@@ -103,7 +103,7 @@ def _build_into(out: Path, r: Recipe, log: Callable[[str], None]) -> None:
     import transformers
     from transformers import Qwen2ForCausalLM
 
-    from bench.measure.memory import vm_hwm_bytes
+    from bench.core.process import vm_hwm_bytes
     from bench.models.tiny_llama import save_tokenizer
 
     log(f"building {NAME} {r.recipe_hash()} (Qwen2, hidden {r.hidden_size}, {r.num_layers} layers, "

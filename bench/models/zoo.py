@@ -26,7 +26,6 @@ from bench.models import tiny_llama
 from bench.models.corpus import load_corpus
 
 CONTEXT = 1024  # max_position_embeddings of every zoo model
-HELDOUT_TOKENS = 4096  # the recorded held-out perplexity reads this many tokens (the vocabularies are large)
 _COMMON = {"max_position_embeddings": CONTEXT, "dtype": "float32"}
 
 
@@ -47,6 +46,7 @@ class ZooRecipe:
     lr: float = 3e-3
     warmup_steps: int = 6
     train_threads: int = 1
+    heldout_tokens: int = 4096  # the recorded held-out perplexity reads this many tokens (large vocabularies)
 
     def config_kwargs(self) -> dict[str, Any]:
         return {**_COMMON, **dict(self.architecture)}
@@ -86,9 +86,11 @@ ZOO: dict[str, ZooRecipe] = {r.name: r for r in (
               "Gemma 3: interleaved local (32-token sliding window) and global attention, QK-norm, "
               "norms with +1 offset, scaled embeddings, GeGLU; Llama 3's vocabulary (llama.cpp's gemma-4 "
               "vocabulary does not load in transformers 5.23, and Gemma's own SentencePiece file is not shipped)"),
-    ZooRecipe("zoo-phi3", "phi3", "gpt-2", _arch(**_ATTN, tie_word_embeddings=False),
-              "Phi-3/Phi-4: fused qkv and gate_up projections; GPT-2's BPE vocabulary declared as "
-              "GPT2Tokenizer the way Phi-4 does (Phi-3's own is SentencePiece)",
+    ZooRecipe("zoo-phi3", "phi3", "gpt-2",
+              _arch(**_ATTN, original_max_position_embeddings=CONTEXT, tie_word_embeddings=False),
+              "Phi-3/Phi-4: fused qkv and gate_up projections, no RoPE scaling (original context = context, "
+              "as onnxruntime-genai's builder requires); GPT-2's BPE vocabulary declared as GPT2Tokenizer "
+              "the way Phi-4 does (Phi-3's own is SentencePiece)",
               tokenizer_class="GPT2Tokenizer"),
     ZooRecipe("zoo-olmo2", "olmo2", "gpt-2", _arch(**_ATTN, tie_word_embeddings=False),
               "OLMo 2: norms after attention and MLP (post-norm), QK-norm over all heads; GPT-2's 50k "
@@ -99,8 +101,9 @@ ZOO: dict[str, ZooRecipe] = {r.name: r for r in (
                     decoder_sparse_step=1, norm_topk_prob=True, tie_word_embeddings=True),
               "Qwen3-MoE: 4 experts, 2 routed per token, in every layer"),
     ZooRecipe("zoo-gpt2", "gpt2", "gpt-2",
-              _arch(n_embd=64, n_layer=2, n_head=4, n_positions=CONTEXT, tie_word_embeddings=True),
-              "GPT-2: learned absolute positions (no RoPE), LayerNorm with biases, GELU MLP"),
+              _arch(n_embd=64, n_layer=2, n_head=4, n_positions=CONTEXT, n_ctx=CONTEXT, tie_word_embeddings=True),
+              "GPT-2: learned absolute positions (no RoPE), LayerNorm with biases, GELU MLP (n_ctx is written "
+              "because llama.cpp's GPT-2 converter reads it and transformers 5 no longer does)"),
 )}
 
 
@@ -159,7 +162,7 @@ def _build_into(out: Path, r: ZooRecipe, log: Callable[[str], None]) -> None:
     tokenizer = load_tokenizer(r.vocab, log)
     encode = tokenizer.backend_tokenizer.encode  # whole texts, no special tokens
     train_ids = torch.tensor(encode(corpus.train, add_special_tokens=False).ids)
-    heldout_ids = encode(corpus.heldout, add_special_tokens=False).ids[:HELDOUT_TOKENS]
+    heldout_ids = encode(corpus.heldout, add_special_tokens=False).ids[:r.heldout_tokens]
     special = {key: tokenizer.convert_tokens_to_ids(tok) for key, tok in
                (("bos_token_id", tokenizer.bos_token), ("eos_token_id", tokenizer.eos_token),
                 ("pad_token_id", tokenizer.pad_token or tokenizer.eos_token)) if tok is not None}

@@ -4,7 +4,7 @@ One cell folds every task of that model and variant (latency, perplexity, ...): 
 failed, skipped if every case was skipped, else ok. An ok cell with a perplexity also shows its
 relative difference from the reference variant's perplexity on the same model and text, (PPL -
 PPL_ref) / PPL_ref, the number the 1e-4 fp32 criterion of docs/models.md reads. Reasons are long, so
-cells carry a footnote number and the table's notes list each distinct reason once.
+cells carry a footnote number and the table's notes list each distinct reason (its first line) once.
 """
 from __future__ import annotations
 
@@ -30,12 +30,18 @@ def verdicts(records: list[CaseRecord]) -> dict[tuple[str, str], Verdict]:
     for key, group in grouped.items():
         bad = [r for r in group if r.status in ("failed", "stopped")]
         if bad:
-            out[key] = Verdict(bad[0].status, f"{bad[0].task}: {bad[0].reason or 'no reason recorded'}")
+            out[key] = Verdict(bad[0].status, f"{bad[0].task}: {_first_line(bad[0].reason)}")
         elif all(r.status == "skipped" for r in group):
-            out[key] = Verdict("skipped", group[0].reason or "no reason recorded")
+            out[key] = Verdict("skipped", _first_line(group[0].reason))
         else:
             out[key] = Verdict("ok", "", _relative_ppl(records, group))
     return out
+
+
+def _first_line(reason: str | None, limit: int = 300) -> str:
+    """A reason's first line, capped (the report's failed-cases section keeps the whole text)."""
+    line = (reason or "no reason recorded").strip().splitlines()[0]
+    return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
 def _relative_ppl(records: list[CaseRecord], group: list[CaseRecord]) -> float | None:
