@@ -143,7 +143,7 @@ def _model_override(suite_path: Path, models: list[str] | None):
     if not models:
         return None
     from bench.records.schema import ModelOverride
-    from bench.suite.reader import read_yaml
+    from bench.records.yaml_lines import read_yaml
 
     listed = read_yaml(suite_path)[0].get("models")
     return ModelOverride(models=list(models), suite_models=[str(m) for m in listed] if isinstance(listed, list) else [])

@@ -321,7 +321,7 @@ class RunDir:
     def _suite_regression(self) -> dict:
         """A format-1 run's regression thresholds, read from its suite snapshot (not the whole suite: its
         backends need not exist any more); a bad value is reported as FILE:LINE: regression.field."""
-        from bench.suite.reader import SuiteError, format_errors, read_yaml
+        from bench.records.yaml_lines import SuiteError, format_errors, read_yaml
 
         try:
             suite, index = read_yaml(safe_files.check_inside(self.suite_snapshot, self.path))

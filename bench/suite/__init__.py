@@ -12,9 +12,9 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from bench.records.schema import CaseSpec
+from bench.records.yaml_lines import SuiteError, format_errors, read_yaml
 from bench.suite import checks
 from bench.suite.expand import expand, force_profile
-from bench.suite.reader import SuiteError, format_errors, read_yaml
 from bench.suite.schema import Suite
 
 __all__ = ["Suite", "SuiteError", "load_suite"]

@@ -17,8 +17,8 @@ from typing import Any
 from backends import backend_class
 from bench.measure.evaltext import NAMES as EVAL_TEXT_NAMES
 from bench.records.schema import CaseSpec
+from bench.records.yaml_lines import LineIndex, SuiteError, line_of
 from bench.suite.expand import variant_grid, variant_label
-from bench.suite.reader import LineIndex, SuiteError, line_of
 from bench.suite.schema import Suite
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")  # `name` or `org/name`
@@ -167,8 +167,8 @@ def check_interpreters(path: Path, index: LineIndex, suite: Suite) -> None:
 def check_options(path: Path, index: LineIndex, suite: Suite) -> None:
     from pydantic import ValidationError
 
+    from bench.records.yaml_lines import format_errors
     from bench.serving.launch.servers import server_class
-    from bench.suite.reader import format_errors
 
     for section, i, variant in _variants(suite):
         owner = backend_class(variant.backend) if section == "backends" else server_class(variant.server)

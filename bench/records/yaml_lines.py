@@ -1,5 +1,8 @@
 """Reading a suite file: YAML with the line of every field, and errors as `FILE:LINE: field: message`.
 
+It lives in bench/records because both the suite reader (bench/suite) and the run loader (a format-1 run's
+suite snapshot, bench/records/rundir.py) read suites with it.
+
 Errors never reach the user as a traceback: `SuiteError` carries the file, the line of the offending
 field, the field path, and the values that would have been valid.
 """
