@@ -63,7 +63,10 @@ def test_zoo_model_builds_and_loads_with_its_architecture_and_tokenizer(name, bu
     text = "Return the sum of a and b."
     ids = backend.tokenize(text)
     assert 3 < len(ids) < len(text)  # a real subword vocabulary, not bytes
-    assert tokenizers.Tokenizer.from_file(str(path / "tokenizer.json")).decode(ids).strip() == text
+    saved = tokenizers.Tokenizer.from_file(str(path / "tokenizer.json"))
+    assert saved.decode(ids).strip() == text
+    specials = {t.content for t in saved.get_added_tokens_decoder().values() if t.special}
+    assert set(recipe.special_tokens) <= specials  # e.g. Phi-3's <s>, </s>, <unk>, which llama.cpp looks up
     logits = backend.token_logits(ids)
     assert logits.shape == (len(ids), config["vocab_size"]) and np.isfinite(logits).all()
     backend.close()

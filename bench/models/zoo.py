@@ -39,6 +39,8 @@ class ZooRecipe:
     architecture: tuple[tuple[str, Any], ...]  # config kwargs
     note: str  # what the architecture exercises, in words
     tokenizer_class: str = "PreTrainedTokenizerFast"  # declared in tokenizer_config.json
+    # tokens added to the vocabulary as special tokens (ids after the base vocabulary's)
+    special_tokens: tuple[str, ...] = ()
     seed: int = 0
     seq_len: int = 128
     batch_size: int = 2
@@ -52,7 +54,10 @@ class ZooRecipe:
         return {**_COMMON, **dict(self.architecture)}
 
     def recipe_hash(self, corpus_sha256: str) -> str:
-        canonical = json.dumps([dataclasses.asdict(self), corpus_sha256], sort_keys=True, separators=(",", ":"))
+        fields = dataclasses.asdict(self)
+        if not fields["special_tokens"]:  # left out when empty: recipes that add none keep their hash and builds
+            del fields["special_tokens"]
+        canonical = json.dumps([fields, corpus_sha256], sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
     def training(self, corpus_sha256: str) -> tiny_llama.Recipe:
@@ -90,8 +95,9 @@ ZOO: dict[str, ZooRecipe] = {r.name: r for r in (
               _arch(**_ATTN, original_max_position_embeddings=CONTEXT, tie_word_embeddings=False),
               "Phi-3/Phi-4: fused qkv and gate_up projections, no RoPE scaling (original context = context, "
               "as onnxruntime-genai's builder requires); GPT-2's BPE vocabulary declared as GPT2Tokenizer "
-              "the way Phi-4 does (Phi-3's own is SentencePiece)",
-              tokenizer_class="GPT2Tokenizer"),
+              "the way Phi-4 does (Phi-3's own is SentencePiece), plus Phi-3's special tokens <s>, </s> and "
+              "<unk>, which llama.cpp looks up by name in any model whose name says phi3",
+              tokenizer_class="GPT2Tokenizer", special_tokens=("<s>", "</s>", "<unk>")),
     ZooRecipe("zoo-olmo2", "olmo2", "gpt-2", _arch(**_ATTN, tie_word_embeddings=False),
               "OLMo 2: norms after attention and MLP (post-norm), QK-norm over all heads; GPT-2's 50k "
               "vocabulary (OLMo's own is not shipped by llama.cpp; its gpt-neox one does not load in "
@@ -160,6 +166,8 @@ def _build_into(out: Path, r: ZooRecipe, log: Callable[[str], None]) -> None:
     t0 = time.perf_counter()
     corpus = load_corpus()
     tokenizer = load_tokenizer(r.vocab, log)
+    if r.special_tokens:
+        tokenizer.add_tokens(list(r.special_tokens), special_tokens=True)
     encode = tokenizer.backend_tokenizer.encode  # whole texts, no special tokens
     train_ids = torch.tensor(encode(corpus.train, add_special_tokens=False).ids)
     heldout_ids = encode(corpus.heldout, add_special_tokens=False).ids[:r.heldout_tokens]
