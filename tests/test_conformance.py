@@ -50,6 +50,16 @@ def test_conformance_matrix_says_ok_skipped_failed_per_model_and_backend(tmp_pat
     assert table.notes[1].startswith("[1] ") and "injected failure" in table.notes[1]
     assert table.notes[2].startswith("[2] ") and "pip install" in table.notes[2]
 
+    # a cell where one task ran and another was skipped is ok, with the skip's reason as its footnote
+    skipped_latency = next(r for r in run.records if r.model == "arch-a" and r.variant == "absent")
+    skipped_latency = skipped_latency.model_copy(update={"case": skipped_latency.case.model_copy(
+        update={"task": "latency", "variant": "same"})})
+    partly = verdicts([*run.records, skipped_latency])[("arch-a", "same")]
+    assert partly.status == "ok" and partly.relative_ppl_difference == 0.0
+    assert partly.reason.startswith("latency skipped: ") and "pip install" in partly.reason
+    (table,) = matrix([Entry(run.run_id, r) for r in [*run.records, skipped_latency]])
+    assert table.rows[0][2].text == "ok (+0.0e+00) [1]" and table.notes[1].startswith("[1] latency skipped: ")
+
     report = (tmp_path / "reports" / "c" / "report.md").read_text()
     section = report[report.index("## Conformance: model x backend"):]
     assert re.search(r"\| arch-b +\| ok +\| ok \(\+0\.0e\+00\) +\| failed \[1\] +\| skipped \[2\] +\|", section)

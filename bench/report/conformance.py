@@ -1,7 +1,8 @@
 """The conformance matrix: model (architecture) x variant (backend) -> ok / skipped (why) / failed (why).
 
 One cell folds every task of that model and variant (latency, perplexity, ...): failed if any case
-failed, skipped if every case was skipped, else ok. An ok cell with a perplexity also shows its
+failed, skipped if every case was skipped, else ok; an ok cell some of whose cases were skipped carries
+the first skip's footnote ("perplexity skipped: why"). An ok cell with a perplexity also shows its
 relative difference from the reference variant's perplexity on the same model and text, (PPL -
 PPL_ref) / PPL_ref, the number the 1e-4 fp32 criterion of docs/models.md reads. Reasons are long, so
 cells carry a footnote number and the table's notes list each distinct reason (its first line) once.
@@ -34,7 +35,9 @@ def verdicts(records: list[CaseRecord]) -> dict[tuple[str, str], Verdict]:
         elif all(r.status == "skipped" for r in group):
             out[key] = Verdict("skipped", _first_line(group[0].reason))
         else:
-            out[key] = Verdict("ok", "", _relative_ppl(records, group))
+            skipped = [r for r in group if r.status == "skipped"]
+            partly = f"{skipped[0].task} skipped: {_first_line(skipped[0].reason)}" if skipped else ""
+            out[key] = Verdict("ok", partly, _relative_ppl(records, group))
     return out
 
 
@@ -75,12 +78,12 @@ def matrix(entries: list[Entry]) -> list[Table]:
                 row.append(Cell("-"))
                 continue
             text = verdict.status
+            if verdict.relative_ppl_difference is not None:
+                text += f" ({verdict.relative_ppl_difference:+.1e})"
             if verdict.reason:
                 if verdict.reason not in reasons:
                     reasons.append(verdict.reason)
                 text += f" [{reasons.index(verdict.reason) + 1}]"
-            elif verdict.relative_ppl_difference is not None:
-                text += f" ({verdict.relative_ppl_difference:+.1e})"
             row.append(Cell(text))
         rows.append(row)
     reference = ", ".join(sorted({str(r.case.reference) for r in records if r.case.reference}))
