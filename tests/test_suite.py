@@ -17,6 +17,12 @@ def test_shipped_suites_are_valid_and_expand_to_the_expected_matrix():
     load_suite(ROOT / "suites" / "quant.yaml")
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "suites").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_suite_loads_and_expands_to_cases(path):
+    suite, cases = load_suite(path)
+    assert cases and suite.name == path.stem
+
+
 def test_list_valued_options_and_workload_fields_expand(tmp_path):
     path = write_suite(tmp_path / "s.yaml", """
         name: grid
