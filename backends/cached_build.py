@@ -96,6 +96,20 @@ def hf_source_files(model_dir: Path, error: type[Exception], who: str) -> list[P
     return sorted(p for p in model_dir.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
+def known_gap(output: str, gaps: tuple[tuple[str, str], ...], model_dir: Path) -> str | None:
+    """Why a failed conversion cannot be done for this model, or None for an unknown failure.
+
+    `gaps` pairs a text the converter prints when it refuses an architecture (not a bench bug) with the
+    reason in words; `{architecture}` (from the model's config.json) and `{last_line}` (of `output`) are
+    filled in. The caller skips the case with it (NotSupportedHere)."""
+    for marker, why in gaps:
+        if marker in output:
+            config = json.loads((model_dir / "config.json").read_text())
+            return why.format(architecture=(config.get("architectures") or ["?"])[0],
+                              last_line=output.strip().splitlines()[-1])
+    return None
+
+
 def build_cached(kind: type[B], target: Path, manifest: str, fill: Callable[[Path], None], clock: Clock) -> B:
     """`target`, built by `fill(tmp)` (which writes `manifest` last) unless complete; `clock` started by the caller."""
     cached = (target / manifest).is_file()

@@ -102,6 +102,7 @@ def test_openvino_export_capped_by_optimum_intel_is_a_skip_naming_both_versions(
     monkeypatch.setattr(ov_export, "cache_dir", lambda: tmp_path)
     monkeypatch.setattr(ov_export, "versions", lambda: {"optimum-intel": "2.2.0", "transformers": "5.5.4"})
     monkeypatch.setattr(ov_export, "run_python", lambda *a, **k: types.SimpleNamespace(returncode=1, output=message))
-    with pytest.raises(NotSupportedHere, match=r"optimum-intel 2\.2\.0 refuses to export Gemma3ForCausalLM with "
-                                               r"transformers 5\.5\.4: .*Maximum required is 5\.0"):
+    with pytest.raises(NotSupportedHere, match=r"optimum-intel refuses to export Gemma3ForCausalLM with this "
+                                               r"transformers: .*Maximum required is 5\.0, got: 5\.5\.4 "
+                                               r"\(optimum-intel 2\.2\.0, transformers 5\.5\.4\)"):
         ov_export.export(model, "fp32", 64)

@@ -34,7 +34,7 @@ from typing import Literal
 from pydantic import field_validator
 
 from backends.base import BackendOptions, NotSupportedHere, require
-from backends.cached_build import Built, build_cached, hf_source_files, run_python
+from backends.cached_build import Built, build_cached, hf_source_files, known_gap, run_python
 from bench.core.cache import cache_dir, files_digest
 from bench.core.timing import Clock
 
@@ -49,8 +49,8 @@ _TELLING_OPS = ("MatMul", "MatMulNBits", "MatMulInteger", "DynamicQuantizeLinear
 
 
 BUILDER_UNSUPPORTED = "model is not currently supported"  # the model builder's message for an unknown architecture
-# Failures of the model builder that mean "this architecture cannot be exported with these library
-# versions", not a bench bug: (text in the builder's output, why in words). The case is skipped with it.
+# The model builder's refusals of an architecture with these library versions (backends/cached_build.py
+# known_gap): (text in its output, why in words). The case is skipped with it.
 BUILDER_GAPS = (
     (BUILDER_UNSUPPORTED, (f"onnxruntime-genai's model builder has no recipe for {{architecture}} "
                           f"(\"{BUILDER_UNSUPPORTED}\")")),
@@ -133,11 +133,8 @@ def _run_builder(model_dir: Path, out: Path, precision: str, execution_provider:
                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if child.returncode != 0 or not (out / "model.onnx").is_file():
         tail = "\n".join(child.output.splitlines()[-15:])
-        architecture = (json.loads((model_dir / "config.json").read_text()).get("architectures") or ["?"])[0]
-        for marker, why in BUILDER_GAPS:
-            if marker in tail:
-                raise NotSupportedHere(f"{why.format(architecture=architecture)} (onnxruntime-genai "
-                                       f"{versions()['onnxruntime_genai']})")
+        if why := known_gap(tail, BUILDER_GAPS, model_dir):
+            raise NotSupportedHere(f"{why} (onnxruntime-genai {versions()['onnxruntime_genai']})")
         raise ExportError(f"onnxruntime-genai model builder failed (exit {child.returncode}) on {model_dir} "
                           f"for {precision}/{execution_provider}:\n{tail}")
     return {"tool": {"call": f"python -m {BUILDER} {' '.join(args)}"}, "conversion": child.manifest()}

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backends.base import NotSupportedHere
-from backends.cached_build import Built, build_cached, hf_source_files, run_python
+from backends.cached_build import Built, build_cached, hf_source_files, known_gap, run_python
 from bench.core.cache import cache_dir, files_digest
 from bench.core.timing import Clock
 
@@ -36,8 +36,12 @@ WEIGHTS = ("fp32", "int8", "int4")
 MANIFEST = "export.json"
 DISTRIBUTIONS = ("optimum-intel", "openvino", "nncf", "transformers")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-# optimum-intel's error when an architecture's exporter caps the transformers version (the case is skipped)
-TRANSFORMERS_TOO_NEW = "The current version of Transformers does not allow for the export of the model"
+# optimum-intel's refusals of an architecture with these library versions (backends/cached_build.py
+# known_gap): its exporter for some architectures caps the transformers version. The case is skipped.
+EXPORT_GAPS = (
+    ("The current version of Transformers does not allow for the export of the model",
+     "optimum-intel refuses to export {architecture} with this transformers: {last_line}"),
+)
 
 
 class ExportError(RuntimeError):
@@ -87,10 +91,9 @@ def export(model_dir: str | Path, weights: str, group_size: int) -> Export:
         child = run_python(["-m", "backends.openvino.export", str(model_dir), str(tmp), json.dumps(settings)], env=env)
         if child.returncode != 0 or not (tmp / "openvino_model.xml").is_file():
             tail = "\n".join(child.output.splitlines()[-15:])
-            if TRANSFORMERS_TOO_NEW in tail:  # optimum-intel's per-architecture transformers bound
-                architecture = (json.loads((model_dir / "config.json").read_text()).get("architectures") or ["?"])[0]
-                raise NotSupportedHere(f"optimum-intel {libs['optimum-intel']} refuses to export {architecture} "
-                                       f"with transformers {libs['transformers']}: {tail.splitlines()[-1]}")
+            if why := known_gap(tail, EXPORT_GAPS, model_dir):
+                raise NotSupportedHere(f"{why} (optimum-intel {libs['optimum-intel']}, "
+                                       f"transformers {libs['transformers']})")
             raise ExportError(f"OpenVINO export failed (exit {child.returncode}) on {model_dir} for {weights}:\n{tail}")
         manifest = {"source": str(model_dir), "key": key, "weights": weights, "weight_compression": settings,
                     "conversion": child.manifest(),
