@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from bench.errors import BadInput
+from bench.records.schema import MachineState
 
 FORMAT_VERSION = 1
 Status = str  # regression | improvement | unchanged | inconclusive | not gated (bench/gate/rule.py)
@@ -20,6 +21,16 @@ FLAGGED: tuple[Status, ...] = ("regression", "inconclusive")  # what a re-measur
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class MachineDifference(_Model):
+    """Why the two sides of a timing comparison were measured on machines in materially different states (one
+    contended and not the other, other processes' load, CPU or GPU clocks, another process on the GPU): a change
+    between them is inconclusive, whatever its interval says (bench/gate/machine.py)."""
+
+    reasons: list[str]  # each with both sides' figures, e.g. "other processes kept 0.08 vs 1.36 CPUs busy"
+    baseline: MachineState | None = None
+    current: MachineState | None = None
 
 
 class Comparison(_Model):
@@ -44,6 +55,7 @@ class Comparison(_Model):
     status: Status = "unchanged"
     note: str = ""
     between_run_sigma: float | None = None  # from the history: widened the interval (cross-run only)
+    machine: MachineDifference | None = None  # the sides' machine states differ: inconclusive (timing metrics)
 
 
 class RunRef(_Model):
@@ -112,6 +124,7 @@ class GateResult(_Model):
     only_in_current: list[str] = []
     within: bool = False  # one run: each variant against its reference
     confirmation: list[Confirmation] = []
+    ignored_machine_state: bool = False  # --ignore-machine-state: verdicts did not look at the machine state
 
     def with_status(self, *statuses: Status) -> list[Comparison]:
         return [c for c in self.comparisons if c.status in statuses]
