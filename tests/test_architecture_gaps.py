@@ -19,14 +19,14 @@ pytest.importorskip("gguf", reason="gguf is not installed: pip install 'bench[gg
 
 from backends.base import NotSupportedHere
 from bench.models.corpus import heldout_text
-from bench.models.zoo import ZOO, build_zoo
+from bench.models.zoo import ZOO
 
 pytestmark = pytest.mark.slow
 
 
 def quick(name: str) -> str:
     recipe = dataclasses.replace(ZOO[name], steps=2, warmup_steps=1, heldout_tokens=256)
-    return str(build_zoo(name, recipe=recipe, log=lambda _: None))
+    return str(recipe.build(log=lambda _: None))
 
 
 def hf_nll(model: str, ids: list[int]) -> list[float]:

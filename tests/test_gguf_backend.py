@@ -223,12 +223,12 @@ def test_llama_cpps_own_converter_makes_a_qwen3_that_matches_hf(tmp_path):
     import dataclasses
 
     from backends.hf.eager import HFEager
-    from bench.models.zoo import ZOO, build_zoo
+    from bench.models.zoo import ZOO
 
     base = ZOO["zoo-qwen3"]
     recipe = dataclasses.replace(base, architecture=(*base.architecture, ("initializer_range", 0.3)), steps=2,
                                  warmup_steps=1, heldout_tokens=256)
-    model = str(build_zoo("zoo-qwen3", recipe=recipe, log=lambda _: None))
+    model = str(recipe.build(log=lambda _: None))
     path = gguf_file(model, "f32", log=lambda _: None)
     info = conversion_info(path)
     assert info["converter"].startswith(LLAMACPP_CONVERTER) and info["seconds"] > 0

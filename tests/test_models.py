@@ -1,4 +1,5 @@
-"""Tests for bench.models: stdlib corpus, cache helpers, tiny-llama build and model resolution.
+"""Tests for bench.models: stdlib corpus, cache helpers, the recipe mechanism and registry, tiny-llama's build
+and model resolution.
 
 The real tiny-llama is built once (~1 min) into BENCH_CACHE (default ~/.cache/bench) and reused
 by later runs.
@@ -18,8 +19,10 @@ from pathlib import Path
 import pytest
 
 from bench.core.cache import build_dir_atomically, cache_dir
-from bench.models import BUILTIN_MODELS, build_builtin, resolve_model, tiny_llama
+from bench.models import MODELS, UnknownName, build_builtin, resolve_model, tiny_llama, training, zoo
 from bench.models import corpus as corpus_mod
+from bench.models.recipe import Registry, register
+from tests.conftest import ROOT, run_bench
 
 UNIGRAM_PPL = 526
 
@@ -147,6 +150,74 @@ def test_default_recipe_shape():
     assert r.intermediate_size % 256 == 0 and not r.tie_word_embeddings
 
 
+# Every built-in's cache directory (prefix and recipe hash) and context length as they were before the recipes
+# shared one mechanism (computed on main at 64c6843 with BUILTIN_CONTEXT), for the corpus below. A change here
+# renames a cached model: every machine would rebuild it, and its conversions.
+PINNED_CORPUS_SHA256 = "ced3133db20e312d5dfc3277580edf1d6db70da391aa574981d301cf2f598e97"  # CPython 3.11.7's stdlib
+PINNED = {
+    "tiny-llama": ("tiny-llama-459cdaacc9d3", 1024),
+    "tiny-llama-kv1": ("tiny-llama-9b179b821577", 1024),
+    "tiny-llama-kv2": ("tiny-llama-459cdaacc9d3", 1024),
+    "tiny-llama-mha": ("tiny-llama-a12e3ae632e9", 1024),
+    "tiny-llama-swa": ("tiny-llama-3e703e95d40d", 1024),
+    "qwen2.5-0.5b-shape": ("qwen2.5-0.5b-shape-5b9ba12284fe", 32768),
+    "zoo-llama": ("zoo-llama-ef7b5ac75f47", 1024),
+    "zoo-qwen2": ("zoo-qwen2-74dfe2f84b60", 1024),
+    "zoo-qwen3": ("zoo-qwen3-10da42f7306d", 1024),
+    "zoo-mistral": ("zoo-mistral-9609f99e9161", 1024),
+    "zoo-gemma3": ("zoo-gemma3-a0ce57c6ddaa", 1024),
+    "zoo-phi3": ("zoo-phi3-755fa30b4513", 1024),
+    "zoo-olmo2": ("zoo-olmo2-e06823d7e335", 1024),
+    "zoo-qwen3-moe": ("zoo-qwen3-moe-32285db8dfd4", 1024),
+    "zoo-gpt2": ("zoo-gpt2-5b76435cd40b", 1024),
+}
+
+
+def test_every_builtin_keeps_its_cache_directory_and_context(monkeypatch, tmp_path):
+    pinned = corpus_mod.Corpus("", "", 0, 0, PINNED_CORPUS_SHA256)  # whatever stdlib this Python has
+    monkeypatch.setattr(corpus_mod, "load_corpus", lambda: pinned)
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path))
+    assert sorted(MODELS) == sorted(PINNED)
+    for name, (directory, context) in PINNED.items():
+        recipe = MODELS[name].recipe()
+        assert recipe.model_dir() == tmp_path / "models" / directory, name
+        assert recipe.recipe_hash() == directory.rsplit("-", 1)[1] and not recipe.is_built()
+        assert MODELS[name].context == recipe.context == context, name
+
+
+def test_the_registry_refuses_a_name_twice_and_lists_the_valid_ones():
+    registry: Registry[int] = Registry("widget")
+    registry.add("b", 2)
+    registry.add("a", 1)
+    assert list(registry) == ["b", "a"] and "a" in registry and registry["a"] == 1 and len(registry) == 2
+    with pytest.raises(ValueError, match="widget 'a' is registered twice"):
+        registry.add("a", 3)
+    with pytest.raises(UnknownName) as error:
+        registry["c"]
+    assert str(error.value) == "unknown widget 'c'; valid names: a, b"
+    assert registry.remove("a") == 1 and "a" not in registry
+
+
+def test_training_settings_are_the_recipes_and_the_zoo_keeps_tiny_llamas_defaults():
+    tiny = tiny_llama.Recipe(corpus_sha256="x", steps=9, lr=1e-3, betas=(0.8, 0.9))
+    for field in dataclasses.fields(training.Training):
+        assert getattr(tiny.training(), field.name) == getattr(tiny, field.name), field.name
+    # the zoo trained with tiny-llama's Recipe defaults for what it does not set: same settings, same weights
+    recipe = zoo.ZOO["zoo-gpt2"]
+    settings = recipe.training()
+    for field in dataclasses.fields(training.Training):
+        source = recipe if hasattr(recipe, field.name) else tiny_llama.Recipe(corpus_sha256="x")
+        assert getattr(settings, field.name) == getattr(source, field.name), field.name
+
+
+def test_lr_schedule_warms_up_then_decays_to_its_floor():
+    t = training.Training(seed=0, seq_len=8, batch_size=1, steps=100, lr=1.0, warmup_steps=10, train_threads=1)
+    assert training.lr_at(0, t) == pytest.approx(0.1) and training.lr_at(9, t) == pytest.approx(1.0)
+    assert training.lr_at(10, t) == pytest.approx(1.0)
+    assert training.lr_at(55, t) == pytest.approx(0.55)  # half way: the mean of 1 and the 0.1 floor
+    assert training.lr_at(100, t) == pytest.approx(0.1)
+
+
 @pytest.mark.slow
 def test_tokenizer_loads_and_round_trips(model_dir, corpus):
     from transformers import AutoTokenizer
@@ -209,22 +280,31 @@ def test_second_build_is_instant_and_identical(model_dir):
 
 
 @pytest.mark.slow
-def test_tiny_recipe_is_bit_for_bit_deterministic(tmp_path, monkeypatch, corpus):
+def test_a_recipe_registered_in_one_line_builds_by_name_bit_for_bit_the_same(tmp_path, monkeypatch, corpus):
     recipe = tiny_llama.Recipe(
         corpus_sha256=corpus.sha256, vocab_size=512, hidden_size=64, intermediate_size=128,
         num_layers=1, seq_len=64, batch_size=4, steps=5, warmup_steps=2,
     )  # fmt: skip
-    dirs = []
-    for name in ("a", "b"):
-        monkeypatch.setenv("BENCH_CACHE", str(tmp_path / name))
-        dirs.append(tiny_llama.build(recipe=recipe, log=lambda s: None))
+    register("tiny-llama-test-short", 1024, lambda: recipe)
+    try:
+        dirs = []
+        for name in ("a", "b"):
+            monkeypatch.setenv("BENCH_CACHE", str(tmp_path / name))
+            assert not recipe.is_built()
+            dirs.append(build_builtin("tiny-llama-test-short", log=lambda s: None))
+            assert recipe.is_built() and resolve_model("tiny-llama-test-short") == str(dirs[-1])
+            assert build_builtin("tiny-llama-test-short", log=pytest.fail) == dirs[-1]  # cached: no build
+    finally:
+        MODELS.remove("tiny-llama-test-short")
     a, b = dirs
-    assert a != b and a.name == b.name
+    assert a == tmp_path / "a" / "models" / f"tiny-llama-{recipe.recipe_hash()}" and a.name == b.name
     for f in ("model.safetensors", "tokenizer.json", "tokenizer_config.json", "config.json"):
         assert sha256_file(a / f) == sha256_file(b / f), f
     info_a, info_b = (json.loads((d / "bench_model.json").read_text()) for d in dirs)
     assert info_a["heldout_perplexity"] == info_b["heldout_perplexity"]
     assert info_a["final_train_loss"] == info_b["final_train_loss"]
+    assert info_a["recipe_hash"] == recipe.recipe_hash() and info_a["train_steps"] == 5
+    assert info_a["torch_version"] and info_a["transformers_version"]
 
 
 # --- registry and resolution --------------------------------------------------------------
@@ -232,7 +312,7 @@ def test_tiny_recipe_is_bit_for_bit_deterministic(tmp_path, monkeypatch, corpus)
 
 @pytest.mark.slow
 def test_resolve_model(model_dir, tmp_path, monkeypatch):
-    assert {"tiny-llama", "qwen2.5-0.5b-shape"} <= set(BUILTIN_MODELS)  # and the zoo (bench/models/zoo.py)
+    assert {"tiny-llama", "qwen2.5-0.5b-shape"} <= set(MODELS)  # and the zoo (bench/models/zoo.py)
     assert resolve_model("tiny-llama") == str(model_dir)
     assert build_builtin("tiny-llama") == model_dir
     (tmp_path / "weights.gguf").write_bytes(b"")
@@ -242,8 +322,18 @@ def test_resolve_model(model_dir, tmp_path, monkeypatch):
     assert resolve_model("meta-llama/Llama-3.2-1B") == "meta-llama/Llama-3.2-1B"
 
 
+@pytest.mark.slow
+def test_model_list_says_which_builtins_are_built_and_where(model_dir, tmp_path):
+    rows = {line.split()[0]: line.split() for line in run_bench("model", "list", cwd=ROOT).stdout.splitlines()}
+    assert list(rows) == list(MODELS)
+    assert rows["tiny-llama"] == ["tiny-llama", "context", "1024", "built", str(model_dir)]
+    assert rows["qwen2.5-0.5b-shape"][1:3] == ["context", "32768"]
+    unknown = run_bench("model", "build", "huge-llama", cwd=tmp_path, check_exit=2)
+    assert "unknown built-in model 'huge-llama'; valid names:" in unknown.stderr
+
+
 def test_unknown_builtin_lists_valid_names():
-    with pytest.raises(KeyError, match="tiny-llama"):
+    with pytest.raises(UnknownName, match="unknown built-in model 'huge-llama'; valid names: .*tiny-llama"):
         build_builtin("huge-llama")
 
 

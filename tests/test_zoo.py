@@ -15,8 +15,8 @@ import pytest
 pytest.importorskip("transformers", reason="transformers is not installed: pip install 'bench[hf]'")
 pytest.importorskip("gguf", reason="gguf is not installed: pip install 'bench[gguf]'")
 
-from bench.models import BUILTIN_CONTEXT, BUILTIN_MODELS
-from bench.models.zoo import ZOO, build_zoo
+from bench.models import MODELS
+from bench.models.zoo import ZOO
 
 pytestmark = pytest.mark.slow
 
@@ -32,14 +32,14 @@ def built() -> dict:
 
 def build(name: str, built: dict):
     if name not in built:
-        built[name] = build_zoo(name, recipe=quick(name), log=lambda _: None)
+        built[name] = quick(name).build(log=lambda _: None)
     return built[name]
 
 
 def test_every_zoo_model_is_a_builtin_with_a_context():
     assert len(ZOO) >= 8
     for name in ZOO:
-        assert name in BUILTIN_MODELS and BUILTIN_CONTEXT[name] == 1024
+        assert MODELS[name].context == 1024 and MODELS[name].recipe() == ZOO[name]
 
 
 @pytest.mark.parametrize("name", list(ZOO))
@@ -74,6 +74,6 @@ def test_zoo_model_builds_and_loads_with_its_architecture_and_tokenizer(name, bu
 
 def test_a_build_is_cached_and_a_changed_recipe_is_another_model(built):
     first = build("zoo-gpt2", built)
-    assert build_zoo("zoo-gpt2", recipe=quick("zoo-gpt2"), log=pytest.fail) == first  # cached: no log, no build
+    assert quick("zoo-gpt2").build(log=pytest.fail) == first  # cached: no log, no build
     other = dataclasses.replace(quick("zoo-gpt2"), seed=1)
-    assert other.recipe_hash("x") != quick("zoo-gpt2").recipe_hash("x")
+    assert other.recipe_hash() != quick("zoo-gpt2").recipe_hash() and not other.is_built()

@@ -8,13 +8,23 @@ from bench.errors import BadInput, ExitCode
 
 
 def cmd_model_build(args) -> ExitCode:
-    from bench.models import UnknownModelError, build_builtin
+    from bench.models import UnknownName, build_builtin
 
     try:
         path = build_builtin(args.name, force=args.force, log=print)
-    except UnknownModelError as exc:
+    except UnknownName as exc:
         raise BadInput(str(exc)) from None
     print(path)
+    return ExitCode.OK
+
+
+def cmd_model_list(args) -> ExitCode:
+    from bench.models import MODELS
+
+    for name, model in MODELS.items():
+        recipe = model.recipe()
+        state = "built" if recipe.is_built() else "not built"
+        print(f"{name:20} context {model.context:>6}  {state:9}  {recipe.model_dir()}")
     return ExitCode.OK
 
 
@@ -57,6 +67,8 @@ def add_commands(sub) -> None:
     build.add_argument("name", help="e.g. tiny-llama")
     build.add_argument("--force", action="store_true", help="rebuild even if cached")
     build.set_defaults(func=cmd_model_build)
+    model_sub.add_parser("list", help="built-in models, their context lengths and cache directories, built or not") \
+        .set_defaults(func=cmd_model_list)
 
     sub.add_parser("backends", help="list registered backends and their pip extras").set_defaults(func=cmd_backends)
 

@@ -1,9 +1,11 @@
-"""Models the benchmarks run on: built-in offline models and resolution of model specs.
+"""Models the benchmarks run on: the built-in models, built offline into the cache, and resolution of model specs.
 
-A model spec is a built-in name (built on first use into the cache, see `cache.py`), a local
-path, or a Hugging Face hub id (resolved to its snapshot directory in the HF cache, downloaded there unless
-HF_HUB_OFFLINE; returned unchanged when it cannot be had).
-Importing this package is cheap: torch/transformers/tokenizers are imported only when building.
+Each built-in is a recipe (bench/models/recipe.py: its hash names its cache directory, built once under a
+lock) registered by name in `MODELS`: `tiny-llama` (tiny_llama.py) and its attention variants
+(tiny_variants.py), `qwen2.5-0.5b-shape` (realistic.py) and the architecture zoo (zoo.py). A model spec
+is a built-in name (built on first use), a local path, or a Hugging Face hub id (resolved to its
+snapshot directory in the HF cache, downloaded there unless HF_HUB_OFFLINE; returned unchanged when it
+cannot be had). Importing this package is cheap: torch/transformers/tokenizers are imported only when building.
 """
 
 from __future__ import annotations
@@ -11,45 +13,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.models import tiny_llama, tiny_variants
-from bench.models.realistic import CONTEXT as REALISTIC_CONTEXT
-from bench.models.realistic import NAME as REALISTIC
-from bench.models.realistic import build as build_realistic
-from bench.models.zoo import BUILDERS as ZOO_BUILDERS
-from bench.models.zoo import CONTEXT as ZOO_CONTEXT
+from bench.models import realistic, tiny_llama, tiny_variants, zoo  # noqa: F401 - each registers its built-ins
+from bench.models.recipe import MODELS, UnknownName
 
-BUILTIN_MODELS: dict[str, Callable[..., Path]] = {
-    "tiny-llama": tiny_llama.build,
-    **tiny_variants.BUILDERS,
-    REALISTIC: build_realistic,
-    **ZOO_BUILDERS,
-}
-# context length (tokens) of each built-in model, known without building it (suites are checked against it)
-BUILTIN_CONTEXT: dict[str, int] = {
-    "tiny-llama": tiny_llama.CONTEXT,
-    **tiny_variants.CONTEXT,
-    REALISTIC: REALISTIC_CONTEXT,
-    **dict.fromkeys(ZOO_BUILDERS, ZOO_CONTEXT),
-}
-
-
-class UnknownModelError(KeyError):
-    def __str__(self) -> str:
-        return str(self.args[0])
+__all__ = ["MODELS", "UnknownName", "build_builtin", "hub_snapshot", "resolve_model"]
 
 
 def build_builtin(name: str, force: bool = False, log: Callable[[str], None] = print) -> Path:
-    """Directory of the built-in model `name`, building it first if it is not cached."""
-    if name not in BUILTIN_MODELS:
-        raise UnknownModelError(
-            f"unknown built-in model {name!r}; valid names: {', '.join(sorted(BUILTIN_MODELS))}"
-        )
-    return BUILTIN_MODELS[name](force=force, log=log)
+    """Directory of the built-in model `name`, building it first if it is not cached (UnknownName if none)."""
+    return MODELS[name].build(force=force, log=log)
 
 
 def resolve_model(spec: str, log: Callable[[str], None] = print) -> str:
     """Built-in name -> its built directory; existing local path -> absolute path; else a hub id, unchanged."""
-    if spec in BUILTIN_MODELS:
+    if spec in MODELS:
         return str(build_builtin(spec, log=log))
     path = Path(spec).expanduser()
     if path.exists():

@@ -30,6 +30,10 @@ class Corpus:
     n_docstrings: int
     sha256: str  # of train + heldout
 
+    def summary(self) -> dict[str, object]:
+        """What a model built on it records of it."""
+        return {"sha256": self.sha256, "n_files": self.n_files, "n_docstrings": self.n_docstrings}
+
 
 def stdlib_files(root: Path) -> list[Path]:
     """Relative paths of the stdlib's .py files, sorted, without tests and site-packages."""

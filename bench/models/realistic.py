@@ -3,8 +3,8 @@
 Qwen2.5-0.5B's architecture (transformers' `Qwen2Config`: vocabulary 151936, hidden 896, 24 layers, 14
 query heads and 2 KV heads of 64, MLP 4864, q/k/v biases, tied embeddings; 494,032,768 parameters) with
 Qwen2's real tokenizer, llama.cpp's vocabulary-only `ggml-vocab-qwen2.gguf` from llama-cpp-python's sdist
-(backends/gguf/llamacpp_source.py) read by transformers' GGUF loader, so llama.cpp's own converter
-recognises it. Nothing is downloaded from a hub.
+(backends/gguf/llamacpp_source.py) read by transformers' GGUF loader (bench/models/tokenizer.py), so llama.cpp's
+own converter recognises it. Nothing is downloaded from a hub.
 
 The weights are random, not trained: transformers' own initialisation of Qwen2 (`_init_weights`: every
 Linear and Embedding weight normal(0, initializer_range = 0.02), biases 0, RMSNorm weights 1), drawn after
@@ -22,20 +22,19 @@ the build's own peak. Cached under `cache_dir()/models/qwen2.5-0.5b-shape-<recip
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.core.cache import build_dir_atomically, cache_dir
+from bench.models.recipe import ModelRecipe, register, write_record
+from bench.models.tokenizer import read_vocab, save_tokenizer
 
 NAME = "qwen2.5-0.5b-shape"
 CONTEXT = 32768  # Qwen2.5-0.5B's max_position_embeddings
 
 
 @dataclasses.dataclass(frozen=True)
-class Recipe:
+class Recipe(ModelRecipe):
     """Everything that determines the built model (besides library versions); defaults: Qwen2.5-0.5B."""
 
     vocab_size: int = 151936
@@ -53,9 +52,14 @@ class Recipe:
     seed: int = 0
     vocab: str = "qwen2"  # llama.cpp's ggml-vocab-<vocab>.gguf
 
-    def recipe_hash(self) -> str:
-        canonical = json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+    prefix = NAME
+
+    @property
+    def context(self) -> int:
+        return self.max_position_embeddings
+
+    def build_into(self, out: Path, log: Callable[[str], None]) -> None:
+        _build_into(out, self, log)
 
     def config(self, eos_token_id: int):
         """transformers' Qwen2Config of this shape; `eos_token_id` also serves as bos and pad (as Qwen2.5's)."""
@@ -71,45 +75,21 @@ class Recipe:
             pad_token_id=eos_token_id)
 
 
-def model_dir(recipe: Recipe) -> Path:
-    return cache_dir() / "models" / f"{NAME}-{recipe.recipe_hash()}"
-
-
-def is_complete(path: Path) -> bool:
-    return (path / "bench_model.json").exists()
-
-
 def build(force: bool = False, log: Callable[[str], None] = print, recipe: Recipe | None = None) -> Path:
     """Directory of the model for `recipe` (default: Qwen2.5-0.5B's shape), building it if needed."""
-    recipe = recipe or Recipe()
-    target = model_dir(recipe)
-    if is_complete(target) and not force:
-        return target
-    return build_dir_atomically(target, lambda tmp: _build_into(tmp, recipe, log), is_complete, force)
-
-
-def load_vocab_tokenizer(vocab: str, log: Callable[[str], None] = print):
-    """llama.cpp's vocabulary-only `ggml-vocab-<vocab>.gguf` as a transformers fast tokenizer."""
-    from transformers import AutoTokenizer
-
-    from backends.gguf.llamacpp_source import vocab_file
-
-    path = vocab_file(vocab, log)
-    return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    return (recipe or Recipe()).build(force=force, log=log)
 
 
 def _build_into(out: Path, r: Recipe, log: Callable[[str], None]) -> None:
     import torch
-    import transformers
     from transformers import Qwen2ForCausalLM
 
     from bench.core.process import vm_hwm_bytes
-    from bench.models.tiny_llama import save_tokenizer
 
     log(f"building {NAME} {r.recipe_hash()} (Qwen2, hidden {r.hidden_size}, {r.num_layers} layers, "
         f"random init in {r.dtype})")
     t0 = time.perf_counter()
-    tokenizer = load_vocab_tokenizer(r.vocab, log)
+    tokenizer = read_vocab(r.vocab, log)  # not load_vocab's cached copy: that would add an NFC normalizer
     if len(tokenizer) > r.vocab_size:
         raise ValueError(f"the {r.vocab} tokenizer has {len(tokenizer)} tokens, more than vocab_size {r.vocab_size}")
     eos = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
@@ -127,7 +107,7 @@ def _build_into(out: Path, r: Recipe, log: Callable[[str], None]) -> None:
     build_seconds = time.perf_counter() - t0
     peak = vm_hwm_bytes()
     del model
-    info = {
+    write_record(out, {
         "name": NAME,
         "recipe": dataclasses.asdict(r),
         "recipe_hash": r.recipe_hash(),
@@ -144,9 +124,9 @@ def _build_into(out: Path, r: Recipe, log: Callable[[str], None]) -> None:
         "build_peak_rss_bytes": peak,
         "build_peak_rss_definition": "VmHWM of the building process at the end of the build (its peak RSS since "
                                      "its exec: the build's own when it ran alone)",
-        "torch_version": torch.__version__,
-        "transformers_version": transformers.__version__,
-    }
-    (out / "bench_model.json").write_text(json.dumps(info, indent=2) + "\n")
+    })
     log(f"built {NAME} in {build_seconds:.1f} s: {n_parameters:,} parameters, {weight_bytes / 2**20:.0f} MiB of "
         f"weights, peak RSS {(peak or 0) / 2**20:.0f} MiB")
+
+
+register(NAME, CONTEXT, Recipe)

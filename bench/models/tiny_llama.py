@@ -1,30 +1,31 @@
 """The built-in `tiny-llama` model: a small Llama trained offline, deterministically, on stdlib docstrings.
 
-`build()` trains a byte-level BPE tokenizer and a 2-layer Llama on the corpus train split
-(fixed seed, step count and thread count), measures held-out perplexity and saves everything
-to `cache_dir()/models/tiny-llama-<recipe_hash>`. Later calls return the cached directory.
+Its recipe (`Recipe`, bench/models/recipe.py) trains a byte-level BPE tokenizer and a 2-layer Llama on the
+corpus train split (fixed seed, step count and thread count, bench/models/training.py), measures
+held-out perplexity and saves everything to `cache_dir()/models/tiny-llama-<recipe_hash>`. Later builds
+return the cached directory. The tiny-llama variants (tiny_variants.py) are this recipe with one field changed.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.core.cache import build_dir_atomically, cache_dir
-from bench.models.corpus import load_corpus
+from bench.models import corpus as corpus_source
+from bench.models.recipe import ModelRecipe, register, write_record
+from bench.models.tokenizer import save_tokenizer
+from bench.models.training import Training, fit
 
+NAME = "tiny-llama"
 EOS = "<|endoftext|>"
 CONTEXT = 1024  # max_position_embeddings of the recipe below
 
 
 @dataclasses.dataclass(frozen=True)
-class Recipe:
+class Recipe(ModelRecipe):
     """Everything that determines the built model (besides library versions)."""
 
     corpus_sha256: str
@@ -53,33 +54,35 @@ class Recipe:
     # attention over the last N tokens only (Mistral's architecture: Llama's plus the window); None: full
     sliding_window: int | None = None
 
-    def recipe_hash(self) -> str:
+    prefix = NAME
+
+    @property
+    def context(self) -> int:
+        return self.max_position_embeddings
+
+    def hash_fields(self) -> dict[str, Any]:
         fields = dataclasses.asdict(self)
         if fields["sliding_window"] is None:  # added later: a recipe without it keeps the hash (and build) it had
             del fields["sliding_window"]
-        canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+        return fields
+
+    def training(self) -> Training:
+        return Training(seed=self.seed, seq_len=self.seq_len, batch_size=self.batch_size, steps=self.steps,
+                        lr=self.lr, warmup_steps=self.warmup_steps, train_threads=self.train_threads,
+                        min_lr_ratio=self.min_lr_ratio, weight_decay=self.weight_decay, betas=self.betas,
+                        grad_clip=self.grad_clip)
+
+    def build_into(self, out: Path, log: Callable[[str], None]) -> None:
+        _build_into(out, self, log)
 
 
 def default_recipe() -> Recipe:
-    return Recipe(corpus_sha256=load_corpus().sha256)
-
-
-def model_dir(recipe: Recipe) -> Path:
-    return cache_dir() / "models" / f"tiny-llama-{recipe.recipe_hash()}"
-
-
-def is_complete(path: Path) -> bool:
-    return (path / "bench_model.json").exists()
+    return Recipe(corpus_sha256=corpus_source.load_corpus().sha256)
 
 
 def build(force: bool = False, log: Callable[[str], None] = print, recipe: Recipe | None = None) -> Path:
     """Directory of the tiny-llama model for `recipe` (default recipe if None), building it if needed."""
-    recipe = recipe or default_recipe()
-    target = model_dir(recipe)
-    if is_complete(target) and not force:
-        return target
-    return build_dir_atomically(target, lambda tmp: _build_into(tmp, recipe, log), is_complete, force)
+    return (recipe or default_recipe()).build(force=force, log=log)
 
 
 def train_tokenizer(text: str, vocab_size: int, model_max_length: int):
@@ -99,46 +102,6 @@ def train_tokenizer(text: str, vocab_size: int, model_max_length: int):
     tok.train_from_iterator([text], trainer)
     special = {"bos_token": EOS, "eos_token": EOS, "unk_token": EOS, "pad_token": EOS}
     return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=model_max_length, **special)
-
-
-def save_tokenizer(tokenizer, path: Path) -> None:
-    """save_pretrained, then declare PreTrainedTokenizerFast (transformers 5 writes
-    "TokenizersBackend", which transformers 4.x, e.g. vLLM's, cannot load)."""
-    tokenizer.save_pretrained(path)
-    config_path = path / "tokenizer_config.json"
-    config = json.loads(config_path.read_text())
-    config["tokenizer_class"] = "PreTrainedTokenizerFast"
-    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-
-
-def heldout_perplexity(model, ids: list[int], seq_len: int, batch_size: int = 32) -> float:
-    """exp(mean next-token NLL) over non-overlapping windows of `seq_len` tokens.
-
-    The first token of each window is context only; a shorter last window is included.
-    """
-    import torch
-
-    n_full = len(ids) // seq_len
-    batches = list(torch.tensor(ids[: n_full * seq_len]).view(n_full, seq_len).split(batch_size))
-    if len(ids) - n_full * seq_len > 1:
-        batches.append(torch.tensor([ids[n_full * seq_len :]]))
-    total_nll, total_tokens = 0.0, 0
-    model.eval()
-    with torch.no_grad():
-        for x in batches:
-            logits = model(x).logits[:, :-1].float()
-            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="sum")
-            total_nll += nll.item()
-            total_tokens += x[:, 1:].numel()
-    return math.exp(total_nll / total_tokens)
-
-
-def lr_at(step: int, r: Recipe) -> float:
-    """Linear warmup to r.lr, then cosine decay to r.lr * r.min_lr_ratio at r.steps."""
-    if step < r.warmup_steps:
-        return r.lr * (step + 1) / r.warmup_steps
-    progress = (step - r.warmup_steps) / max(1, r.steps - r.warmup_steps)
-    return r.lr * (r.min_lr_ratio + (1 - r.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def model_config(r: Recipe, eos_id: int) -> tuple[Any, Any]:
@@ -168,11 +131,10 @@ def model_config(r: Recipe, eos_id: int) -> tuple[Any, Any]:
 
 def _build_into(out: Path, r: Recipe, log: Callable[[str], None]) -> None:
     import torch
-    import transformers
 
     log(f"building tiny-llama {r.recipe_hash()} ({r.steps} steps, {r.train_threads} thread(s))")
     t0 = time.perf_counter()
-    corpus = load_corpus()
+    corpus = corpus_source.load_corpus()
     if corpus.sha256 != r.corpus_sha256:
         raise ValueError(f"corpus sha256 {corpus.sha256} != recipe's {r.corpus_sha256} (stdlib changed?)")
 
@@ -182,74 +144,30 @@ def _build_into(out: Path, r: Recipe, log: Callable[[str], None]) -> None:
     heldout_ids = encode(corpus.heldout).ids
     log(f"tokenizer: {len(tokenizer)} tokens; train {len(train_ids)} tokens, held-out {len(heldout_ids)}")
 
-    eos_id = tokenizer.convert_tokens_to_ids(EOS)
-    config, model_class = model_config(r, eos_id)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(r.train_threads)
-    try:
-        torch.manual_seed(r.seed)
-        model = model_class(config)
-        loss = _train(model, train_ids, r, log, t0)
-        ppl = heldout_perplexity(model, heldout_ids, r.seq_len)
-    finally:
-        torch.set_num_threads(threads)
+    config, model_class = model_config(r, tokenizer.convert_tokens_to_ids(EOS))
+    fitted = fit(lambda: model_class(config), train_ids, heldout_ids, r.training(), log, t0)
 
-    model.save_pretrained(out, safe_serialization=True)
+    fitted.model.save_pretrained(out, safe_serialization=True)
     save_tokenizer(tokenizer, out)
     (out / "heldout.txt").write_text(corpus.heldout, encoding="utf-8")
     build_seconds = time.perf_counter() - t0
-    info = {
-        "name": "tiny-llama",
+    write_record(out, {
+        "name": NAME,
         "recipe": dataclasses.asdict(r),
         "recipe_hash": r.recipe_hash(),
         "architecture": model_class.__name__,
-        "corpus": {"sha256": corpus.sha256, "n_files": corpus.n_files, "n_docstrings": corpus.n_docstrings},
-        "n_parameters": sum(p.numel() for p in model.parameters()),
+        "corpus": corpus.summary(),
         "train_steps": r.steps,
-        "final_train_loss": loss,
-        "final_train_loss_definition": "mean training loss over the last 10% of steps",
-        "heldout_tokens": len(heldout_ids),
-        "heldout_perplexity": ppl,
+        **fitted.record(),
         "heldout_perplexity_definition": (
             f"exp(mean next-token NLL) over heldout.txt tokenized as one stream and cut into "
             f"non-overlapping windows of seq_len={r.seq_len} tokens (first token of each window "
             f"is context only, shorter last window included), float32, at the end of the build"
         ),
         "build_seconds": build_seconds,
-        "torch_version": torch.__version__,
-        "transformers_version": transformers.__version__,
-    }
-    (out / "bench_model.json").write_text(json.dumps(info, indent=2) + "\n")
-    log(
-        f"built tiny-llama in {build_seconds:.1f} s: held-out perplexity {ppl:.2f}, final train loss {loss:.3f}"
-    )
+    })
+    log(f"built tiny-llama in {build_seconds:.1f} s: held-out perplexity {fitted.heldout_perplexity:.2f}, "
+        f"final train loss {fitted.final_train_loss:.3f}")
 
 
-def _train(model, train_ids, r: Recipe, log: Callable[[str], None], t0: float) -> float:
-    """AdamW on random seq_len windows of the train stream; returns the mean loss of the last 10% of steps."""
-    import torch
-
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": r.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=r.lr, betas=r.betas)
-    gen = torch.Generator().manual_seed(r.seed)
-    offsets = torch.arange(r.seq_len)
-    log_every = max(1, r.steps // 10)
-    losses = []
-    model.train()
-    for step in range(r.steps):
-        starts = torch.randint(0, len(train_ids) - r.seq_len, (r.batch_size,), generator=gen)
-        x = train_ids[starts[:, None] + offsets]
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, r)
-        loss = model(input_ids=x, labels=x).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), r.grad_clip)
-        opt.step()
-        losses.append(loss.item())
-        if (step + 1) % log_every == 0 or step + 1 == r.steps:
-            mean = sum(losses[-log_every:]) / len(losses[-log_every:])
-            log(f"step {step + 1}/{r.steps}  loss {mean:.3f}  {time.perf_counter() - t0:.1f} s")
-    return sum(losses[-log_every:]) / len(losses[-log_every:])
+register(NAME, CONTEXT, default_recipe)

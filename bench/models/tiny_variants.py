@@ -14,10 +14,10 @@ difference in quality is the shape's. Each builds once (~60 s of one core) into 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from pathlib import Path
+import functools
 
 from bench.models import tiny_llama
+from bench.models.recipe import register
 
 SWA_WINDOW = 64  # tokens; a quarter of the training sequence length (256), so the window binds in training
 VARIANTS: dict[str, dict] = {
@@ -33,11 +33,5 @@ def recipe(name: str, **overrides) -> tiny_llama.Recipe:
     return dataclasses.replace(tiny_llama.default_recipe(), **VARIANTS[name], **overrides)
 
 
-def _builder(name: str) -> Callable[..., Path]:
-    def build(force: bool = False, log: Callable[[str], None] = print) -> Path:
-        return tiny_llama.build(force=force, log=log, recipe=recipe(name))
-    return build
-
-
-BUILDERS: dict[str, Callable[..., Path]] = {name: _builder(name) for name in VARIANTS}
-CONTEXT: dict[str, int] = dict.fromkeys(VARIANTS, tiny_llama.CONTEXT)
+for _name in VARIANTS:
+    register(_name, tiny_llama.CONTEXT, functools.partial(recipe, _name))

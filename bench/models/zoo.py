@@ -5,32 +5,31 @@ Qwen3, Mistral with a sliding window, Gemma 3, Phi-3, OLMo 2, Qwen3-MoE, GPT-2),
 that llama.cpp ships as a vocabulary-only GGUF (`ggml-vocab-<name>.gguf` from llama-cpp-python's
 sdist, see `backends/gguf/llamacpp_source.py`; loaded by transformers' GGUF reader), so llama.cpp's
 own converter recognises it. Weights are initialised with a fixed seed and trained briefly on the
-stdlib docstring corpus with tiny-llama's training loop (`tiny_llama._train`): hidden sizes are small
-because the 50-262k token embeddings dominate. `build_zoo(name)` caches each model under
-`cache_dir()/models/zoo-<name>-<recipe_hash>` and records how it was made in `bench_model.json`.
+stdlib docstring corpus with tiny-llama's training loop (bench/models/training.py): hidden sizes are small
+because the 50-262k token embeddings dominate. Each recipe's `build()` (bench/models/recipe.py) caches its
+model under `cache_dir()/models/<name>-<recipe_hash>` and records how it was made in `bench_model.json`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
+import functools
 import time
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench.core.cache import build_dir_atomically, cache_dir
-from bench.models import tiny_llama
-from bench.models.corpus import load_corpus
+from bench.models import corpus as corpus_source
+from bench.models.recipe import ModelRecipe, register, write_record
+from bench.models.tokenizer import load_vocab, save_tokenizer
+from bench.models.training import Training, fit
 
 CONTEXT = 1024  # max_position_embeddings of every zoo model
 _COMMON = {"max_position_embeddings": CONTEXT, "dtype": "float32"}
 
 
 @dataclasses.dataclass(frozen=True)
-class ZooRecipe:
+class ZooRecipe(ModelRecipe):
     """Everything that determines one zoo model (besides library versions)."""
 
     name: str
@@ -53,18 +52,27 @@ class ZooRecipe:
     def config_kwargs(self) -> dict[str, Any]:
         return {**_COMMON, **dict(self.architecture)}
 
-    def recipe_hash(self, corpus_sha256: str) -> str:
+    @property
+    def prefix(self) -> str:
+        return self.name
+
+    @property
+    def context(self) -> int:
+        return self.config_kwargs()["max_position_embeddings"]
+
+    def hash_fields(self) -> list[Any]:
+        """The recipe's fields and the sha256 of the corpus it is trained on (this Python's stdlib's)."""
         fields = dataclasses.asdict(self)
         if not fields["special_tokens"]:  # left out when empty: recipes that add none keep their hash and builds
             del fields["special_tokens"]
-        canonical = json.dumps([fields, corpus_sha256], sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+        return [fields, corpus_source.load_corpus().sha256]
 
-    def training(self, corpus_sha256: str) -> tiny_llama.Recipe:
-        """tiny-llama's Recipe carrying this model's training settings (its architecture fields are unused)."""
-        return tiny_llama.Recipe(corpus_sha256=corpus_sha256, seed=self.seed, seq_len=self.seq_len,
-                                 batch_size=self.batch_size, steps=self.steps, lr=self.lr,
-                                 warmup_steps=self.warmup_steps, train_threads=self.train_threads)
+    def training(self) -> Training:
+        return Training(seed=self.seed, seq_len=self.seq_len, batch_size=self.batch_size, steps=self.steps,
+                        lr=self.lr, warmup_steps=self.warmup_steps, train_threads=self.train_threads)
+
+    def build_into(self, out: Path, log: Callable[[str], None]) -> None:
+        _build_into(out, self, log)
 
 
 def _arch(**kwargs: Any) -> tuple[tuple[str, Any], ...]:
@@ -113,59 +121,14 @@ ZOO: dict[str, ZooRecipe] = {r.name: r for r in (
 )}
 
 
-def model_dir(recipe: ZooRecipe, corpus_sha256: str) -> Path:
-    return cache_dir() / "models" / f"{recipe.name}-{recipe.recipe_hash(corpus_sha256)}"
-
-
-def build_zoo(name: str, force: bool = False, log: Callable[[str], None] = print,
-              recipe: ZooRecipe | None = None) -> Path:
-    """Directory of zoo model `name` (or of `recipe`, e.g. a shorter one in tests), building it if needed."""
-    recipe = recipe or ZOO[name]
-    corpus = load_corpus()
-    target = model_dir(recipe, corpus.sha256)
-    if tiny_llama.is_complete(target) and not force:
-        return target
-    return build_dir_atomically(target, lambda tmp: _build_into(tmp, recipe, log), tiny_llama.is_complete, force)
-
-
-def load_tokenizer(vocab: str, log: Callable[[str], None] = print):
-    """llama.cpp's vocabulary `ggml-vocab-<vocab>.gguf` as a transformers fast tokenizer.
-
-    transformers' GGUF reader takes ~40 s on a 150k vocabulary, so its result is cached (as
-    tokenizer.json) per vocabulary, llama-cpp-python version and transformers version.
-    """
-    import transformers
-    from transformers import AutoTokenizer
-
-    from backends.gguf.llamacpp_source import runtime_version, vocab_file
-
-    target = cache_dir() / "tokenizers" / f"{vocab}-llama-cpp-{runtime_version()}-tf-{transformers.__version__}"
-
-    def fill(tmp: Path) -> None:
-        path = vocab_file(vocab, log)
-        log(f"reading llama.cpp's {path.name} into a transformers tokenizer (once)")
-        AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name).save_pretrained(tmp)
-
-    build_dir_atomically(target, fill, lambda path: (path / "tokenizer.json").is_file())
-    return AutoTokenizer.from_pretrained(target)
-
-
-def _save_tokenizer(tokenizer, out: Path, tokenizer_class: str) -> None:
-    tokenizer.save_pretrained(out)
-    config_path = out / "tokenizer_config.json"
-    config = json.loads(config_path.read_text())
-    config["tokenizer_class"] = tokenizer_class  # transformers 5 writes TokenizersBackend (see tiny_llama)
-    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-
-
 def _build_into(out: Path, r: ZooRecipe, log: Callable[[str], None]) -> None:
     import torch
     import transformers
 
     log(f"building {r.name} ({r.model_type}, vocabulary {r.vocab}, {r.steps} steps, {r.train_threads} thread(s))")
     t0 = time.perf_counter()
-    corpus = load_corpus()
-    tokenizer = load_tokenizer(r.vocab, log)
+    corpus = corpus_source.load_corpus()
+    tokenizer = load_vocab(r.vocab, log)
     if r.special_tokens:
         tokenizer.add_tokens(list(r.special_tokens), special_tokens=True)
     encode = tokenizer.backend_tokenizer.encode  # whole texts, no special tokens
@@ -176,53 +139,38 @@ def _build_into(out: Path, r: ZooRecipe, log: Callable[[str], None]) -> None:
                 ("pad_token_id", tokenizer.pad_token or tokenizer.eos_token)) if tok is not None}
     config = transformers.AutoConfig.for_model(r.model_type, vocab_size=len(tokenizer), **special,
                                                **r.config_kwargs())
-    threads = torch.get_num_threads()
-    torch.set_num_threads(r.train_threads)
-    training = r.training(corpus.sha256)
-    try:
-        torch.manual_seed(r.seed)
-        model = transformers.AutoModelForCausalLM.from_config(config)
-        untrained = tiny_llama.heldout_perplexity(model, heldout_ids, r.seq_len, batch_size=2)
-        loss = tiny_llama._train(model, train_ids, training, log, t0)
-        ppl = tiny_llama.heldout_perplexity(model, heldout_ids, r.seq_len, batch_size=2)
-    finally:
-        torch.set_num_threads(threads)
+    training = r.training()
+    fitted = fit(lambda: transformers.AutoModelForCausalLM.from_config(config), train_ids, heldout_ids, training,
+                 log, t0, eval_batch_size=2, measure_untrained=True)
 
-    model.generation_config.pad_token_id = special.get("pad_token_id")
-    model.save_pretrained(out, safe_serialization=True)
-    _save_tokenizer(tokenizer, out, r.tokenizer_class)
+    fitted.model.generation_config.pad_token_id = special.get("pad_token_id")
+    fitted.model.save_pretrained(out, safe_serialization=True)
+    save_tokenizer(tokenizer, out, r.tokenizer_class)
     (out / "heldout.txt").write_text(corpus.heldout, encoding="utf-8")
     build_seconds = time.perf_counter() - t0
-    info = {
+    write_record(out, {
         "name": r.name,
         "model_type": r.model_type,
         "architecture_note": r.note,
         "recipe": dataclasses.asdict(r),
-        "recipe_hash": r.recipe_hash(corpus.sha256),
+        "recipe_hash": r.recipe_hash(),
         "training_recipe": dataclasses.asdict(training),
         "tokenizer_source": f"llama.cpp's models/ggml-vocab-{r.vocab}.gguf from llama-cpp-python's sdist, "
                             f"read by transformers' GGUF tokenizer loader",
         "vocab_size": len(tokenizer),
-        "corpus": {"sha256": corpus.sha256, "n_files": corpus.n_files, "n_docstrings": corpus.n_docstrings},
-        "n_parameters": sum(p.numel() for p in model.parameters()),
+        "corpus": corpus.summary(),
         "train_steps": r.steps,
         "train_tokens": r.steps * r.batch_size * r.seq_len,
-        "final_train_loss": loss,
-        "final_train_loss_definition": "mean training loss over the last 10% of steps",
-        "heldout_tokens": len(heldout_ids),
-        "heldout_perplexity_untrained": untrained,
-        "heldout_perplexity": ppl,
+        **fitted.record(),
         "heldout_perplexity_definition": (
             f"exp(mean next-token NLL) over the first {len(heldout_ids)} tokens of heldout.txt tokenized "
             f"as one stream without special tokens and cut into non-overlapping windows of "
             f"seq_len={r.seq_len} tokens (first token of each window is context only), float32"),
         "build_seconds": build_seconds,
-        "torch_version": torch.__version__,
-        "transformers_version": transformers.__version__,
-    }
-    (out / "bench_model.json").write_text(json.dumps(info, indent=2) + "\n")
-    log(f"built {r.name} in {build_seconds:.1f} s: held-out perplexity {ppl:.1f} (untrained {untrained:.0f}), "
-        f"final train loss {loss:.3f}")
+    })
+    log(f"built {r.name} in {build_seconds:.1f} s: held-out perplexity {fitted.heldout_perplexity:.1f} "
+        f"(untrained {fitted.untrained_perplexity:.0f}), final train loss {fitted.final_train_loss:.3f}")
 
 
-BUILDERS: dict[str, Callable[..., Path]] = {name: partial(build_zoo, name) for name in ZOO}
+for _recipe in ZOO.values():
+    register(_recipe.name, _recipe.context, functools.partial(ZOO.__getitem__, _recipe.name))

@@ -32,10 +32,10 @@ def _at(path: Path, index: LineIndex, loc: tuple, message: str) -> SuiteError:
 
 def model_context(model: str) -> int | None:
     """The model's context length in tokens when it can be read without loading it (config.json), else None."""
-    from bench.models import BUILTIN_CONTEXT
+    from bench.models import MODELS
 
-    if model in BUILTIN_CONTEXT:
-        return BUILTIN_CONTEXT[model]
+    if model in MODELS:
+        return MODELS[model].context
     config = Path(model).expanduser() / "config.json"
     try:
         value = json.loads(config.read_text()).get("max_position_embeddings")
@@ -45,10 +45,10 @@ def model_context(model: str) -> int | None:
 
 
 def check_models(path: Path, index: LineIndex, suite: Suite) -> None:
-    from bench.models import BUILTIN_MODELS
+    from bench.models import MODELS
 
     for i, model in enumerate(suite.models):
-        if model in BUILTIN_MODELS:
+        if model in MODELS:
             continue
         local = Path(model).expanduser()
         if local.exists():
@@ -59,7 +59,7 @@ def check_models(path: Path, index: LineIndex, suite: Suite) -> None:
         looks_local = model.startswith(("/", "./", "../", "~")) or model.endswith((".gguf", ".onnx"))
         if looks_local or not HUB_ID.fullmatch(model):
             raise _at(path, index, ("models", i), f"{model} does not exist; give a built-in name "
-                                                  f"({', '.join(sorted(BUILTIN_MODELS))}), an existing local "
+                                                  f"({', '.join(sorted(MODELS))}), an existing local "
                                                   f"directory or file, or a hub id (org/name)")
 
 
