@@ -80,12 +80,17 @@ def tree_digest(path: Path) -> str:
     return digest.hexdigest()[:32]
 
 
+def lock_path(entry: Path) -> Path:
+    """The lock file of a cache entry (what build_dir_atomically holds while it builds the entry)."""
+    return entry.with_name(entry.name + ".lock")
+
+
 @contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Exclusive fcntl lock on `path` (created if missing); blocks until acquired."""
+def file_lock(path: Path, shared: bool = False) -> Iterator[None]:
+    """Exclusive (or shared) fcntl lock on `path` (created if missing); blocks until acquired."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        fcntl.flock(f, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         try:
             yield
         finally:
@@ -104,7 +109,7 @@ def build_dir_atomically(
     then finds the directory complete. Returns `target`.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(target.with_name(target.name + ".lock")):
+    with file_lock(lock_path(target)):
         if is_complete(target) and not force:
             return target
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
@@ -123,23 +128,10 @@ def build_dir_atomically(
 
 # ---------------------------------------------------------------- size-limited sections (least recently used goes)
 
-def lock_path(entry: Path) -> Path:
-    """The lock file of a cache entry (what build_dir_atomically holds while it builds the entry)."""
-    return entry.with_name(entry.name + ".lock")
-
-
-@contextlib.contextmanager
-def shared_lock(entry: Path) -> Iterator[None]:
-    """A shared fcntl lock on the entry's lock file for the block: waits while the entry is being built, and keeps
-    `evict_lru` from removing it while it is read."""
-    path = lock_path(entry)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_SH)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+def shared_lock(entry: Path) -> contextlib.AbstractContextManager[None]:
+    """A shared lock on the entry's lock file: waits while the entry is being built, and keeps `evict_lru` from
+    removing it while it is read."""
+    return file_lock(lock_path(entry), shared=True)
 
 
 def dir_size(path: Path) -> int:
