@@ -176,3 +176,31 @@ def test_the_nightly_uploads_no_log_probabilities():
         for path in paths:  # a run directory (tonight's, or a downloaded baseline) goes without any reference/
             if path.startswith(("results/", "baseline")) and "traces" not in path:
                 assert f"!{path.rstrip('/')}/reference/" in paths, upload
+
+
+def test_a_last_stride_suite_records_its_protocol_and_has_an_entry_of_its_own(tmp_path, cache):
+    _suite(tmp_path)
+    run_bench("run", "suite.yaml", "--run-id", "all", cwd=tmp_path)
+    write_suite(tmp_path / "last.yaml", SUITE.replace("stride: 8}", "stride: 8, scoring: last-stride}"))
+    run_bench("run", "last.yaml", "--run-id", "last", cwd=tmp_path)
+    every, last = (_perplexity(tmp_path / "results" / run, "other") for run in ("all", "last"))
+    n = len("some evaluation text for the bigram model " * 10)  # one token per character
+    assert every.case.perplexity.scoring == "all" and every.perplexity.scored_tokens == n - 1
+    assert last.case.perplexity.scoring == "last-stride"
+    assert last.perplexity.scored_tokens == 8 * len(range(0, n - 16, 8))  # the last 8 of each whole window
+    assert last.value("kld_max") == 0.0 and last.perplexity.quality_tokens == last.perplexity.scored_tokens
+    assert last.perplexity.reference_logprobs != every.perplexity.reference_logprobs
+    assert refcache.read_meta(cache / last.perplexity.reference_logprobs)["parts"]["scoring"] == "last-stride"
+    assert "16 / 8, last stride" in (tmp_path / "reports" / "last" / "report.md").read_text()
+
+
+def test_a_cache_that_cannot_store_them_costs_quality_with_the_reason_never_the_perplexity(tmp_path, cache):
+    _suite(tmp_path)
+    cache.parent.mkdir(parents=True)
+    cache.write_text("not a directory")  # as a full or broken disk would: nothing can be stored there
+    run_bench("run", "suite.yaml", "--run-id", "r", cwd=tmp_path)
+    for variant in ("ref", "other"):
+        record = _perplexity(tmp_path / "results" / "r", variant)
+        assert record.ok and record.value("perplexity") > 1 and "kld_mean" not in record.metrics
+        assert "log-probabilities cannot be stored in" in record.not_applicable["quality"], variant
+        assert record.perplexity.reference_logprobs is None

@@ -65,11 +65,12 @@ def files_digest(paths: Iterable[Path], *parts: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def tree_digest(path: Path) -> str:
-    """32 hex digits of sha256 over every regular file under `path` (or the file itself): its path relative to
-    `path`, then its bytes, in sorted order. What a model is, whatever its directory is called or when it was copied."""
-    path = Path(path)
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+def tree_digest(path: Path, ignore: Iterable[str] = ()) -> str:
+    """32 hex digits of sha256 over every regular file under `path` (or the file itself) but those named in
+    `ignore`: its path relative to `path`, then its bytes, in sorted order. What a model is, whatever its
+    directory is called or when it was copied."""
+    path, ignored = Path(path), set(ignore)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and p.name not in ignored)
     digest = hashlib.sha256()
     for file in files:
         digest.update((file.relative_to(path).as_posix() if file != path else "").encode() + b"\0")

@@ -203,7 +203,10 @@ class QualitySession:
             if refcache.is_complete(refcache.entry_path(self.key)):
                 refcache.touch(refcache.entry_path(self.key))  # the same reference, already stored: reused
             else:
-                self.writer = refcache.EntryWriter(self.key, parts)
+                try:
+                    self.writer = refcache.EntryWriter(self.key, parts)
+                except OSError as exc:
+                    self.reason = self._unstored(exc)
         else:
             assert lookup is not None
             self.reason = lookup.reason or self._open(lookup.key)
@@ -234,9 +237,13 @@ class QualitySession:
         if self.is_reference:
             reference = np.asarray(chunk.logprobs, dtype=np.float32)
             if self.writer is not None:
-                if chunk.start == 0:
-                    self.writer.start_window(chunk.window, chunk.window_rows, chunk.logprobs.shape[-1])
-                self.writer.write(reference)
+                try:
+                    if chunk.start == 0:
+                        self.writer.start_window(chunk.window, chunk.window_rows, chunk.logprobs.shape[-1])
+                    self.writer.write(reference)
+                except OSError as exc:  # a full disk: this case's perplexity stands, its log-probabilities do not
+                    self.reason = self._unstored(exc)
+                    return
         else:
             reference = self._reference_rows(chunk)
             if reference is None:
@@ -245,6 +252,10 @@ class QualitySession:
             self.comparison.add_rows(chunk.window, reference, chunk.logprobs, chunk.targets)
         except ValueError as exc:
             self.reason = str(exc)
+
+    def _unstored(self, exc: OSError) -> str:
+        return (f"the reference's log-probabilities cannot be stored in {refcache.section()}: "
+                f"{exc.strerror or exc}; free space there, or set BENCH_CACHE")
 
     def _reference_rows(self, chunk: ScoredRows) -> np.ndarray | None:
         assert self.reader is not None
@@ -267,8 +278,11 @@ class QualitySession:
         if stored is not None and self.reason is None and len(self.comparison.counts) != stored:
             self.reason = f"the reference has {stored} windows, this case {len(self.comparison.counts)}"
         if self.writer is not None and self.reason is None:
-            self.writer.publish({"case_id": self.case.id, "model": self.case.model, "variant": self.case.variant})
-            self.writer = None
+            try:
+                self.writer.publish({"case_id": self.case.id, "model": self.case.model, "variant": self.case.variant})
+                self.writer = None
+            except OSError as exc:
+                self.reason = self._unstored(exc)
         self.close()
         if self.reason is not None:
             self.key = None  # the record names an entry only when quality was measured with it

@@ -78,10 +78,14 @@ def is_complete(path: Path) -> bool:
     return (path / META).is_file()
 
 
+BUILD_NOTES = ("bench_model.json",)  # how bench built a model (its build time, ...): not read by any backend
+
+
 def model_digest(model_path: str) -> str:
-    """What identifies the model's weights: a hash of its files' bytes, or its name when it is not a local path."""
+    """What identifies the model: a hash of its files' bytes (bench's build notes aside, so two machines that
+    built the same model agree), or its name when it is not a local path."""
     path = Path(model_path)
-    return f"files:{tree_digest(path)}" if path.exists() else f"name:{model_path}"
+    return f"files:{tree_digest(path, ignore=BUILD_NOTES)}" if path.exists() else f"name:{model_path}"
 
 
 def reference_key(parts: dict[str, Any]) -> str:

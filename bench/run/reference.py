@@ -73,7 +73,8 @@ def ensure_reference(case: CaseSpec, run_dir: Path | None) -> ReferenceLookup | 
     if key is not None and refcache.is_complete(refcache.entry_path(key)):
         return ReferenceLookup(key=key)
     gone = (f"entry {key} is not in the cache ({refcache.section()})" if key else
-            "the reference's record names no cache entry (it was measured before they were kept there)")
+            "the reference's record names no cache entry (it could not store one, or it was measured before "
+            "they were kept there)")
     print(f"bench: the reference's log-probabilities: {gone}; computing them again with case {found.id}",
           flush=True)
     result = _recompute(found.case, Path(run_dir))
