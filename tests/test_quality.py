@@ -1,7 +1,8 @@
 """Quality against a reference (KL, top-1, paired delta perplexity) and MBU, on known answers.
 
-The end-to-end checks go through the real runner: the reference's perplexity case writes its
-log-probabilities to the run directory and the other cases stream them back.
+The end-to-end checks go through the real runner: the reference's perplexity case stores its
+log-probabilities in bench's cache (a temporary BENCH_CACHE here) and the other cases read them back
+a chunk of positions at a time; the run directory keeps records, samples and logs only.
 """
 import gc
 import math
@@ -10,7 +11,7 @@ import weakref
 import numpy as np
 import pytest
 
-from bench.measure import bandwidth, quality
+from bench.measure import bandwidth, quality, refcache
 from bench.records.schema import CaseSpec
 from tests.conftest import KNOWN_ANSWER, load_records, record_lines, run_bench, write_suite
 
@@ -91,15 +92,50 @@ def test_streaming_holds_one_reference_window_at_a_time():
     assert result.tokens == 80 and pulled == list(range(5))
 
 
-def test_reference_windows_round_trip_as_float32_memory_maps(tmp_path):
-    rows = [np.log(np.random.default_rng(i).dirichlet(np.ones(6), size=3)) for i in range(3)]
-    for i, window in enumerate(rows):
-        quality.write_window(tmp_path, i, window)
-    read = quality.read_windows(tmp_path, 3)
-    assert not isinstance(read, list)  # a generator: nothing is read before it is asked for
-    for window, stored in zip(rows, read):
-        assert isinstance(stored, np.memmap) and stored.dtype == np.float32
-        np.testing.assert_array_equal(stored, window.astype(np.float32))
+def test_chunks_of_a_window_give_the_whole_windows_figures_and_the_reference_against_itself_is_exactly_zero():
+    rng = np.random.default_rng(2)
+    ref = [np.log(rng.dirichlet(np.ones(50), size=30)) for _ in range(3)]
+    case = [np.log(rng.dirichlet(np.ones(50) * 5, size=30)) for _ in range(3)]
+    targets = [rng.integers(0, 50, size=30) for _ in range(3)]
+    whole = quality.compare(ref, list(zip(case, targets)))
+    chunked, itself = quality.Comparison(), quality.Comparison()
+    for window in range(3):
+        for rows in (slice(0, 7), slice(7, 8), slice(8, 30)):
+            stored = ref[window][rows].astype(np.float32)  # what the cache holds
+            chunked.add_rows(window, stored, case[window][rows], targets[window][rows])
+            itself.add_rows(window, stored, ref[window][rows], targets[window][rows])
+    chunked_scores, self_scores = chunked.result(), itself.result()
+    assert chunked.counts == [30, 30, 30] and chunked_scores.windows == 3
+    for name in ("kld_mean", "kld_p99", "kld_max", "top1_agreement"):  # per-token values: exactly the same
+        assert getattr(chunked_scores, name) == getattr(whole, name), name
+    assert chunked_scores.delta_nll.value == pytest.approx(whole.delta_nll.value, rel=1e-12)
+    assert chunked_scores.delta_ppl.ci_low == pytest.approx(whole.delta_ppl.ci_low, rel=1e-12)
+    assert self_scores.kld_max == self_scores.delta_nll.value == self_scores.delta_ppl.value == 0.0
+    assert self_scores.top1_agreement == 1.0
+
+
+def test_a_stored_entry_reads_back_chunk_by_chunk_as_the_float32_that_was_written(tmp_path, monkeypatch):
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path))
+    windows = [np.log(np.random.default_rng(i).dirichlet(np.ones(6), size=rows)) for i, rows in enumerate([5, 3])]
+    writer = refcache.EntryWriter("k" * 24, {"window": 8})
+    for index, window in enumerate(windows):
+        writer.start_window(index, len(window), 6)
+        writer.write(window[:2])
+        writer.write(window[2:])
+    assert not refcache.is_complete(refcache.entry_path("k" * 24))  # nothing visible before it is published
+    writer.publish({"case_id": "c"})
+    assert [p.name for p in (tmp_path / "logprobs").iterdir() if p.name.startswith(".")] == []  # no staging left
+    reader = refcache.EntryReader("k" * 24)
+    assert reader.meta["rows"] == [5, 3] and reader.meta["parts"] == {"window": 8}
+    for index, window in enumerate(windows):
+        stored = reader.window(index)
+        assert (stored.rows, stored.vocab) == (len(window), 6)
+        rows = stored.read(1, 3)
+        assert rows.dtype == np.float32
+        np.testing.assert_array_equal(rows, window[1:3].astype(np.float32))
+        np.testing.assert_array_equal(np.load(stored.path), window.astype(np.float32))  # a plain .npy file
+    assert reader.window(2) is None
+    reader.close()
 
 
 def _case(variant: str, task: str, model: str = "m") -> CaseSpec:
@@ -156,7 +192,8 @@ def _records(tmp_path):
     return run_dir, {(r.variant, r.task): r for r in load_records(run_dir)}
 
 
-def test_quality_and_mbu_through_the_runner_with_the_known_answer_backend(tmp_path):
+def test_quality_and_mbu_through_the_runner_with_the_known_answer_backend(tmp_path, monkeypatch):
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
     (tmp_path / "eval.txt").write_text("some evaluation text for the bigram model " * 10)
     write_suite(tmp_path / "suite.yaml", KNOWN_ANSWER_QUALITY_SUITE)
     run_bench("run", "suite.yaml", cwd=tmp_path)
@@ -168,8 +205,14 @@ def test_quality_and_mbu_through_the_runner_with_the_known_answer_backend(tmp_pa
         assert r.value("kld_mean") == r.value("kld_p99") == r.value("delta_ppl") == 0.0
         assert r.value("top1_agreement") == 1.0
         assert r.perplexity.quality_tokens == r.perplexity.scored_tokens and r.perplexity.quality_reference == "same"
-    windows = records[("same", "perplexity")].perplexity.windows
-    assert len(list((run_dir / "reference").glob("*/*/window-*.npy"))) == windows
+    # the run directory keeps records, samples and logs; the log-probabilities are one entry of the cache
+    assert sorted(p.name for p in run_dir.iterdir()) == [".lock", "cases", "cases.jsonl", "logs", "run.json",
+                                                         "samples", "suite.yaml", "tmp"]
+    key = records[("same", "perplexity")].perplexity.reference_logprobs
+    assert records[("base", "perplexity")].perplexity.reference_logprobs == key
+    assert records[("base", "perplexity")].perplexity.reference_recomputed is None
+    entry = tmp_path / "cache" / "logprobs" / key
+    assert len(list(entry.glob("window-*.npy"))) == records[("same", "perplexity")].perplexity.windows
     # MBU: 512 weight bytes per 1 ms decode step = 5.12e-4 GB/s; the stated peak is 1e-3 GB/s
     latency = records[("same", "latency")]
     expected = 512 / (latency.value("tpot_ms") / 1e3) / 1e9

@@ -2,13 +2,14 @@
 resources, a suite run across them through the real CLI, nodes killed mid-unit, and a resume across executors.
 
 Each run is checked against the invariants of a local run: every case recorded exactly once by the one writer,
-samples, logs and reference log-probabilities in the run directory, each record stamped with the machine (and
-the Ray node) that ran it, the same known answers as the local executor.
+samples and logs in the run directory (the reference's log-probabilities in the cache), each record stamped
+with the machine (and the Ray node) that ran it, the same known answers as the local executor.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ os.environ["RAY_AUTH_MODE"] = "disabled"
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 cluster_utils = pytest.importorskip("ray.cluster_utils", reason="ray is not installed: pip install 'bench[ray]'")
 
+from bench.measure import refcache
 from tests.conftest import KNOWN_ANSWER, ROOT, record_lines, run_bench, write_suite
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -99,7 +101,8 @@ def test_a_suite_runs_across_two_nodes_with_the_local_executors_answers(tmp_path
     assert sorted(r.id for r in ray) == sorted(r.id for r in local) and len({r.id for r in ray}) == len(ray) == 6
     assert all(r.ok for r in ray)
     run_dir = tmp_path / "results" / "ray"
-    for folder in ("logs", "cases", "samples", "reference"):  # every file a local run writes came back
+    assert not (run_dir / "reference").exists()  # the reference's log-probabilities stay in the node's cache
+    for folder in ("logs", "cases", "samples"):  # every file a local run writes came back
         written = {(tmp_path / "results" / name / folder): None for name in ("local", "ray")}
         local_files, ray_files = ({p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file()} for d in written)
         assert local_files == ray_files and ray_files, folder
@@ -193,12 +196,17 @@ def test_a_resumed_perplexity_unit_gets_the_reference_it_did_not_write_and_unpla
                                                        "options: {token_delay_s: 0.004, fail: raise, fail_marker: ok}"))
     run_bench("run", "suite.yaml", "--run-id", "r", cwd=tmp_path, check_exit=3)  # locally: b fails
     (tmp_path / "ok").touch()
+    written = next(r for r in record_lines(tmp_path / "results" / "r") if r.variant == "a" and r.task == "perplexity")
+    shutil.rmtree(refcache.entry_path(written.perplexity.reference_logprobs))  # as on a node whose cache never had it
     _ray_run(tmp_path, cluster, "--resume", "r", "--retry-failed")
     final = {r.id: r for r in record_lines(tmp_path / "results" / "r")}
     b_perplexity = next(r for r in final.values() if r.variant == "b" and r.task == "perplexity")
     assert b_perplexity.ok and b_perplexity.machine.node is not None
-    # its reference (a) ran locally before; the node read a's log-probs, shipped with the unit
+    # its reference (a) ran locally before; its record went with the unit, the node computed its entry again
+    a_perplexity = next(r for r in final.values() if r.variant == "a" and r.task == "perplexity")
     assert b_perplexity.value("kld_mean") == 0 and "quality" not in b_perplexity.not_applicable
+    assert b_perplexity.perplexity.reference_recomputed is True
+    assert b_perplexity.perplexity.reference_logprobs == a_perplexity.perplexity.reference_logprobs
 
     (tmp_path / "nowhere.yaml").write_text(suite.replace("name: cluster", "name: nowhere") +
                                            "cluster: {resources: {no-such-resource: 1}}\n")

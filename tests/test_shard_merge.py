@@ -75,7 +75,8 @@ def test_shards_merge_into_one_run_that_keeps_every_record_and_file(tmp_path):
     assert merged["suite_sha256"] == metas[0]["suite_sha256"] and merged.get("shard") is None
     lines = [(results / s / "cases.jsonl").read_text().splitlines() for s in ("s1", "s2")]
     assert (results / "all" / "cases.jsonl").read_text().splitlines() == lines[0] + lines[1]  # verbatim, retries too
-    for folder in ("samples", "logs", "cases", "reference"):
+    assert not (results / "all" / "reference").exists()  # the reference's log-probabilities are in the cache
+    for folder in ("samples", "logs", "cases"):
         sources = {p.name for s in ("s1", "s2") for p in (results / s / folder).glob("*")}
         assert sources and {p.name for p in (results / "all" / folder).glob("*")} == sources, folder
     assert (tmp_path / "reports" / "all" / "report.md").is_file()

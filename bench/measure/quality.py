@@ -1,14 +1,18 @@
 """Quality against a reference variant: KL divergence, top-1 agreement and paired delta perplexity.
 
-The reference variant's perplexity case writes the log-probabilities of every scored position,
-one float32 .npy file per window, to `<run dir>/reference/<model>/`; `meta.json`, written last,
-says the set is complete and which token ids, window and stride it belongs to. Every other
-variant's perplexity case (same model, run after it: `reference_first`) streams those files back
-one window at a time, memory-mapped, next to its own window, so memory stays O(window x vocab)
-whatever the number of tokens. Only per-token scalars (KL, NLL difference) are kept.
+The reference variant's perplexity case stores the log-probabilities of every scored position (float32)
+as an entry of bench's cache (bench/measure/refcache.py), keyed by everything that decides them, and names
+the entry in its record (`PerplexityInfo.reference_logprobs`); the run directory keeps records, samples and
+logs only. Every other variant's perplexity case (same model and settings, run after it: `reference_first`)
+finds the reference's record in the run directory and reads the entry back one chunk of positions at a
+time, next to its own chunk (bench/measure/perplexity.py), so memory stays O(chunk x vocab) whatever the
+window and the number of tokens. Only per-token scalars (KL, NLL difference) are kept. When the entry is
+not in the cache any more (evicted, another machine's cache, a resumed run), the case's worker recomputes
+it first, in a process of its own (bench/run/reference.py); quality is never compared against anything
+but the reference's own log-probabilities, and is "not applicable", with the reason, when they cannot be had.
 
-Both sides are compared as float32 log-probabilities (the stored precision), renormalized in
-float64, so the reference compared with itself gives KL exactly 0 and top-1 agreement exactly 1.
+Both sides are compared as float32 log-probabilities (the stored precision), renormalized in float64,
+so the reference compared with itself gives KL exactly 0 and top-1 agreement exactly 1.
 
 The confidence interval of the paired NLL difference (and so of Δ PPL) is a block bootstrap over
 windows: neighbouring tokens' differences are correlated, so tokens are not independent draws, but
@@ -16,19 +20,18 @@ windows score disjoint runs of tokens and are resampled whole (2000 resamples, s
 """
 from __future__ import annotations
 
-import hashlib
-import io
-import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy.special import log_softmax
 
-from bench.records import safe_files
+from bench.core.description import BackendDescription
+from bench.measure import refcache
+from bench.measure.perplexity import ScoredRows
 from bench.records.rundir import RunDir
-from bench.records.schema import CaseSpec, Estimate, MetricValue
+from bench.records.schema import CaseRecord, CaseSpec, Estimate, MetricValue
 
 CI_LEVEL = 0.95
 BOOTSTRAP_RESAMPLES = 2000
@@ -76,7 +79,7 @@ class QualityScores:
 
 
 class Comparison:
-    """Accumulates per-token KL and top-1 agreement, and per-window NLL sums, one window pair at a time."""
+    """Accumulates per-token KL and top-1 agreement, and per-window NLL sums, a chunk of a window's rows at a time."""
 
     def __init__(self) -> None:
         self.kl: list[np.ndarray] = []
@@ -84,19 +87,31 @@ class Comparison:
         self.nll_diff: list[float] = []  # per window: sum of (case NLL - reference NLL)
         self.counts: list[int] = []
         self.agree = 0
+        self._window: object = None
 
-    def add(self, ref_logprobs: np.ndarray, case_logprobs: np.ndarray, targets: np.ndarray) -> None:
+    def add_rows(self, window: object, ref_logprobs: np.ndarray, case_logprobs: np.ndarray,
+                 targets: np.ndarray) -> None:
+        """Rows of window `window` (consecutive calls with the same `window` are one window)."""
         if ref_logprobs.shape != case_logprobs.shape:
             raise ValueError(f"reference window has shape {ref_logprobs.shape} (positions, vocab), this case "
                              f"{case_logprobs.shape}: different vocabularies or windows cannot be compared")
+        if window != self._window or window is None:
+            self._window = window
+            self.nll_ref.append(0.0)
+            self.nll_diff.append(0.0)
+            self.counts.append(0)
         ref, case = _as_stored(ref_logprobs), _as_stored(case_logprobs)
         rows = np.arange(len(targets))
         self.kl.append(kl_divergence(ref, case))
         self.agree += int((ref.argmax(axis=-1) == case.argmax(axis=-1)).sum())
         nll_ref, nll_case = -ref[rows, targets], -case[rows, targets]
-        self.nll_ref.append(float(nll_ref.sum()))
-        self.nll_diff.append(float((nll_case - nll_ref).sum()))
-        self.counts.append(len(targets))
+        self.nll_ref[-1] += float(nll_ref.sum())
+        self.nll_diff[-1] += float((nll_case - nll_ref).sum())
+        self.counts[-1] += len(targets)
+
+    def add(self, ref_logprobs: np.ndarray, case_logprobs: np.ndarray, targets: np.ndarray) -> None:
+        """One whole window."""
+        self.add_rows(None, ref_logprobs, case_logprobs, targets)
 
     def result(self) -> QualityScores:
         kl = np.concatenate(self.kl)
@@ -127,101 +142,161 @@ def compare(ref_windows: Iterable[np.ndarray], case_windows: Iterable[tuple[np.n
     return comparison.result()
 
 
-# ---------------------------------------------------------------- the reference's files
-
-def reference_dir(run_dir: Path, model: str) -> Path:
-    name = "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in Path(model).name)
-    return Path(run_dir) / "reference" / f"{name}-{hashlib.sha256(model.encode()).hexdigest()[:8]}"
-
-
-def write_window(directory: Path, index: int, logprobs: np.ndarray) -> None:
-    """One window's log-probabilities, written atomically and without following a link (safe_files)."""
-    buffer = io.BytesIO()
-    np.save(buffer, np.asarray(logprobs, dtype=np.float32))
-    safe_files.write_bytes(directory / f"window-{index:04d}.npy", directory, buffer.getvalue())
-
-
-def read_windows(directory: Path, n_windows: int) -> Iterator[np.ndarray]:
-    """The stored windows in order, each memory-mapped only while it is being compared."""
-    for index in range(n_windows):
-        yield np.load(directory / f"window-{index:04d}.npy", mmap_mode="r")
-
-
 # ---------------------------------------------------------------- one perplexity case's side
 
+@dataclass
+class ReferenceLookup:
+    """Where a case that is not the reference finds the reference's log-probabilities (`key`: a cache entry,
+    bench/measure/refcache.py), or why it cannot (`reason`); `recomputed`: this case made the entry again."""
+
+    key: str | None = None
+    reason: str | None = None
+    recomputed: bool = False
+
+
+def reference_parts(case: CaseSpec, model_path: str, description: BackendDescription, ids_sha: str) -> dict:
+    """What decides the reference's log-probabilities: the inputs of its cache key (refcache.reference_key)."""
+    ppl = case.perplexity
+    return {"model": refcache.model_digest(model_path), "eval_token_ids_sha256": ids_sha, "window": ppl.window,
+            "stride": ppl.stride, "scoring": ppl.scoring, "backend": case.backend, "options": case.options,
+            "threads": case.threads, "device": description.device, "dtype": description.dtype,
+            "versions": description.versions}
+
+
+def reference_record(case: CaseSpec, run_dir: Path) -> CaseRecord | str:
+    """The finished reference perplexity case of `case` (same model and perplexity settings) in the run, or why
+    quality cannot be measured."""
+    run = RunDir(run_dir.parent, run_dir.name)
+    ref = next((r for r in reversed(run.records()) if r.variant == case.reference and r.model == case.model
+                and r.task == "perplexity" and r.case.perplexity == case.perplexity), None)
+    if ref is None:
+        return f"the reference variant '{case.reference}' has no finished perplexity case"
+    if not ref.ok:
+        return f"the reference variant '{case.reference}' perplexity case {ref.status}: {ref.reason}"
+    return ref
+
+
 class QualitySession:
-    """Hooked into a perplexity case (`on_window`): writes the reference, or compares with it.
+    """Hooked into a perplexity case (`on_rows`): stores the reference's log-probabilities, or compares with them.
 
-    `run_dir` is the case's run directory (None when the case runs outside `bench run`)."""
+    The reference case gives `parts` (reference_parts: its entry's key is made of them); another case gives
+    `lookup` (bench/run/reference.py found, or made, the entry); `reason`: quality is not applicable."""
 
-    def __init__(self, case: CaseSpec, run_dir: Path | None, ids_sha: str) -> None:
+    def __init__(self, case: CaseSpec, ids_sha: str, *, parts: dict | None = None,
+                 lookup: ReferenceLookup | None = None, reason: str | None = None) -> None:
         self.case, self.ids_sha = case, ids_sha
-        self.reference = case.reference
-        self.is_reference = case.variant == self.reference
-        self.run_dir = Path(run_dir) if run_dir else None
-        ppl = case.perplexity  # one set of reference windows per window and stride (a suite may list several)
-        self.directory = reference_dir(self.run_dir or Path("."), case.model) / f"window{ppl.window}-stride{ppl.stride}"
+        self.is_reference = case.reference is not None and case.variant == case.reference
         self.comparison = Comparison()
-        self.index = 0
-        self.reason: str | None = None
-        self.ref_windows: Iterator[np.ndarray] = iter(())
-        if self.reference is None or self.run_dir is None:
-            self.reason = "no reference variant or run directory (case run outside `bench run`)"
+        self.reason = reason
+        self.key: str | None = None
+        self.recomputed = bool(lookup and lookup.recomputed)
+        self.writer: refcache.EntryWriter | None = None
+        self.reader: refcache.EntryReader | None = None
+        self.stored: refcache.StoredWindow | None = None
+        if self.reason is not None:
+            return
+        if case.reference is None:
+            self.reason = "no reference variant"
         elif self.is_reference:
-            safe_files.makedirs(self.directory, self.run_dir)  # reference/... under the run, no link followed
-            (self.directory / "meta.json").unlink(missing_ok=True)  # incomplete until finish()
+            assert parts is not None
+            self.key = refcache.reference_key(parts)
+            if refcache.is_complete(refcache.entry_path(self.key)):
+                refcache.touch(refcache.entry_path(self.key))  # the same reference, already stored: reused
+            else:
+                try:
+                    self.writer = refcache.EntryWriter(self.key, parts)
+                except OSError as exc:
+                    self.reason = self._unstored(exc)
         else:
-            self.reason = self._open_reference()
+            assert lookup is not None
+            self.reason = lookup.reason or self._open(lookup.key)
 
     def _settings(self) -> dict:
         ppl = self.case.perplexity
-        return {"eval_token_ids_sha256": self.ids_sha, "window": ppl.window, "stride": ppl.stride}
+        return {"eval_token_ids_sha256": self.ids_sha, "window": ppl.window, "stride": ppl.stride,
+                "scoring": ppl.scoring}
 
-    def _open_reference(self) -> str | None:
-        """None when the reference's windows are there and match; else why quality is not applicable."""
-        assert self.run_dir is not None
-        meta_path = self.directory / "meta.json"
-        if not meta_path.exists():
-            run = RunDir(self.run_dir.parent, self.run_dir.name)
-            ref = next((r for r in run.records() if r.variant == self.reference
-                        and r.model == self.case.model and r.task == "perplexity"), None)
-            if ref is None:
-                return f"the reference variant '{self.reference}' has no finished perplexity case"
-            if not ref.ok:
-                return f"the reference variant '{self.reference}' perplexity case {ref.status}: {ref.reason}"
-            return f"the reference variant '{self.reference}' left no log-probabilities in {self.directory}"
-        meta = json.loads(meta_path.read_text())
-        for key, value in self._settings().items():
-            if meta[key] != value:
-                return f"the reference was evaluated with {key}={meta[key]}, this case with {value}"
-        self.ref_windows = read_windows(self.directory, meta["windows"])
+    def _open(self, key: str | None) -> str | None:
+        """None when the reference's entry is there and matches this case; else why quality is not applicable."""
+        assert key is not None
+        try:
+            self.reader = refcache.EntryReader(key)
+        except FileNotFoundError:
+            return f"the reference's log-probabilities (cache entry {key}) left the cache before this case read them"
+        self.key = key
+        parts = self.reader.meta["parts"]
+        for name, value in self._settings().items():
+            if parts.get(name) != value:
+                return f"the reference was evaluated with {name}={parts.get(name)}, this case with {value}"
         return None
 
-    def on_window(self, logprobs: np.ndarray, targets: np.ndarray) -> None:
+    def on_rows(self, chunk: ScoredRows) -> None:
         if self.reason is not None:
             return
+        reference: np.ndarray | None
         if self.is_reference:
-            write_window(self.directory, self.index, logprobs)
-            reference: np.ndarray | None = np.asarray(logprobs, dtype=np.float32)
+            reference = np.asarray(chunk.logprobs, dtype=np.float32)
+            if self.writer is not None:
+                try:
+                    if chunk.start == 0:
+                        self.writer.start_window(chunk.window, chunk.window_rows, chunk.logprobs.shape[-1])
+                    self.writer.write(reference)
+                except OSError as exc:  # a full disk: this case's perplexity stands, its log-probabilities do not
+                    self.reason = self._unstored(exc)
+                    return
         else:
-            reference = next(self.ref_windows, None)
-        if reference is None:
-            self.reason = "the reference has fewer windows than this case"
-            return
+            reference = self._reference_rows(chunk)
+            if reference is None:
+                return
         try:
-            self.comparison.add(reference, logprobs, targets)
+            self.comparison.add_rows(chunk.window, reference, chunk.logprobs, chunk.targets)
         except ValueError as exc:
             self.reason = str(exc)
-        self.index += 1
+
+    def _unstored(self, exc: OSError) -> str:
+        return (f"the reference's log-probabilities cannot be stored in {refcache.section()}: "
+                f"{exc.strerror or exc}; free space there, or set BENCH_CACHE")
+
+    def _reference_rows(self, chunk: ScoredRows) -> np.ndarray | None:
+        assert self.reader is not None
+        if chunk.start == 0:
+            self.stored = self.reader.window(chunk.window)
+            if self.stored is None:
+                self.reason = "the reference has fewer windows than this case"
+                return None
+            if (self.stored.rows, self.stored.vocab) != (chunk.window_rows, chunk.logprobs.shape[-1]):
+                self.reason = (f"reference window has shape {(self.stored.rows, self.stored.vocab)} (positions, "
+                               f"vocab), this case {(chunk.window_rows, chunk.logprobs.shape[-1])}: different "
+                               f"vocabularies or windows cannot be compared")
+                return None
+        assert self.stored is not None
+        return self.stored.read(chunk.start, chunk.start + len(chunk.targets))
 
     def finish(self) -> tuple[QualityScores | None, str | None]:
-        """(scores, None), or (None, why quality is not applicable)."""
-        if self.is_reference and self.reason is None:
-            safe_files.write_json(self.directory / "meta.json", self.directory, {
-                **self._settings(), "windows": self.index, "variant": self.reference, "case_id": self.case.id})
+        """(scores, None), or (None, why quality is not applicable). Publishes the reference's entry."""
+        stored = self.reader.meta["windows"] if self.reader is not None else None
+        if stored is not None and self.reason is None and len(self.comparison.counts) != stored:
+            self.reason = f"the reference has {stored} windows, this case {len(self.comparison.counts)}"
+        if self.writer is not None and self.reason is None:
+            try:
+                self.writer.publish({"case_id": self.case.id, "model": self.case.model, "variant": self.case.variant})
+                self.writer = None
+            except OSError as exc:
+                self.reason = self._unstored(exc)
+        self.close()
         if self.reason is not None:
+            self.key = None  # the record names an entry only when quality was measured with it
             return None, self.reason
         return self.comparison.result(), None
+
+    def close(self) -> None:
+        """Release the entry being read, or drop one left half-written (the case failed)."""
+        if self.writer is not None:
+            self.writer.discard()
+            self.writer = None
+        if self.reader is not None:
+            self.reader.close()
+            self.reader = None
 
 
 def reference_first(cases: list[CaseSpec]) -> list[CaseSpec]:

@@ -4,9 +4,11 @@ Refused, before anything is written: runs of different suites (their suite.yaml 
 or a run has none), runs that share a case (a case id with records in two of them), a file two runs both
 have with different contents, a run being written (its lock is held), and a NEW run that exists. Kept:
 every record line of every run, verbatim and in run order (retried cases' earlier lines too), every
-sample, log, trace, case file and reference log-probability file. run.json: the first run's metadata with
-the new id, `merged_from`, and the whole suite's case list when the runs are shards (a shard that was not
-merged shows its cases as missing in the report), else the runs' case lists one after another.
+sample, log, trace and case file (and the `reference/` folder of runs made when the reference's
+log-probabilities were kept in the run; they are in bench's cache now, named by the records). run.json:
+the first run's metadata with the new id, `merged_from`, and the whole suite's case list when the runs are
+shards (a shard that was not merged shows its cases as missing in the report), else the runs' case lists
+one after another.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from bench.records import safe_files
 from bench.records.rundir import RunDir
 from bench.records.schema import RunMeta
 
-FOLDERS = ("samples", "logs", "traces", "cases", "reference")
+FOLDERS = ("samples", "logs", "traces", "cases", "reference")  # reference/: only in runs made before it left them
 
 
 def _files(run: RunDir) -> dict[str, Path]:

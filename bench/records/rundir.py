@@ -7,8 +7,12 @@
     cases/<id>.json   the CaseSpec handed to its worker process
     logs/<id>.log     the worker's stdout and stderr
     traces/<id>/      profiler output of a profiled case (TensorBoard logdir: traces/)
-    reference/        the reference variant's log-probabilities (bench/measure/quality.py)
     .lock             held by the one process writing this run (`RunDir.writer`)
+
+The reference variant's log-probabilities, which quality is computed from, are not here: they are an entry
+of bench's cache (bench/measure/refcache.py) that the reference's record names, computed again when a case
+needs them and the cache no longer has them (bench/run/reference.py). A run made before that has them in
+`reference/`; nothing reads it any more.
 
 A case counts as finished only once its line is in cases.jsonl, so a run killed at any moment loses
 at most the case in flight, and `--resume` redoes nothing that finished. A line torn by a kill in

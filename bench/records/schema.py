@@ -26,6 +26,10 @@ Format history (FORMAT_VERSION is what this code writes; `bench.records.upgrade`
   the models run).
   Also additive: `CaseSpec.measure_memory_bandwidth` (the suite said `peak_memory_bandwidth_gbs: measured`) and
   the metrics `conversion_s` / `conversion_peak_rss_bytes` (what making a backend's converted files cost).
+  Also additive: `PerplexitySettings.scoring` (which tokens perplexity scores: "all", the default and what
+  every older run did, or "last-stride", llama-perplexity's protocol) and `PerplexityInfo.reference_logprobs` /
+  `reference_recomputed` (the reference's log-probabilities live in bench's cache, not in the run directory:
+  a run made before that has them in `reference/`, which nothing reads any more).
 
 Settings shared by suites and records (workload, repetitions, perplexity, profile, serving) are defined here,
 so reading a run never needs the suite's backends, or even its schema, to still exist.
@@ -103,6 +107,10 @@ class PerplexitySettings(_Settings):
     window: int = Field(256, ge=2, description="tokens per forward pass")
     stride: int = Field(128, ge=1, description="tokens the window advances by")
     max_tokens: int | None = Field(8192, ge=2, description="evaluate on the first N tokens (null: all)")
+    scoring: Literal["all", "last-stride"] = Field(
+        "all", description="which tokens count: 'all' scores every token after the first once (Hugging Face's "
+        "sliding-window protocol); 'last-stride' only each window's last `stride` tokens, windows starting every "
+        "stride tokens while a token follows them (llama.cpp's llama-perplexity --ppl-stride)")
 
 
 class ProfileSettings(_Settings):
@@ -363,6 +371,11 @@ class PerplexityInfo(_Record):
     n_eval_tokens: int | None = None
     quality_reference: str | None = None  # the variant quality was measured against
     quality_tokens: int | None = None
+    # the cache entry of the reference's log-probabilities (bench/measure/refcache.py) this case wrote or reused
+    # (the reference variant) or compared with (any other variant); None: quality not measured, or a run made
+    # before the log-probabilities left the run directory (they were in reference/ there)
+    reference_logprobs: str | None = None
+    reference_recomputed: bool | None = None  # True: the entry had left the cache and this case computed it again
 
 
 class ProfileSummary(_Record):

@@ -194,7 +194,7 @@ def perplexity_table(title: str, entries: list[Entry], several_runs: bool) -> Ta
             Cell(f"{ppl / ref_ppl - 1:+.3e}") if ppl is not None and ref_ppl else NA,
             metric_cell(r, "nll_mean"),
             Cell(str(r.perplexity.scored_tokens)) if r.perplexity else NA,
-            Cell(f"{settings.window} / {settings.stride}"),
+            Cell(f"{settings.window} / {settings.stride}" + ("" if settings.scoring == "all" else ", last stride")),
             metric_cell(r, "eval_tok_s"), metric_cell(r, "peak_rss_bytes"),
         ] + [metric_cell(r, m) for m in QUALITY_METRICS] + [metric_cell(r, "delta_ppl")])
         if r.not_applicable.get("quality"):

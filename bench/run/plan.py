@@ -3,8 +3,8 @@
 - `interleaved`: the latency cases of one model and workload, one per variant. They are measured
   together, in rounds, in a shuffled order each round (bench/run/interleave.py), so machine drift hits
   every variant alike and each variant's ratio to the reference comes from paired rounds.
-- `sequential`: the perplexity cases of one model, the reference first (the others read its
-  log-probabilities from the run directory), so they belong on one machine, in this order.
+- `sequential`: the perplexity cases of one model, the reference first (the others read the
+  log-probabilities it stores in the machine's cache), so they belong on one machine, in this order.
 - `single`: any other case (a serving case), alone.
 
 A unit is self-contained: given a run directory (the run's own, or a scratch one on another machine) it

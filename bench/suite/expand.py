@@ -26,6 +26,7 @@ from bench.suite.schema import ServerVariant, Suite, Variant
 ADDED_SETTINGS: dict[str, dict[str, Any]] = {
     "profile": {"decode_steps": 4, "max_trace_mb": 20.0},
     "repetitions": {"processes": 2, "round_repetitions": 2, "interleave": "resident"},
+    "perplexity": {"scoring": "all"},
 }
 
 
@@ -122,7 +123,8 @@ def expand(suite: Suite) -> list[CaseSpec]:
     """Every case of the suite, in run order: model, then variant, then task."""
     identities = []
     repetitions = _identity_settings("repetitions", Repetitions(**suite.repetitions.model_dump()).model_dump())
-    per_window = [settings.model_dump() for settings in suite.perplexity.per_case()]  # one, unless window is a list
+    per_window = [_identity_settings("perplexity", settings.model_dump())  # one, unless window is a list
+                  for settings in suite.perplexity.per_case()]
     perplexity = per_window[0]  # what latency cases carry (their prompts come from the same text)
     for model, variant in itertools.product(suite.models, suite.backends):
         if variant.models is not None and model not in variant.models:

@@ -119,6 +119,9 @@ class SuitePerplexity(PerplexitySettings):
         for window, stride in self.pairs():
             if stride > window:
                 raise ValueError(f"stride ({stride}) must be <= window ({window}) or tokens go unscored")
+            if self.scoring == "last-stride" and stride >= window:
+                raise ValueError(f"scoring last-stride scores each window's last `stride` tokens with the tokens "
+                                 f"before them as context: stride ({stride}) must be < window ({window})")
         return self
 
     def per_case(self) -> list[PerplexitySettings]:

@@ -26,7 +26,7 @@ from bench.core.process import die_with_parent, log_tail
 from bench.records.rundir import RunDir
 from bench.records.schema import CaseSpec, Machine, RunMeta
 from bench.run import environment
-from bench.run.cluster.bundle import bundle, write_files
+from bench.run.cluster.bundle import bundle, write_inputs
 from bench.run.cluster.unit_process import DONE
 from bench.run.prepare import prepare
 from bench.run.spawn import PROJECT_ROOT
@@ -90,7 +90,7 @@ def run_unit_on_node(unit_text: str, meta_json: str, inputs: dict[str, bytes], c
         meta = RunMeta.model_validate_json(meta_json)
         run = RunDir(scratch, meta.run_id)
         run.create(meta)
-        write_files(run, inputs)
+        write_inputs(run, inputs)
         unit_file, log_file = scratch / "unit.json", scratch / "unit.log"
         unit_file.write_text(unit_text)
         with open(log_file, "wb") as log:
@@ -100,12 +100,11 @@ def run_unit_on_node(unit_text: str, meta_json: str, inputs: dict[str, bytes], c
                 env=_unit_env(machine.node or ""), start_new_session=True,
                 preexec_fn=die_with_parent())  # noqa: PLW1509
             assert proc.stdout is not None
-            sent: set[str] = set()
             for line in proc.stdout:
                 text = line.decode(errors="replace")
                 if text.startswith(DONE):
                     case_id = text[len(DONE):].strip()
-                    yield bundle(run, next(r for r in reversed(run.records()) if r.id == case_id), sent)
+                    yield bundle(run, next(r for r in reversed(run.records()) if r.id == case_id))
             proc.wait()
         yield UnitEnded(proc.returncode, log_tail(log_file))
     finally:
