@@ -29,17 +29,18 @@ docs/trust.md (an A/A simulation of this rule).
 """
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from statistics import NormalDist
 
 import numpy as np
 
+from bench.measure import bootstrap
+from bench.measure.bootstrap import RatioOfSums, RowMedian, Statistic
 from bench.measure.latency import throughput_parts
 from bench.metrics import METRICS, THROUGHPUTS, Metric
 from bench.records.schema import CaseRecord, RawSamples
-
-Statistic = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -77,25 +78,24 @@ class Units:
     def stat(self) -> float:
         return float(self.statistic(self.values))
 
+    def per_process(self) -> np.ndarray:
+        """The statistic of each process's rows, in the order of the process ids."""
+        keys, sizes = np.unique(self.groups, return_counts=True)
+        if sizes.min() == sizes.max():  # one call for all: the statistic reduces the last two axes
+            rows = self.values[np.argsort(self.groups, kind="stable")]
+            return np.asarray(self.statistic(rows.reshape(len(keys), sizes[0], rows.shape[1])), dtype=float)
+        return np.array([float(self.statistic(self.values[self.groups == key])) for key in keys])
+
     def resample(self, rng: np.random.Generator, n_boot: int) -> np.ndarray:
-        """The statistic over n_boot two-stage resamples: processes with replacement, then rows within each."""
-        keys = np.unique(self.groups)
-        if len(keys) == 1:
-            picks = rng.integers(0, len(self.values), (n_boot, len(self.values)))
-            return self.statistic(self.values[picks])
-        members = [np.flatnonzero(self.groups == k) for k in keys]
-        out = np.empty(n_boot)
-        for b in range(n_boot):
-            chosen = rng.integers(0, len(members), len(members))
-            rows = np.concatenate([members[i][rng.integers(0, len(members[i]), len(members[i]))] for i in chosen])
-            out[b] = self.statistic(self.values[rows])
-        return out
+        """The statistic over n_boot two-stage resamples: processes with replacement, then rows within each
+        (bench/measure/bootstrap.py: all resamples at once)."""
+        return bootstrap.resample(self.values, self.groups, self.statistic, rng, n_boot)
 
 
 def units_of(record: CaseRecord, raw: RawSamples | None, metric: str) -> Units | None:
     """The rows a sampled metric or throughput was computed from, with the process of each row; or None."""
     kind = METRICS[metric].kind
-    if raw is None or record.task != "latency" or record.workload is None:
+    if kind not in ("sampled", "throughput") or raw is None or record.task != "latency" or record.workload is None:
         return None
     reps = len(raw.stamps_ns or raw.ttft_ms)
     groups = np.asarray(raw.process if len(raw.process) == reps else [0] * reps)
@@ -103,18 +103,12 @@ def units_of(record: CaseRecord, raw: RawSamples | None, metric: str) -> Units |
         values = np.asarray(raw.series(metric), dtype=float)
         if reps == 0 or len(values) % reps:
             return None
-
-        def median(u):
-            return np.median(u.reshape(*u.shape[:-2], -1), axis=-1)
-        return Units(values.reshape(reps, -1), median, groups)
+        return Units(values.reshape(reps, -1), RowMedian(), groups)
     if kind == "throughput" and metric in THROUGHPUTS and raw.ttft_ms and raw.e2e_ms:
         work = record.workload
         tokens, seconds = throughput_parts(metric, work.batch_size, work.prompt_tokens, work.new_tokens,
                                            np.asarray(raw.ttft_ms) / 1e3, np.asarray(raw.e2e_ms) / 1e3)
-
-        def ratio_of_sums(u):
-            return u[..., 0].sum(axis=-1) / u[..., 1].sum(axis=-1)
-        return Units(np.stack([np.full_like(seconds, tokens), seconds], axis=1), ratio_of_sums, groups)
+        return Units(np.stack([np.full_like(seconds, tokens), seconds], axis=1), RatioOfSums(), groups)
     return None
 
 
@@ -143,10 +137,11 @@ def widen(ratio: float, low: float, high: float, sigma: float, level: float) -> 
     return ratio * math.exp(-down), ratio * math.exp(up)
 
 
+@functools.cache
 def _z(level: float) -> float:
-    from scipy.stats import norm
-
-    return float(norm.ppf(0.5 + level / 2))
+    """The standard normal quantile of a two-sided `level` (the stdlib's, as exact as scipy's to 1 ulp, without
+    importing scipy into the gate)."""
+    return NormalDist().inv_cdf(0.5 + level / 2)
 
 
 MIN_REPETITIONS = 5  # per process, in each run
