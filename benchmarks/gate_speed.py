@@ -43,40 +43,41 @@ from bench.records.schema import CaseRecord, CaseSpec, LatencyInfo, MachineState
 PROMPT, NEW_TOKENS = 64, 32
 
 
-def case_stamps(rng: np.random.Generator, level_ms: float, processes: int, repetitions: int) -> list[list[int]]:
-    """Per repetition, ns from submit to each of NEW_TOKENS tokens: a prefill of 3 token gaps, then the gaps."""
+def case_stamps(rng: np.random.Generator, level_ms: float, process_sizes: list[int], new_tokens: int,
+                between: float, within: float) -> list[list[int]]:
+    """Per repetition, ns from submit to each of `new_tokens` tokens: a first token 3 gaps long, then the gaps; each
+    process's level log-normal (sd `between`) around `level_ms`, each gap log-normal (sd `within`) around that."""
     stamps = []
-    for _ in range(processes):
-        process_level = level_ms * np.exp(rng.normal(0, 0.03))
-        for _ in range(repetitions):
-            gaps = process_level * np.exp(rng.normal(0, 0.05, NEW_TOKENS))
+    for size in process_sizes:
+        process_level = level_ms * np.exp(rng.normal(0, between))
+        for _ in range(size):
+            gaps = process_level * np.exp(rng.normal(0, within, new_tokens))
             gaps[0] *= 3
             stamps.append([int(t * 1e6) for t in np.cumsum(gaps)])
     return stamps
 
 
-def write_run(root: Path, run_id: str, cases: int, processes: int, repetitions: int, seed: int,
-              slower_every: int | None) -> Path:
-    """A run directory of `cases` latency cases; every `slower_every`-th case 10 % slower."""
+def write_run(root: Path, run_id: str, factors: list[float], process_sizes: list[int], seed: int,
+              new_tokens: int = NEW_TOKENS, between: float = 0.01, within: float = 0.03) -> Path:
+    """A run directory of one latency case per factor (its time per token scaled by the factor), each measured in
+    len(process_sizes) processes of those many repetitions."""
     rng = np.random.default_rng(seed)
-    ids = [f"synthetic.tiny-llama-v{i:03d}.b1-p{PROMPT}-n{NEW_TOKENS}" for i in range(cases)]
+    ids = [f"synthetic.tiny-llama-v{i:03d}.b1-p{PROMPT}-n{new_tokens}" for i in range(len(factors))]
     run = RunDir(root, run_id)
     run.create(RunMeta(run_id=run_id, suite_name="gate-speed", created_at=time.time(), case_ids=ids))
     quiet = MachineState(cpus=2, other_cpu_load_mean=0.05, other_cpu_load_max=0.1, contended=False)
-    groups = [p for p in range(processes) for _ in range(repetitions)]
-    for i, case_id in enumerate(ids):
-        level = 1.0 + 0.01 * i
-        if slower_every and i % slower_every == 0:
-            level *= 1.10
-        samples, metrics = derive(case_stamps(rng, level, processes, repetitions), 1, PROMPT)
-        samples = samples.model_copy(update={"process": groups})
+    groups = [p for p, size in enumerate(process_sizes) for _ in range(size)]
+    for i, (case_id, factor) in enumerate(zip(ids, factors, strict=True)):
+        stamps = case_stamps(rng, (1.0 + 0.01 * i) * factor, process_sizes, new_tokens, between, within)
+        samples, metrics = derive(stamps, 1, PROMPT)
         spec = CaseSpec(id=case_id, suite="gate-speed", model="tiny-llama", backend="synthetic", variant=f"v{i:03d}",
-                        task="latency", workload=Workload(batch_size=1, prompt_tokens=PROMPT, new_tokens=NEW_TOKENS))
-        run.write_samples(case_id, samples)
+                        task="latency", workload=Workload(batch_size=1, prompt_tokens=PROMPT, new_tokens=new_tokens))
+        run.write_samples(case_id, samples.model_copy(update={"process": groups}))
         run.append(CaseRecord(
             status="ok", case=spec, metrics=metrics, started_at=time.time(), wall_seconds=1.0,
             latency=LatencyInfo(repetitions=len(groups), stop_reason="max_repetitions", measure_seconds=1.0,
-                                processes=processes, rounds=repetitions, interleave="resident", machine=quiet)))
+                                processes=len(process_sizes), rounds=max(process_sizes), interleave="resident",
+                                machine=quiet)))
     return run.path
 
 
@@ -107,8 +108,9 @@ def main() -> None:
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="gate-speed-"))
     started = time.perf_counter()
-    baseline = write_run(out, "baseline", args.cases, args.processes, args.repetitions, 1, None)
-    current = write_run(out, "current", args.cases, args.processes, args.repetitions, 2, 10)
+    sizes = [args.repetitions] * args.processes
+    baseline = write_run(out, "baseline", [1.0] * args.cases, sizes, seed=1)
+    current = write_run(out, "current", [1.10 if i % 10 == 0 else 1.0 for i in range(args.cases)], sizes, seed=2)
     print(f"two runs of {args.cases} latency cases x {args.processes} processes x {args.repetitions} repetitions "
           f"({NEW_TOKENS} new tokens) written to {out} in {time.perf_counter() - started:.1f} s")
     print(f"before: {load()}")
