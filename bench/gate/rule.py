@@ -76,20 +76,33 @@ class Units:
     requests: bool = False
 
     def stat(self) -> float:
+        return self._value
+
+    @functools.cached_property
+    def _value(self) -> float:
         return float(self.statistic(self.values))
+
+    @functools.cached_property
+    def process_sizes(self) -> np.ndarray:
+        """How many rows each process has, in the order of the process ids."""
+        return np.unique(self.groups, return_counts=True)[1]
 
     def per_process(self) -> np.ndarray:
         """The statistic of each process's rows, in the order of the process ids."""
-        keys, sizes = np.unique(self.groups, return_counts=True)
+        sizes = self.process_sizes
         if sizes.min() == sizes.max():  # one call for all: the statistic reduces the last two axes
             rows = self.values[np.argsort(self.groups, kind="stable")]
-            return np.asarray(self.statistic(rows.reshape(len(keys), sizes[0], rows.shape[1])), dtype=float)
-        return np.array([float(self.statistic(self.values[self.groups == key])) for key in keys])
+            return np.asarray(self.statistic(rows.reshape(len(sizes), sizes[0], rows.shape[1])), dtype=float)
+        return np.array([float(self.statistic(self.values[self.groups == key])) for key in np.unique(self.groups)])
 
     def resample(self, rng: np.random.Generator, n_boot: int) -> np.ndarray:
         """The statistic over n_boot two-stage resamples: processes with replacement, then rows within each
         (bench/measure/bootstrap.py: all resamples at once)."""
-        return bootstrap.resample(self.values, self.groups, self.statistic, rng, n_boot)
+        return self.of_counts(bootstrap.draw_counts(rng, self.groups, n_boot))
+
+    def of_counts(self, counts: np.ndarray) -> np.ndarray:
+        """The statistic of each resample given as the count of each row in it ([n_boot, n rows])."""
+        return bootstrap.of_counts(self.values, self.statistic, counts)
 
 
 def units_of(record: CaseRecord, raw: RawSamples | None, metric: str) -> Units | None:
@@ -118,12 +131,26 @@ def bad_change(ratio: float, metric: Metric) -> float:
 
 
 def ratio_ci(base: Units, cur: Units, rule: Rule, seed: int) -> tuple[float, float, float]:
-    """(current / baseline, CI low, CI high) of the statistic, from independent two-stage bootstraps."""
-    rng = np.random.default_rng(seed)
-    ratios = cur.resample(rng, rule.n_boot) / base.resample(rng, rule.n_boot)
+    """(current / baseline, CI low, CI high) of the statistic, from independent two-stage bootstraps.
+
+    The resamples depend only on the seed and each side's processes: the metrics of one case, compared with one
+    seed (bench/gate/compare.py), resample the same repetitions, drawn once."""
+    cur_counts, base_counts = _resamples(seed, rule.n_boot, tuple(cur.groups.tolist()), tuple(base.groups.tolist()))
+    ratios = cur.of_counts(cur_counts) / base.of_counts(base_counts)
     tail = rule.alpha / 2 * 100
     low, high = np.percentile(ratios, [tail, 100 - tail])
     return cur.stat() / base.stat(), float(low), float(high)
+
+
+@functools.lru_cache(maxsize=2)
+def _resamples(seed: int, n_boot: int, cur_groups: tuple, base_groups: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """The row counts of the current side's resamples, then the baseline's (read-only: shared by the cache)."""
+    rng = np.random.default_rng(seed)
+    drawn = (bootstrap.draw_counts(rng, np.asarray(groups), n_boot) for groups in (cur_groups, base_groups))
+    out = tuple(drawn)
+    for counts in out:
+        counts.flags.writeable = False
+    return out  # type: ignore[return-value]
 
 
 def widen(ratio: float, low: float, high: float, sigma: float, level: float) -> tuple[float, float]:
@@ -153,7 +180,7 @@ def shortfall(base: Units, cur: Units, widened: bool) -> str:
     """Why two runs' samples are too few for a verdict ('' when they are enough): see the module docstring."""
     problems = []
     for which, units in (("baseline", base), ("current", cur)):
-        _, per_process = np.unique(units.groups, return_counts=True)
+        per_process = units.process_sizes
         if per_process.min() < MIN_REPETITIONS:
             problems.append(f"{which} has {per_process.min()} " +
                             ("request(s)" if units.requests else "repetition(s) in a process"))

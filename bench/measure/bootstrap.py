@@ -29,7 +29,6 @@ import numpy as np
 
 Statistic = Callable[[np.ndarray], np.ndarray]
 
-_MAX_CELLS = 1 << 22  # resamples x (padded) rows drawn at once: bounds the memory of one chunk
 _SMALL_PRODUCT = 1 << 18  # rows x inner x columns of one matrix product (see `product`)
 
 
@@ -118,6 +117,7 @@ def product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def draw_counts(rng: np.random.Generator, groups: np.ndarray, n_boot: int) -> np.ndarray:
     """How often each row is in each of n_boot two-stage resamples ([n_boot, n rows], int64): processes
     (`groups`, the process of each row) with replacement, then rows within each drawn process."""
+    keep_freed_memory()
     n_rows = len(groups)
     _, process_of = np.unique(groups, return_inverse=True)
     sizes = np.bincount(process_of)
@@ -145,13 +145,8 @@ def draw_counts(rng: np.random.Generator, groups: np.ndarray, n_boot: int) -> np
 
 def resample(values: np.ndarray, groups: np.ndarray, statistic: Statistic, rng: np.random.Generator,
              n_boot: int) -> np.ndarray:
-    """The statistic of n_boot two-stage resamples of the rows `values` [n, k], drawn in chunks of resamples
-    that bound the memory held."""
-    keep_freed_memory()
-    sizes = np.unique(groups, return_counts=True)[1]
-    chunk = max(1, _MAX_CELLS // max(1, len(sizes) * int(sizes.max(initial=1))))
-    return np.concatenate([of_counts(values, statistic, draw_counts(rng, groups, min(chunk, n_boot - done)))
-                           for done in range(0, n_boot, chunk)])
+    """The statistic of n_boot two-stage resamples of the rows `values` [n, k]."""
+    return of_counts(values, statistic, draw_counts(rng, groups, n_boot))
 
 
 @functools.cache
