@@ -7,22 +7,25 @@ Builds two synthetic runs, BASELINE and CURRENT, as real run directories written
 (bench/records: RunDir, CaseRecord, RawSamples; metrics derived from per-token stamps by
 bench/measure/latency.py `derive`), so `bench compare` loads them as it loads any run: `--cases` latency cases
 (batch 1, 64 prompt tokens, 32 new tokens), each measured in `--processes` processes of `--repetitions`
-repetitions. Every repetition's token gaps are log-normal noise around its process's level, every process's
-level log-normal noise around the case's; CURRENT is drawn like BASELINE (A/A), with every tenth case 10 %
-slower, so the gate has regressions, unchanged and inconclusive verdicts to find.
+repetitions. Every token gap is log-normal noise (sd 3 %) around its process's level, every process's level
+log-normal noise (sd 1 %) around the case's; CURRENT is drawn like BASELINE (A/A), with every tenth case 10 %
+slower, so the gate has regressions, unchanged and inconclusive verdicts to find. The summaries' intervals in
+the records are order-statistics ones (`derive` without the processes, for speed): the gate reads the raw
+samples and the medians.
 
 Then it times `python -m bench compare BASELINE CURRENT --json FILE` as a subprocess, the path a user runs
-(imports, loading, every comparison, the Markdown), `--rounds` times, and prints the median and range with
-the machine's load average. `--old-tree DIR`: the same command run by another checkout (e.g. the commit
-before the vectorised bootstrap: `git archive 64c6843 | tar -x -C DIR`), once, for the speedup.
-The summaries' intervals in the records are order-statistics ones (one `derive` per case without its
-processes, for speed): the gate reads only the raw samples and the medians.
+(interpreter start, imports, loading, every comparison, the Markdown), `--rounds` times, and prints the median
+and range of its wall time and of its CPU time (user + system: what a loaded machine stretches into the wall
+time), with the machine's load average. `--old-tree DIR`: the same command run by another checkout (e.g. the
+commit before the vectorised bootstrap: `git archive 64c6843 | tar -x -C DIR`), once, for the speedup and its
+verdicts.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -81,16 +84,19 @@ def write_run(root: Path, run_id: str, factors: list[float], process_sizes: list
     return run.path
 
 
-def time_compare(tree: Path, baseline: Path, current: Path, out: Path) -> tuple[float, dict]:
-    """Seconds of one `python -m bench compare` run by `tree`, and its --json result."""
+def time_compare(tree: Path, baseline: Path, current: Path, out: Path) -> tuple[float, float, dict]:
+    """(wall seconds, CPU seconds: user + system) of one `python -m bench compare` run by `tree`, and its --json."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "bench", "compare", str(baseline), str(current), "--json", str(out)],
                           cwd=tree, env=env, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - started
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = cpu_after.ru_utime - cpu_before.ru_utime + cpu_after.ru_stime - cpu_before.ru_stime
     if proc.returncode not in (0, 1, 4):
         raise SystemExit(f"bench compare exited {proc.returncode}:\n{proc.stderr}")
-    return seconds, json.loads(out.read_text())
+    return seconds, cpu, json.loads(out.read_text())
 
 
 def load() -> str:
@@ -114,21 +120,24 @@ def main() -> None:
     print(f"two runs of {args.cases} latency cases x {args.processes} processes x {args.repetitions} repetitions "
           f"({NEW_TOKENS} new tokens) written to {out} in {time.perf_counter() - started:.1f} s")
     print(f"before: {load()}")
-    seconds = []
+    seconds, cpu = [], []
     for i in range(args.rounds):
-        took, result = time_compare(ROOT, baseline, current, out / "compare.json")
+        took, used, result = time_compare(ROOT, baseline, current, out / "compare.json")
         seconds.append(took)
-        print(f"  round {i + 1}: {took:.2f} s ({load()})", flush=True)
+        cpu.append(used)
+        print(f"  round {i + 1}: {took:.2f} s wall, {used:.2f} s CPU ({load()})", flush=True)
     verdicts = Counter(c["status"] for c in result["comparisons"])
-    print(f"bench compare (this tree): median {statistics.median(seconds):.2f} s, range {min(seconds):.2f}-"
-          f"{max(seconds):.2f} s over {args.rounds} rounds; {len(result['comparisons'])} comparisons, "
-          f"exit {result['exit_code']}, verdicts {dict(verdicts)}")
+    print(f"bench compare (this tree): median {statistics.median(seconds):.2f} s wall, range {min(seconds):.2f}-"
+          f"{max(seconds):.2f} s; CPU median {statistics.median(cpu):.2f} s, range {min(cpu):.2f}-{max(cpu):.2f} s; "
+          f"{args.rounds} rounds; {len(result['comparisons'])} comparisons, exit {result['exit_code']}, verdicts "
+          f"{dict(verdicts)}")
     if args.old_tree:
-        took, old = time_compare(args.old_tree.resolve(), baseline, current, out / "compare-old.json")
-        same = sum(a["status"] == b["status"] for a, b in zip(old["comparisons"], result["comparisons"]))
-        print(f"bench compare ({args.old_tree}): {took:.2f} s, one round ({load()}): "
-              f"{took / statistics.median(seconds):.0f}x this tree's median; same verdict in {same} of "
-              f"{len(result['comparisons'])} comparisons")
+        took, used, old = time_compare(args.old_tree.resolve(), baseline, current, out / "compare-old.json")
+        now = {(c["case"], c["metric"]): c["status"] for c in result["comparisons"]}
+        same = sum(now.get((c["case"], c["metric"])) == c["status"] for c in old["comparisons"])
+        print(f"bench compare ({args.old_tree}): {took:.2f} s wall, {used:.2f} s CPU, one round ({load()}): "
+              f"{used / statistics.median(cpu):.0f}x this tree's median CPU; the same verdict in {same} of "
+              f"{len(old['comparisons'])} comparisons")
     print(f"after: {load()}")
 
 

@@ -20,8 +20,6 @@ Any other statistic (a callable of rows [..., n, k]) gets the resamples built, t
 """
 from __future__ import annotations
 
-import ctypes
-import functools
 import math
 from collections.abc import Callable
 
@@ -117,7 +115,6 @@ def product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def draw_counts(rng: np.random.Generator, groups: np.ndarray, n_boot: int) -> np.ndarray:
     """How often each row is in each of n_boot two-stage resamples ([n_boot, n rows], int64): processes
     (`groups`, the process of each row) with replacement, then rows within each drawn process."""
-    keep_freed_memory()
     n_rows = len(groups)
     _, process_of = np.unique(groups, return_inverse=True)
     sizes = np.bincount(process_of)
@@ -147,22 +144,6 @@ def resample(values: np.ndarray, groups: np.ndarray, statistic: Statistic, rng: 
              n_boot: int) -> np.ndarray:
     """The statistic of n_boot two-stage resamples of the rows `values` [n, k]."""
     return of_counts(values, statistic, draw_counts(rng, groups, n_boot))
-
-
-@functools.cache
-def keep_freed_memory() -> None:
-    """Let glibc's malloc keep up to 64 MiB of freed memory for reuse (once per process; nothing elsewhere).
-
-    By default it returns memory to the kernel as soon as 128 KiB lie free at the top of its heap, and serves
-    every block over 128 KiB with a fresh mapping: each resampling's arrays (about 1 MiB each) would then be
-    page-faulted in anew. On this project's VM that was 2.2 million faults and 3.4 of 8.2 s of CPU time in a
-    200-case `bench compare` (docs/trust.md)."""
-    try:
-        libc = ctypes.CDLL(None)
-        libc.mallopt(-1, 64 << 20)  # M_TRIM_THRESHOLD
-        libc.mallopt(-3, 8 << 20)  # M_MMAP_THRESHOLD: blocks below 8 MiB come from the heap
-    except (OSError, AttributeError):  # not glibc
-        pass
 
 
 def of_counts(values: np.ndarray, statistic: Statistic, counts: np.ndarray) -> np.ndarray:
