@@ -99,6 +99,13 @@ def time_compare(tree: Path, baseline: Path, current: Path, out: Path) -> tuple[
     return seconds, cpu, json.loads(out.read_text())
 
 
+def boundary_distance(comparison: dict) -> float:
+    """How far the nearest end of a comparison's interval lies from a verdict boundary (change 0 or +-threshold)."""
+    threshold = comparison["threshold"]
+    return min(abs(end - 1 - boundary) for end in (comparison["ci_low"], comparison["ci_high"])
+               for boundary in (-threshold, 0.0, threshold))
+
+
 def load() -> str:
     return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg()) + f" ({os.cpu_count()} CPUs)"
 
@@ -133,11 +140,17 @@ def main() -> None:
           f"{dict(verdicts)}")
     if args.old_tree:
         took, used, old = time_compare(args.old_tree.resolve(), baseline, current, out / "compare-old.json")
-        now = {(c["case"], c["metric"]): c["status"] for c in result["comparisons"]}
-        same = sum(now.get((c["case"], c["metric"])) == c["status"] for c in old["comparisons"])
+        now = {(c["case"], c["metric"]): c for c in result["comparisons"]}
+        differ = [(c, now[(c["case"], c["metric"])]) for c in old["comparisons"]
+                  if now[(c["case"], c["metric"])]["status"] != c["status"]]
         print(f"bench compare ({args.old_tree}): {took:.2f} s wall, {used:.2f} s CPU, one round ({load()}): "
-              f"{used / statistics.median(cpu):.0f}x this tree's median CPU; the same verdict in {same} of "
-              f"{len(old['comparisons'])} comparisons")
+              f"{used / statistics.median(cpu):.0f}x this tree's median CPU; the same verdict in "
+              f"{len(old['comparisons']) - len(differ)} of {len(old['comparisons'])} comparisons")
+        if differ:
+            margin = max(max(boundary_distance(c), boundary_distance(d)) for c, d in differ)
+            print(f"  the {len(differ)} others: in each, both trees' intervals have an end within {100 * margin:.2f} "
+                  f"percentage points of a verdict boundary (0 or +-threshold): Monte-Carlo error; "
+                  + ", ".join(f"{c['status']} -> {d['status']}" for c, d in differ))
     print(f"after: {load()}")
 
 

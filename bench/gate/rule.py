@@ -13,12 +13,13 @@ against a threshold (default 5 %), from the ratio current / baseline and its con
 
 The interval of a sampled metric is a two-stage bootstrap (processes, then repetitions within each,
 for each run independently) of the reported statistic's ratio: the median, or total work / total time
-for throughputs. It covers the variation between processes. Between runs a machine drifts more than
-within one: the between-run noise (`between_run_sigma`, a standard deviation of log medians: the
-history's spread of the case on the same machine, or the two runs' own spread between processes,
-whichever is larger; bench/gate/noise.py) widens the interval; without either, the comparison says
-so. Within one run, variants measured interleaved are compared through their paired-round ratios to
-the reference (bench/run/interleave.py), where that drift cancels.
+for throughputs, drawn as arrays over all resamples at once (bench/measure/bootstrap.py; the metrics of
+one case share its resamples: one seed per case). It covers the variation between processes. Between
+runs a machine drifts more than within one: the between-run noise (`between_run_sigma`, a standard
+deviation of log medians: the history's spread of the case on the same machine, or the two runs' own
+spread between processes, whichever is larger; bench/gate/noise.py) widens the interval; without
+either, the comparison says so. Within one run, variants measured interleaved are compared through
+their paired-round ratios to the reference (bench/run/interleave.py), where that drift cancels.
 
 **Minimum data** (`shortfall`): an interval from too few numbers is narrow by accident (one repetition gives
 a zero-width interval), so below a minimum a comparison is *inconclusive*, whatever its interval says, and
