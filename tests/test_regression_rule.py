@@ -252,12 +252,14 @@ SYNTHETIC_PAIRS = {  # name: (baseline factors, current factors, process sizes, 
     "twelve processes, 8 % slower": ([1.0, 1.0], [1.08, 1.0], [5] * 12, 8, 0.02),
     "too few repetitions": ([1.0, 1.0], [1.15, 1.0], [4, 4, 4], 8, 0.01),
     "noisy processes, 10 % slower": ([1.0, 1.0], [1.10, 1.0], [20, 20], 16, 0.08),
+    "A/A, unequal processes": ([1.0, 1.0], [1.0, 1.0], [8, 20, 14], 8, 0.01),
+    "5 % faster, 4 x 8": ([1.0, 1.0], [0.95, 0.95], [8, 8, 8, 8], 16, 0.005),
 }
 
 
 def run_pairs(tmp_path: Path) -> dict[str, tuple[Path, Path]]:
-    """12 pairs: the recorded A/A pair both ways (where the fixtures are), the format-1 run in the repo with itself,
-    and the synthetic pairs (real run directories)."""
+    """14 pairs: the recorded A/A pair both ways (where the fixtures are), the format-1 run in the repo with itself,
+    and 11 synthetic pairs (real run directories)."""
     pairs = {"format-1 run with itself": (ROOT / "tests" / "data" / "runs" / "v1-fixture",) * 2}
     if HAVE_FIXTURES:
         pairs |= {"recorded A/A pair": (CONTENDED[0], CONTENDED[1]),
@@ -293,6 +295,6 @@ def test_every_verdict_is_the_loops_on_recorded_and_synthetic_run_pairs(tmp_path
         seen.update(vectorised.values())
     print(f"{len(pairs)} run pairs, {compared} comparisons: verdicts {dict(seen)}; differing from the loop's at its "
           f"seed, within Monte-Carlo error of a boundary: {on_the_boundary}")
-    assert len(pairs) == 10 + 2 * HAVE_FIXTURES
+    assert len(pairs) == 12 + 2 * HAVE_FIXTURES
     assert len(on_the_boundary) <= compared // 50
     assert {"regression", "improvement", "unchanged", "inconclusive"} <= set(seen)
