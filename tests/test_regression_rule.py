@@ -7,6 +7,10 @@ under the default repetition policy, one process (bench/measure/policy.py: min 6
 the TTFT and TPOT medians' 95 % CIs are within +-2 %), for a baseline and a current run; a true slowdown scales the
 current draws. Then bench.gate.rule decides, with its default alpha and threshold: regression,
 unchanged, improvement or inconclusive (the data cannot tell).
+
+Then the vectorised two-stage bootstrap (bench/measure/bootstrap.py) against the Python loop it replaced, kept
+here as the reference: the same statistic exactly, the same distribution within Monte-Carlo error (synthetic
+units and the recorded A/A pair in ../shared/fixtures, or $BENCH_FIXTURES), the same verdicts on 14 run pairs.
 """
 import importlib.util
 import json
