@@ -223,9 +223,9 @@ def cmd_merge(args) -> ExitCode:
     from bench.records.merge import merge_runs
     from bench.records.rundir import RunDir, check_plain_name, find_run, load_run
 
-    sources = [find_run(spec, args.results_dir) for spec in args.runs]
     target = RunDir(args.results_dir, check_plain_name(args.run_id, "--run-id"))
     outputs.check_run_places(args.results_dir, args.reports_dir, target.run_id)
+    sources = [find_run(spec, args.results_dir) for spec in args.runs]
     merge_runs(sources, target)
     loaded = load_run(target)
     print(f"merged {len(sources)} runs into {target.path}: {len(loaded.records)} of {len(loaded.meta.case_ids)} "

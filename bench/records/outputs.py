@@ -32,10 +32,11 @@ class OutputRefused(BadInput):
 
 
 def _places(path: Path) -> list[Path]:
-    """The path as given (made absolute, `..` taken lexically) and its real location, links resolved."""
+    """The path's real location (links resolved: what a message names first) and the path as given (made
+    absolute, `..` taken lexically)."""
     given = Path(os.path.abspath(path))
     real = Path(os.path.realpath(path))
-    return [given] if given == real else [given, real]
+    return [real] if given == real else [real, given]
 
 
 def _run_above(place: Path) -> Path | None:

@@ -15,13 +15,13 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
-import math
 import itertools
 import json
+import math
 import re
 import typing
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bench.records.schema import CaseSpec, Repetitions, Workload
@@ -62,7 +62,7 @@ def list_typed_options(variant: Variant | ServerVariant) -> frozenset[str]:
     return _list_typed(isinstance(variant, ServerVariant), variant.backend)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _list_typed(server: bool, name: str) -> frozenset[str]:
     """list_typed_options by backend (or server) name: looked up once per name, not once per variant or case."""
     if server:
