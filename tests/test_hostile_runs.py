@@ -611,8 +611,9 @@ def test_compare_replaces_its_own_files_appends_anywhere_but_a_run_and_never_rep
         assert code != 2
     assert (work / "alert.md").read_text().count("bench compare") == 1
     (work / "data.json").write_text('{"mine": 1}')
-    code, err = bench(capsys, "compare", "one", "one", "--json", "data.json")
+    code, err = bench(capsys, "compare", "one", "one", "--markdown", "new.md", "--json", "data.json")
     assert code == 2 and "data.json" in err and (work / "data.json").read_text() == '{"mine": 1}'
+    assert not (work / "new.md").exists()  # refused before anything was compared or written
     code, _ = bench(capsys, "compare", "one", "one", "--json", "data.json", "--force")
     assert code != 2 and json.loads((work / "data.json").read_text())["format_version"]
 

@@ -45,9 +45,13 @@ def cmd_compare(args) -> ExitCode:
     from bench.gate.result import read_result, write_result
     from bench.records import outputs
 
-    for option, path in (("--markdown", args.markdown), ("--json", args.json)):
-        if path is not None:  # before any work: never into a run
-            outputs.check(path, option, args.results_dir, args.reports_dir)
+    places = {"results": args.results_dir, "reports": args.reports_dir}
+    if args.markdown and args.append:  # before any work: never into a run, never over another's file
+        outputs.check(args.markdown, "--markdown", **places)
+    elif args.markdown:
+        outputs.check_file(args.markdown, "--markdown", signature=MARKDOWN_SIGNATURE, force=args.force, **places)
+    if args.json:
+        outputs.check_file(args.json, "--json", signature=JSON_SIGNATURE, force=args.force, **places)
     runs = list(args.runs)
     if args.baseline:
         runs.insert(0, args.baseline)
@@ -65,7 +69,6 @@ def cmd_compare(args) -> ExitCode:
     if args.confirming:
         result = confirm(read_result(args.confirming, "--confirming"), result)
     text = alerts.markdown(result)
-    places = {"results": args.results_dir, "reports": args.reports_dir}
     if args.markdown and args.append:
         outputs.append(args.markdown, text, "--markdown", **places)
     elif args.markdown:

@@ -44,15 +44,16 @@ def cmd_export(args) -> ExitCode:
     from bench.records.rundir import load_run
     from bench.report.export import SIGNATURES, export, render
 
+    places = {"signature": SIGNATURES[args.format], "force": args.force, "results": args.results_dir,
+              "reports": args.reports_dir}
     if args.output is not None:  # refused before the run is read: never into a run, never over another's file
-        outputs.check(args.output, "-o", args.results_dir, args.reports_dir)
+        outputs.check_file(args.output, "-o", **places)
     run = load_run(args.run, args.results_dir)
     try:
         if args.output is None:
             print(export(run, args.format))
         else:
-            print(outputs.write(args.output, render(run, args.format)[0], "-o", signature=SIGNATURES[args.format],
-                                force=args.force, results=args.results_dir, reports=args.reports_dir))
+            print(outputs.write(args.output, render(run, args.format)[0], "-o", **places))
     except OSError as exc:
         raise BadInput(f"cannot write the export: {exc.strerror or exc}") from None
     return ExitCode.OK

@@ -50,7 +50,7 @@ def _run_above(place: Path) -> Path | None:
 def _in_run_folder(place: Path, what: str, root: Path, is_dir: bool) -> str | None:
     """Why `place` lies in a folder of the results or reports directory `root` (`what`), or None. A directory
     output may not be the directory itself nor any folder of it either: its files would lie in a run's folder."""
-    for base in {Path(os.path.abspath(root)), Path(os.path.realpath(root))}:
+    for base in dict.fromkeys([Path(os.path.abspath(root)), Path(os.path.realpath(root))]):
         if place == base and is_dir:
             return f"it is the {what} directory {root}"
         if base in place.parents and (is_dir or len(place.relative_to(base).parts) >= 2):
@@ -118,24 +118,30 @@ def _head(path: Path) -> bytes | None:
         return f.read(HEAD_BYTES)
 
 
+def check_file(path: Path | str, option: str, *, signature: bytes, force: bool = False,
+               results: Path | str | None = None, reports: Path | str | None = None) -> bool:
+    """Whether a file is at `path` (True: `write` will replace it), refusing what rules 1 and 2 refuse: a command
+    checks its output paths with it before doing its work. `signature`: a regular expression (bytes) matching the
+    start of what this command writes there, by which its own earlier output is recognised."""
+    path = check(path, option, results, reports)
+    head = _head(Path(path))
+    if head and not force and not re.match(signature, head):
+        raise OutputRefused(f"{option} {path}: the file exists and is not output of this command; bench does not "
+                            f"replace it: give another path, or add --force to replace it")
+    return head is not None
+
+
 def write(path: Path | str, data: bytes | str, option: str, *, signature: bytes, force: bool = False,
           results: Path | str | None = None, reports: Path | str | None = None) -> Path:
-    """`data` at `path` under the module's rules; `signature`: a regular expression (bytes) matching the start of
-    what this command writes there, by which its own earlier output is recognised and may be replaced."""
-    path = check(path, option, results, reports)
+    """`data` at `path` under the module's rules (see check_file)."""
+    path = Path(path)
     data = data.encode("utf-8") if isinstance(data, str) else data
     for _ in range(2):  # a second look only when a file appeared between the first look and the write
-        head = _head(path)
-        replace = head is not None
-        if head and not force and not re.match(signature, head):
-            raise OutputRefused(f"{option} {path}: the file exists and is not output of this command; bench does "
-                                f"not replace it: give another path, or add --force to replace it")
+        replace = check_file(path, option, signature=signature, force=force, results=results, reports=reports)
         try:
             return safe_files.write_bytes(path, path.parent, data, replace=replace)
         except FileExistsError:
             continue
-        except safe_files.UnsafePath:
-            raise
         except OSError as exc:
             raise OutputRefused(f"{option} {path}: cannot write: {exc.strerror or exc}") from None
     raise OutputRefused(f"{option} {path}: another process keeps creating this file; give another path")
