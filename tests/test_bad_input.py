@@ -7,6 +7,7 @@ message must say (the field, or the problem). `{eval}`, `{exe}`, `{noexec}` and 
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -30,6 +31,20 @@ def suite(head: str = HEAD, work: str = WORK, text: str = TEXT, tail: str = "") 
 
 BOMB = 'a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n' + "".join(
     f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(8))
+
+def _ints(n: int) -> str:
+    return "[" + ", ".join(map(str, range(1, n + 1))) + "]"
+
+
+HUGE = (HEAD + f"    options: {{kv_residual_length: {_ints(10_000)}}}\n"  # 10**8 cases in 60 kB
+        + WORK.replace("batch_size: 1, prompt_tokens: 8", f"batch_size: {_ints(100)}, prompt_tokens: {_ints(100)}")
+        + TEXT)
+HUGE_SAYS = ("backends[0]: the suite expands to 100,000,000 cases, more than the limit of 100,000: 1 model x 10,000 "
+             "values of options.kv_residual_length x 10,000 latency workload points (workloads[0]: 100 batch_size x "
+             "100 prompt_tokens) = 100,000,000 cases; shorten these lists or split the suite, or raise the limit with "
+             "--max-cases N")
+WIDE = HEAD + WORK.replace("batch_size: 1, prompt_tokens: 8, new_tokens: 4",
+                           f"batch_size: {_ints(1000)}, prompt_tokens: {_ints(1000)}, new_tokens: [2, 3]") + TEXT
 
 SERVING = "name: bad\nmodels: [synthetic]\nservers:\n  - {server: stub}\ntasks: [serving]\n"
 
@@ -179,6 +194,18 @@ CORPUS: list[tuple[str, str, str, str]] = [
      "\n", "serving:", "binary.txt: not UTF-8"),
     ("prompts_file with a bad line", SERVING + "serving: {levels: [{concurrency: 1}], request: {prompts_file: "
      "prompts.jsonl}}\n", "serving:", "prompts.jsonl:2: each line must be a JSON object"),
+    # -- what bench reads from a model's config.json, and a suite too big to expand (issue 28)
+    ("max_position_embeddings a string", GOOD.replace("[synthetic]", "[./abcmodel]"), "models:",
+     'abcmodel/config.json: max_position_embeddings: "abc" is not a positive integer'),
+    ("max_position_embeddings true", GOOD.replace("[synthetic]", "[./boolmodel]"), "models:",
+     "boolmodel/config.json: max_position_embeddings: true is not a positive integer"),
+    ("a KV head count of 0", GOOD.replace("[synthetic]", "[./kvmodel]"), "models:",
+     "kvmodel/config.json: text_config.num_key_value_heads: 0 is not a positive integer"),
+    ("text_config a list", GOOD.replace("[synthetic]", "[./textmodel]"), "models:",
+     "textmodel/config.json: text_config must be a JSON object"),
+    ("a suite of 10**8 cases", HUGE, "  - backend: hf-eager", HUGE_SAYS),
+    ("workload lists past the limit", WIDE, "  - backend: hf-eager",
+     "2,000,000 latency workload points (workloads[0]: 1,000 batch_size x 1,000 prompt_tokens x 2 new_tokens)"),
     # -- profile
     ("profile steps 0", GOOD + "profile: {enabled: true, steps: 0}\n", "profile", "profile.steps"),
     ("profile budget 0", GOOD + "profile: {max_trace_mb: 0}\n", "profile", "profile.max_trace_mb"),
@@ -198,6 +225,11 @@ def workdir(tmp_path, monkeypatch):
     (tmp_path / "listmodel").mkdir()
     (tmp_path / "listmodel" / "config.json").write_text("[1, 2]")
     (tmp_path / "prompts.jsonl").write_text('{"prompt": "hello"}\n{"prompt": 5}\n')
+    for name, config in (("abcmodel", {"max_position_embeddings": "abc"}), ("boolmodel", {"max_position_embeddings":
+                         True}), ("kvmodel", {"text_config": {"num_key_value_heads": 0}}), ("textmodel",
+                         {"text_config": [1]})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps({"num_hidden_layers": 2, **config}))
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -316,3 +348,58 @@ def test_a_crash_inside_bench_is_never_a_verdict(workdir):
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
     assert proc.returncode == 70, proc.stderr
     assert "ZeroDivisionError: injected" in proc.stderr and "internal error in bench" in proc.stderr
+
+
+def test_max_cases_is_a_limit_the_user_can_raise(workdir):
+    """`--max-cases N` on validate and run: a suite of more cases is exit 2 naming the count, before anything is
+    expanded or written; at the count it runs as before."""
+    from bench.suite import MAX_CASES
+
+    two = suite(work=WORK.replace("batch_size: 1", "batch_size: [1, 2]"))
+    path = _write(workdir, two)
+    for command in ("validate", "run"):
+        extra = ["--results-dir", "out/results", "--reports-dir", "out/reports"] if command == "run" else []
+        proc = run_bench(command, str(path), "--max-cases", "1", *extra, cwd=workdir, check_exit=2)
+        assert f"{path}:4: backends[0]: the suite expands to 2 cases, more than the limit of 1: 1 model x 2 latency " \
+               f"workload points (workloads[0]: 2 batch_size)" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr and not (workdir / "out").exists()
+    proc = run_bench("validate", str(path), "--max-cases", "2", cwd=workdir)
+    assert "is valid: 2 cases" in proc.stdout
+    for bad in ("0", "-3", "many"):
+        proc = run_bench("validate", str(path), "--max-cases", bad, cwd=workdir, check_exit=2)
+        assert "--max-cases" in proc.stderr and "at least 1" in proc.stderr
+    assert f"default: {MAX_CASES:,}" in run_bench("validate", "--help", cwd=workdir).stdout
+
+
+COUNTED = [  # suites whose expansion the arithmetic count must match case for case
+    (HEAD.replace("[synthetic]", "[synthetic, m2]")
+     + "    options: {dtype: [float32, bfloat16], compile: [true, false]}\n"
+     + "  - {backend: bettertransformer, models: [m2], tasks: [perplexity]}\n"
+     + WORK.replace("[latency]", "[latency, perplexity]").replace("batch_size: 1", "batch_size: [1, 2, 4]")
+     + "perplexity: {text: eval.txt, window: [16, 32], stride: 8}\n"),
+    (HEAD.replace("[synthetic]", "[synthetic, m2]") + "  - {backend: bettertransformer, tasks: [latency]}\n"
+     + "workloads:\n  - {batch_size: [1, 2], prompt_tokens: [8, 16], new_tokens: 4}\n"
+     + "  - {batch_size: 3, prompt_tokens: 8}\ntasks: [latency, perplexity]\n" + TEXT),
+    ("name: s\nmodels: [a, b]\nservers:\n  - {server: stub, options: {extra_args: [[--a], [--b, '2']]}}\n"
+     + "  - {server: stub, label: flat, options: {extra_args: [--c, '3']}}\ntasks: [serving]\n"
+     + "serving: {levels: [{concurrency: 1}]}\n"),
+]
+
+
+@pytest.mark.parametrize("text", COUNTED)
+def test_the_count_is_the_expansion(workdir, text):
+    from bench.suite import load_suite
+    from bench.suite.expand import count_cases
+
+    path = _write(workdir, text)
+    suite_, cases = load_suite(path)
+    assert sum(c.cases for c in count_cases(suite_)) == len(cases) > 1
+
+
+def test_every_shipped_suite_is_counted_exactly():
+    from bench.suite import load_suite
+    from bench.suite.expand import count_cases
+
+    for path in sorted((Path(__file__).parent.parent / "suites").glob("*.yaml")):
+        suite_, cases = load_suite(path)
+        assert sum(c.cases for c in count_cases(suite_)) == len(cases), path

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -505,3 +506,246 @@ def test_a_history_database_that_is_a_link_is_refused(work, capsys):
     code, err = bench(capsys, "history", "record", "one")
     assert code == 2 and "history.sqlite is a symbolic link" in err
     secret_untouched(work)
+
+
+# ------------------------------------------------------------------ output paths never destroy a run (issue 28)
+
+
+def _digests(*roots: Path) -> dict[str, str]:
+    """sha256 of every file under the roots (links not followed), by path: what must not change."""
+    import hashlib
+
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() and not p.is_symlink() else "link"
+            for root in roots if root.exists() for p in sorted(root.rglob("*")) if not p.is_dir() or p.is_symlink()}
+
+
+def _with_reports(work: Path, capsys) -> None:
+    code, _ = bench(capsys, "report", "one", "--no-html")
+    assert code == 0 and (work / "reports" / "one" / "report.md").is_file()
+
+
+OUTPUT_COMMANDS = [  # every command that writes where the user says, aimed at a run's own files
+    ["export", "one", "--format", "csv", "-o", "results/one/cases.jsonl"],
+    ["export", "one", "--format", "csv", "-o", "results/one/cases.jsonl", "--force"],
+    ["export", "one", "--format", "pytest-benchmark", "-o", "results/one/run.json", "--force"],
+    ["export", "one", "--format", "csv", "-o", "results/one/samples/new.csv"],
+    ["export", "one", "--format", "csv", "-o", "reports/one/report.md", "--force"],
+    ["export", "one", "--format", "csv", "-o", "results/one/logs/../suite.yaml"],
+    ["export", "one", "--format", "csv", "-o", "linked/cases.jsonl"],  # a directory link into the run
+    ["export", "one", "--format", "csv", "-o", "records-link.csv"],  # a file link to the run's records
+    ["compare", "one", "one", "--json", "results/one/run.json", "--force"],
+    ["compare", "one", "one", "--markdown", "results/one/cases.jsonl"],
+    ["compare", "one", "one", "--markdown", "results/one/cases.jsonl", "--append"],
+    ["compare", "one", "one", "--markdown", "reports/one/report.md", "--force"],
+    ["site", "-o", "results/one", "--force"],
+    ["site", "-o", "reports/one", "--force"],
+    ["site", "-o", "results", "--force"],
+    ["site", "-o", ".", "--force"],
+    ["history", "record", "one", "--db", "results/one/cases.jsonl"],
+    ["history", "record", "one", "--db", "results/one/history.sqlite"],
+    ["history", "record", "one", "--results-dir", "results/one/.."],  # fine: results/history.sqlite (below)
+    ["merge", "one", "--run-id", "m", "--results-dir", "results/one"],
+    ["report", "one", "--no-html", "--reports-dir", "results"],
+    ["run", "s.yaml", "--run-id", "inside", "--results-dir", "results/one"],
+    ["run", "s.yaml", "--run-id", "two", "--reports-dir", "results"],
+]
+
+
+@pytest.mark.parametrize("args", OUTPUT_COMMANDS, ids=[" ".join(a) for a in OUTPUT_COMMANDS])
+def test_no_output_path_can_replace_or_add_a_file_of_a_run(work, capsys, args):
+    """Issue 28: `export -o results/RUN/cases.jsonl` replaced the run's records; `compare --json results/B/run.json`
+    its metadata. Every output-taking command, aimed at a run's files (directly, through `..`, through a link to
+    the file or to the run's directory): exit 2 naming the run, every file of results/ and reports/ unchanged."""
+    _with_reports(work, capsys)
+    (work / "linked").symlink_to(work / "results" / "one")
+    (work / "records-link.csv").symlink_to(work / "results" / "one" / "cases.jsonl")
+    before = _digests(work / "results", work / "reports")
+    code, err = bench(capsys, *args)
+    if "--db" not in args and args[:2] == ["history", "record"]:  # the control: a database beside the runs
+        assert code == 0 and (work / "results" / "history.sqlite").is_file(), err
+        (work / "results" / "history.sqlite").unlink()
+    else:
+        assert code == 2, err
+        assert any(why in err for why in ("results/one is a run directory", "results/one is a run's folder",
+                                          "reports/one is a run's folder", "is the results directory",
+                                          "holds the results directory")), err
+        assert any(what in err for what in ("goes into a run", "mix with the runs'", "into the run itself")), err
+    assert _digests(work / "results", work / "reports") == before
+    secret_untouched(work)
+
+
+def test_an_output_file_bench_did_not_write_is_replaced_only_with_force(work, capsys):
+    mine = work / "notes.csv"
+    mine.write_text("my own notes\n")
+    code, err = bench(capsys, "export", "one", "--format", "csv", "-o", "notes.csv")
+    assert code == 2 and "notes.csv: the file exists and is not output of this command" in err and "--force" in err
+    assert mine.read_text() == "my own notes\n"
+    code, _ = bench(capsys, "export", "one", "--format", "csv", "-o", "notes.csv", "--force")
+    assert code == 0 and mine.read_text().startswith("case,variant,model,")
+    # its own earlier output (recognised by how it begins) and an empty file are replaced without --force
+    for fmt, name in (("csv", "notes.csv"), ("pytest-benchmark", "pb.json"), ("pytest-benchmark", "pb.json")):
+        code, err = bench(capsys, "export", "one", "--format", fmt, "-o", name)
+        assert code == 0, err
+    (work / "empty.json").write_text("")
+    code, _ = bench(capsys, "export", "one", "--format", "pytest-benchmark", "-o", "empty.json")
+    assert code == 0 and json.loads((work / "empty.json").read_text())["benchmarks"]
+    code, err = bench(capsys, "export", "one", "--format", "csv", "-o", "pb.json")  # another format's file
+    assert code == 2 and "not output of this command" in err
+    (work / "alink.csv").symlink_to(mine)
+    code, err = bench(capsys, "export", "one", "--format", "csv", "-o", "alink.csv", "--force")
+    assert code == 2 and "alink.csv is a symbolic link" in err
+
+
+def test_compare_replaces_its_own_files_appends_anywhere_but_a_run_and_never_replaces_another(work, capsys):
+    summary = work / "summary.md"
+    summary.write_text("# Job summary\n")
+    for _ in range(2):  # --append adds, twice, to a file that is not bench's: no --force needed
+        code, _ = bench(capsys, "compare", "one", "one", "--markdown", "summary.md", "--append")
+        assert code != 2
+    text = summary.read_text()
+    assert text.startswith("# Job summary\n") and text.count("bench compare one → one") == 2
+    code, err = bench(capsys, "compare", "one", "one", "--markdown", "summary.md")
+    assert code == 2 and "not output of this command" in err and summary.read_text() == text
+    for _ in range(2):  # its own earlier outputs are replaced
+        code, _ = bench(capsys, "compare", "one", "one", "--markdown", "alert.md", "--json", "c.json")
+        assert code != 2
+    assert (work / "alert.md").read_text().count("bench compare") == 1
+    (work / "data.json").write_text('{"mine": 1}')
+    code, err = bench(capsys, "compare", "one", "one", "--markdown", "new.md", "--json", "data.json")
+    assert code == 2 and "data.json" in err and (work / "data.json").read_text() == '{"mine": 1}'
+    assert not (work / "new.md").exists()  # refused before anything was compared or written
+    code, _ = bench(capsys, "compare", "one", "one", "--json", "data.json", "--force")
+    assert code != 2 and json.loads((work / "data.json").read_text())["format_version"]
+
+
+def test_the_signatures_recognise_what_each_command_writes():
+    """Known answer: each writer's real output matches the signature its command replaces it by, and a run's
+    metadata (JSON too) matches none."""
+    import re
+
+    from bench.cli.gate import JSON_SIGNATURE, MARKDOWN_SIGNATURE
+    from bench.gate import alerts
+    from bench.gate.compare import compare_runs, rule_from
+    from bench.gate.result import write_result
+    from bench.report.export import SIGNATURES, render
+
+    fixture = load_run(ROOT / "tests" / "data" / "runs" / "v1-fixture")
+    result = compare_runs(fixture, fixture, rule_from(fixture))
+    written = {JSON_SIGNATURE: write_result(result), MARKDOWN_SIGNATURE: alerts.markdown(result),
+               **{SIGNATURES[fmt]: render(fixture, fmt)[0] for fmt in SIGNATURES}}
+    for signature, text in written.items():
+        assert re.match(signature, text.encode()), signature
+        assert [s for s in written if re.match(s, text.encode())] == [signature]
+    run_json = (ROOT / "tests" / "data" / "runs" / "v1-fixture" / "run.json").read_bytes()
+    assert not any(re.match(s, run_json) for s in written)
+
+
+def test_the_no_clobber_writer_keeps_a_file_that_exists(tmp_path):
+    (tmp_path / "f").write_text("first")
+    with pytest.raises(FileExistsError):
+        safe_files.write_bytes(tmp_path / "f", tmp_path, b"second", replace=False)
+    assert (tmp_path / "f").read_text() == "first" and sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+    safe_files.write_bytes(tmp_path / "g", tmp_path, b"new", replace=False)
+    assert (tmp_path / "g").read_text() == "new"
+
+
+def test_site_writes_only_into_a_directory_of_its_own(work, capsys):
+    (work / "mine").mkdir()
+    (work / "mine" / "index.html").write_text("my page")
+    code, err = bench(capsys, "site", "-o", "mine")
+    assert code == 2 and "a directory that bench did not build" in err and "--force" in err
+    assert (work / "mine" / "index.html").read_text() == "my page"
+    code, err = bench(capsys, "site", "-o", "mine/index.html")
+    assert code == 2 and "exists and is not a directory" in err
+
+
+# ------------------------------------------------------------------ two runs with one --run-id (issue 28)
+
+
+def test_a_run_held_by_another_process_is_never_called_half_made(work, capsys):
+    """The loser of two runs started with one --run-id was told to `rm -r` the winner's directory: while another
+    process holds a run (creating or writing it), every message says so, and nothing tells to remove it."""
+    from bench.records.schema import RunMeta
+
+    meta = RunMeta.model_validate_json((work / "results" / "one" / "run.json").read_bytes())
+    held = RunDir(work / "results", "held")
+    held.create(meta.model_copy(update={"run_id": "held"}), (work / "s.yaml").read_bytes(), hold=True)
+    try:
+        proc = run_bench("run", "s.yaml", "--run-id", "held", cwd=work, check_exit=2)
+        assert f"held by another run, pid {os.getpid()}" in proc.stderr and "rm -r" not in proc.stderr
+        (work / "results" / "half").mkdir()  # made by an older bench, not renamed in whole: held while it is made
+        with RunDir(work / "results", "half").writer():
+            proc = run_bench("run", "s.yaml", "--run-id", "half", cwd=work, check_exit=2)
+        assert "held by another run" in proc.stderr and "rm -r" not in proc.stderr
+    finally:
+        with held.writer():  # the kept lock is taken over, then released
+            pass
+    code, err = bench(capsys, "run", "s.yaml", "--run-id", "held")
+    assert code == 2 and "already exists" in err and "--resume held" in err
+    assert not [p for p in (work / "results").iterdir() if p.name.startswith(".")]  # no hidden directory left
+
+
+def test_two_runs_started_at_once_with_one_run_id(tmp_path):
+    """Issue 28: in 2 of 5 trials the loser pointed at the winner's directory with `rm -r`. Three trials of two real
+    `bench run --run-id same` processes started together: one runs, the other says another run holds it."""
+    write_suite(tmp_path / "s.yaml", SUITE.replace("token_delay_s: 0.001", "token_delay_s: 0.2"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for trial in range(3):
+        procs = [subprocess.Popen([sys.executable, "-m", "bench", "run", "s.yaml", "--run-id", f"r{trial}"],
+                                  cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+        errs = [p.communicate(timeout=300)[1] for p in procs]
+        codes = sorted(p.returncode for p in procs)
+        assert codes == [0, 2], errs
+        loser = errs[[p.returncode for p in procs].index(2)]
+        assert "rm -r" not in loser and "Traceback" not in loser, loser
+        assert "held by another run" in loser or "already exists" in loser, loser
+        assert load_run(tmp_path / "results" / f"r{trial}").records
+    assert not [p for p in (tmp_path / "results").iterdir() if p.name.startswith(".")]
+
+
+# ------------------------------------------------------------------ labels in Markdown (issue 28)
+
+HOSTILE_LABELS = {"a": "<img src=x onerror=alert(1)>", "b": "pipe|in `label` [x](javascript:y)"}
+
+
+def test_labels_reasons_and_output_are_escaped_in_the_markdown_report(work, capsys):
+    """A variant label `<img onerror=...>` landed verbatim in report.md (the HTML report escaped it): every cell,
+    heading, list item and code block from user input now reads as text, and no table gains a column."""
+    from bench.records.schema import CaseRecord
+
+    run = work / "results" / "one"
+    records = record_lines(run)
+    relabelled = [r.model_copy(update={"case": r.case.model_copy(update={
+        "variant": HOSTILE_LABELS[r.variant], "reference": HOSTILE_LABELS["a"]})}) for r in records]
+    first = relabelled[0].model_dump(mode="json")
+    failed = CaseRecord.model_validate({**first, "case": {**first["case"], "id": "x.failed"}, "status": "failed",
+                                        "metrics": {}, "reason": "<script>alert(2)</script>\n| not | a | row |",
+                                        "output_tail": "```\n<img src=y onerror=alert(3)>\n```"})
+    meta = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**meta, "case_ids": [*meta["case_ids"], "x.failed"]}))
+    (run / "cases.jsonl").write_text("".join(r.model_dump_json() + "\n" for r in [*relabelled, failed]))
+    code, err = bench(capsys, "report", "one", "--no-html")
+    assert code == 0, err
+    report = (work / "reports" / "one" / "report.md").read_text()
+    outside_fences = re.sub(r"(?ms)^ *(`{3,})\n.*?^ *\1$", "", report)
+    assert "<img" not in outside_fences and "<script" not in report and "](javascript" not in report
+    assert "&lt;img src=x onerror=alert(1)&gt;" in report and "pipe\\|in \\`label\\`" in report
+    fence = re.search(r"(?m)^ *(`{4,})$", report)
+    assert fence, "the output tail's own ``` must not close its code block"
+    for block in re.findall(r"(?m)(?:^\|.*\|\n)+", report):  # every table keeps its columns in every row
+        widths = {len(re.split(r"(?<!\\)\|", line)) for line in block.splitlines()}
+        assert len(widths) == 1, block
+
+
+def test_alert_markdown_escapes_case_names_and_reasons():
+    from bench.gate import alerts
+    from bench.gate.compare import compare_runs, rule_from
+    from bench.gate.result import CaseProblem
+
+    fixture = load_run(ROOT / "tests" / "data" / "runs" / "v1-fixture")
+    result = compare_runs(fixture, fixture, rule_from(fixture))
+    result = result.model_copy(update={"failed": [CaseProblem(run="b", case="x`y|z", reason="<img onerror=1>\n|a|")]})
+    text = alerts.markdown(result)
+    line = next(line for line in text.splitlines() if "failed in b" in line)
+    assert line == "- **failed in b**: ``x`y\\|z``: &lt;img onerror=1&gt;<br>\\|a\\|", line

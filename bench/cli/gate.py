@@ -23,6 +23,12 @@ def _fraction(name: str, low: float, high: float):
     return parse
 
 
+# How compare's own files begin (bench/gate/result.py's JSON, bench/gate/alerts.py's headline): an existing file
+# that begins so is an earlier comparison, which --json or --markdown may replace without --force
+JSON_SIGNATURE = rb'\A\{\s*"format_version"\s*:\s*\d+\s*,\s*"baseline"\s*:'
+MARKDOWN_SIGNATURE = rb"\A### [^\n]{0,16}bench compare "
+
+
 def open_run(spec: str, results_dir: Path, history_db: Path | None):
     """A run by id, directory, or `last:BRANCH` (the newest run on BRANCH in the history database)."""
     from bench.gate import history
@@ -37,7 +43,15 @@ def cmd_compare(args) -> ExitCode:
     from bench.gate import alerts, history
     from bench.gate.compare import compare_runs, compare_within, confirm, rule_from
     from bench.gate.result import read_result, write_result
+    from bench.records import outputs
 
+    places = {"results": args.results_dir, "reports": args.reports_dir}
+    if args.markdown and args.append:  # before any work: never into a run, never over another's file
+        outputs.check(args.markdown, "--markdown", **places)
+    elif args.markdown:
+        outputs.check_file(args.markdown, "--markdown", signature=MARKDOWN_SIGNATURE, force=args.force, **places)
+    if args.json:
+        outputs.check_file(args.json, "--json", signature=JSON_SIGNATURE, force=args.force, **places)
     runs = list(args.runs)
     if args.baseline:
         runs.insert(0, args.baseline)
@@ -55,10 +69,12 @@ def cmd_compare(args) -> ExitCode:
     if args.confirming:
         result = confirm(read_result(args.confirming, "--confirming"), result)
     text = alerts.markdown(result)
-    if args.markdown:
-        _write(args.markdown, text, append=args.append)
+    if args.markdown and args.append:
+        outputs.append(args.markdown, text, "--markdown", **places)
+    elif args.markdown:
+        outputs.write(args.markdown, text, "--markdown", signature=MARKDOWN_SIGNATURE, force=args.force, **places)
     if args.json:
-        _write(args.json, write_result(result))
+        outputs.write(args.json, write_result(result), "--json", signature=JSON_SIGNATURE, force=args.force, **places)
     print(text)
     message = alerts.notify(result, args.notify)
     if message:
@@ -66,20 +82,13 @@ def cmd_compare(args) -> ExitCode:
     return ExitCode(result.exit_code)
 
 
-def _write(path: Path, text: str, append: bool = False) -> None:
-    try:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a" if append else "w") as f:
-            f.write(text)
-    except OSError as exc:
-        raise BadInput(f"cannot write {path}: {exc.strerror}") from None
-
-
 def cmd_history_record(args) -> ExitCode:
     from bench.gate import history
+    from bench.records import outputs
     from bench.records.rundir import load_run
 
-    db = history.db_path(args.db, args.results_dir)
+    db = outputs.check(history.db_path(args.db, args.results_dir), "--db" if args.db else "the history database",
+                       args.results_dir, args.reports_dir)
     row = history.record_run(load_run(args.run, args.results_dir), db, branch=args.branch, commit=args.commit)
     print(f"recorded {row['run_id']} (branch {row['branch']}, commit {row['git_commit'][:12]}, "
           f"{row['n_cases']} cases) in {db}")
@@ -112,8 +121,11 @@ def add_commands(sub) -> list:
     compare.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     compare.add_argument("--markdown", type=Path, metavar="FILE", help="write the Markdown alert here "
                          "(e.g. $GITHUB_STEP_SUMMARY)")
-    compare.add_argument("--append", action="store_true", help="append to the --markdown file")
+    compare.add_argument("--append", action="store_true", help="append to the --markdown file (created when "
+                         "missing; nothing is replaced, so --force is not needed)")
     compare.add_argument("--json", type=Path, metavar="FILE", help="write the full comparison as JSON")
+    compare.add_argument("--force", action="store_true", help="replace an existing --json or --markdown file that "
+                         "is not an earlier comparison (a file inside a run is always refused)")
     compare.add_argument("--notify", choices=["problem", "always"], default="problem",
                          help="when $BENCH_WEBHOOK_URL is set, POST {\"text\": ...} on a non-zero exit (default) "
                               "or always")

@@ -113,12 +113,13 @@ def check_writable(directory: Path, what: str) -> None:
 
 
 def _new_run(args, suite_path: Path, profile: dict | None):
+    from bench.records import outputs
     from bench.records.rundir import RunDir, check_plain_name, new_run_id
     from bench.run import runner
     from bench.suite import load_suite
 
     models = getattr(args, "models", None)
-    suite, cases = load_suite(suite_path, profile=profile, models=models)
+    suite, cases = load_suite(suite_path, profile=profile, models=models, max_cases=_max_cases(args))
     cases, shard = _shard(args, _selected(cases, args))
     check_writable(args.results_dir, "--results-dir")
     check_writable(args.reports_dir, "--reports-dir")
@@ -126,10 +127,11 @@ def _new_run(args, suite_path: Path, profile: dict | None):
         run_id = check_plain_name(args.run_id, "--run-id")
     else:
         run_id = new_run_id(check_plain_name(suite.name, "suite name"))
+    outputs.check_run_places(args.results_dir, args.reports_dir, run_id)
     run = RunDir(args.results_dir, run_id)
-    if run.exists() or run.half_made():
-        raise BadInput(run.half_made() or f"run '{run.run_id}' already exists in {args.results_dir}; use --resume "
-                       f"{run.run_id}")
+    taken = run.taken()  # held by another run, half made, or finished; RunDir.create checks again, atomically
+    if taken:
+        raise BadInput(taken)
     # what --resume and report read: the suite as it runs (profiling forced on by `bench profile`, --model's models)
     snapshot = suite_path.read_bytes() if profile is None and not models else \
         _forced_snapshot(suite, str(suite_path), profile is not None, models)
@@ -150,6 +152,7 @@ def _model_override(suite_path: Path, models: list[str] | None):
 
 
 def cmd_run(args) -> ExitCode:
+    from bench.records import outputs
     from bench.records.rundir import RunDir, check_plain_name
     from bench.suite import load_suite
 
@@ -162,8 +165,9 @@ def cmd_run(args) -> ExitCode:
             raise BadInput("--model with --resume: a resumed run keeps the models it started with")
         run = RunDir(args.results_dir, check_plain_name(args.resume, "--resume")).require("--resume")
         _check_unedited(run, args.allow_edited_suite)
-        suite, cases = load_suite(run.suite_snapshot)
         meta = run.meta()
+        planned = len(meta.shard.suite_case_ids) if meta.shard is not None else len(meta.case_ids)
+        suite, cases = load_suite(run.suite_snapshot, max_cases=max(_max_cases(args), planned))  # as it started
         if not args.allow_edited_suite:  # the run's own cases: what --only and --shard chose when it started
             cases = [c for c in cases if c.id in set(meta.case_ids)]
         elif meta.shard is not None:  # an edited suite: this shard's share of it
@@ -171,6 +175,7 @@ def cmd_run(args) -> ExitCode:
 
             cases = shard_cases(cases, meta.shard.index, meta.shard.count)
         check_writable(args.reports_dir, "--reports-dir")
+        outputs.check_reports(args.reports_dir, run.run_id)
         return _execute(args, suite, cases, run)
     if not args.suite:
         raise BadInput("run: give a suite file, or --resume RUN_ID")
@@ -214,11 +219,13 @@ def cmd_profile(args) -> ExitCode:
 
 def cmd_merge(args) -> ExitCode:
     from bench.cli.report import write_reports
+    from bench.records import outputs
     from bench.records.merge import merge_runs
     from bench.records.rundir import RunDir, check_plain_name, find_run, load_run
 
-    sources = [find_run(spec, args.results_dir) for spec in args.runs]
     target = RunDir(args.results_dir, check_plain_name(args.run_id, "--run-id"))
+    outputs.check_run_places(args.results_dir, args.reports_dir, target.run_id)
+    sources = [find_run(spec, args.results_dir) for spec in args.runs]
     merge_runs(sources, target)
     loaded = load_run(target)
     print(f"merged {len(sources)} runs into {target.path}: {len(loaded.records)} of {len(loaded.meta.case_ids)} "
@@ -227,10 +234,30 @@ def cmd_merge(args) -> ExitCode:
     return ExitCode.CASE_FAILED if any(r.status == "failed" for r in loaded.records) else ExitCode.OK
 
 
+def _max_cases(args) -> int:
+    from bench.suite import MAX_CASES
+
+    return getattr(args, "max_cases", None) or MAX_CASES
+
+
+def _positive(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    import argparse
+
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    return int(text)
+
+
+def _add_max_cases_argument(parser) -> None:
+    parser.add_argument("--max-cases", type=_positive, metavar="N", help="refuse a suite that expands to more than N "
+                        "cases, counted before anything is expanded (default: 100,000; docs/suites.md)")
+
+
 def cmd_validate(args) -> ExitCode:
     from bench.suite import load_suite
 
-    suite, cases = load_suite(args.suite, models=args.models)
+    suite, cases = load_suite(args.suite, models=args.models, max_cases=_max_cases(args))
     print(f"{args.suite}: suite '{suite.name}' is valid: {len(cases)} cases")
     if args.models:
         print(f"  models replaced by --model: {', '.join(args.models)}")
@@ -266,6 +293,7 @@ def add_commands(sub) -> list:
     run.add_argument("--shard", metavar="I/N", help="run only shard I of N of the suite's units (a deterministic "
                      "partition, for CI matrices; combine the shards with bench merge)")
     _add_model_argument(run)
+    _add_max_cases_argument(run)
     run.set_defaults(func=cmd_run)
 
     merge = sub.add_parser("merge", help="merge runs of one suite (the shards of run --shard) into a new run")
@@ -287,5 +315,6 @@ def add_commands(sub) -> list:
     validate = sub.add_parser("validate", help="check a suite and list the cases it expands to")
     validate.add_argument("suite")
     _add_model_argument(validate)
+    _add_max_cases_argument(validate)
     validate.set_defaults(func=cmd_validate)
     return [run, profile, merge]

@@ -8,10 +8,12 @@ from bench.errors import BadInput, ExitCode
 
 def cmd_site(args) -> ExitCode:
     from bench.gate import history
+    from bench.records import outputs
     from bench.site.build import build
 
     if args.max_pairs < 0:
         raise BadInput(f"--max-pairs must be 0 or more, not {args.max_pairs}")
+    outputs.check_directory(args.output, "-o", force=args.force, results=args.results, reports=args.reports)
     db = args.history
     if db is None:  # the history the gate uses, when there is one
         default = history.db_path(None, args.results)
@@ -33,6 +35,9 @@ def add_commands(sub) -> list:
                       "HTML reports, copied into the site and linked from each trend point (default: ./reports)")
     site.add_argument("--max-pairs", type=int, default=12, help="per suite, gate verdicts for the newest N pairs of "
                       "consecutive runs (default: 12)")
-    site.add_argument("-o", "--output", type=Path, default=Path("site"), help="output directory (default: ./site)")
+    site.add_argument("-o", "--output", type=Path, default=Path("site"), help="output directory (default: ./site): "
+                      "new, empty, or one bench built before; never inside a run or the results/reports directories")
+    site.add_argument("--force", action="store_true", help="write into a non-empty directory bench did not build "
+                      "(its files of the same names are replaced)")
     site.set_defaults(func=cmd_site)
     return []

@@ -8,6 +8,7 @@ import os
 import urllib.error
 import urllib.request
 
+from bench.core import markdown as md
 from bench.gate.result import Comparison, GateResult
 from bench.metrics import METRICS
 
@@ -30,7 +31,7 @@ def _metric_link(name: str) -> str:
 
 def _row(c: Comparison) -> str:
     ci = f" [{_pct(c.ci_low)}, {_pct(c.ci_high)}]" if c.ci_low is not None else ""
-    return (f"| `{c.case}` | {_metric_link(c.metric)} | {_num(c.baseline)} | {_num(c.current)} | "
+    return (f"| {md.code(c.case)} | {_metric_link(c.metric)} | {_num(c.baseline)} | {_num(c.current)} | "
             f"{_pct(c.ratio)}{ci} | {c.method} | {c.threshold * 100:g} % |")
 
 
@@ -53,11 +54,11 @@ def markdown(result: GateResult) -> str:
         if rows:
             lines += [f"#### {titles[status]}", "", *header, *map(_row, rows), ""]
             notes = sorted({c.note for c in rows if c.note})  # why a verdict is what it is
-            lines += [*(f"- {note}" for note in notes), ""] if notes else []
+            lines += [*(f"- {md.text(note)}" for note in notes), ""] if notes else []
     if result.confirmation:
         lines += ["#### Re-measured", "", "| case | metric | first | re-measured | confirmed |",
                   "|---|---|---|---|---|"]
-        lines += [f"| `{c.case}` | {_metric_link(c.metric)} | {c.first} | {c.again or 'not measured'} | "
+        lines += [f"| {md.code(c.case)} | {_metric_link(c.metric)} | {c.first} | {c.again or 'not measured'} | "
                   f"{'yes' if c.confirmed else 'no'} |" for c in result.confirmation]
         lines.append("")
     if result.summary:
@@ -73,7 +74,7 @@ def markdown(result: GateResult) -> str:
     problems += [("only in current", case, "") for case in result.only_in_current]
     if problems:
         lines += ["#### Cases not compared", ""]
-        lines += [f"- **{what}**: `{case}`" + (f": {reason[:300]}" if reason else "")
+        lines += [f"- **{what}**: {md.code(case)}" + (f": {md.text(reason[:300])}" if reason else "")
                   for what, case, reason in problems]
         lines.append("")
     lines += [(f"<sub>Rule (bench/gate/rule.py): from the ratio and its {rule.ci_level * 100:g} % interval "

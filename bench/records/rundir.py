@@ -28,6 +28,7 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import socket
 import sys
 import time
@@ -66,14 +67,6 @@ def new_run_id(suite_name: str) -> str:
     return f"{suite_name}-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    """os.write until every byte is written (a write may be short)."""
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
 class RunDir:
     """Paths of one run directory and the operations that keep it intact."""
 
@@ -81,6 +74,7 @@ class RunDir:
         self.root = Path(root)
         self.run_id = run_id
         self.path = self.root / run_id
+        self._held: int | None = None  # the write lock's descriptor, while `create(hold=True)` keeps it for writer()
 
     # ------------------------------------------------------------ paths
 
@@ -117,17 +111,35 @@ class RunDir:
 
     def half_made(self) -> str | None:
         """Why the run directory exists but is not a run (no run.json, or no suite.yaml to resume), with the
-        command that removes it; None when it is a run or is not there at all."""
+        command that removes it; None when it is a run or is not there at all. An incomplete directory whose lock
+        another process holds is that process's, never something to remove: then the message names the holder."""
         if not (self.path.exists() or self.path.is_symlink()):
             return None
         remove = f"nothing was measured in it: remove it with `rm -r {self.path}` and run again"
         if not self.path.is_dir() or self.path.is_symlink():
             return f"{self.path} is not a run directory; {remove}"
         if not self.meta_path.exists():
-            return (f"{self.path} has no run.json (a run stopped before it started, or a failed merge): {remove}")
-        if not self.suite_snapshot.is_file() and not self.cases_path.exists():
-            return f"{self.suite_snapshot} is missing (a run stopped while it was being created): {remove}"
-        return None
+            why = f"{self.path} has no run.json (a run stopped before it started, or a failed merge): {remove}"
+        elif not self.suite_snapshot.is_file() and not self.cases_path.exists():
+            why = f"{self.suite_snapshot} is missing (a run stopped while it was being created): {remove}"
+        else:
+            return None
+        holder = self.writer_now()
+        return self.held(holder) if holder else why
+
+    def held(self, holder: str) -> str:
+        """The message for a run another process holds (is creating or writing)."""
+        return (f"run '{self.run_id}' in {self.root} is held by another run, {holder}: it is still being created or "
+                f"written; choose another --run-id, or wait for it to finish")
+
+    def taken(self) -> str | None:
+        """Why a new run cannot be made here: another process holds this run, it is half made, or it exists."""
+        reason = self.half_made()
+        if reason is None and self.exists():
+            holder = self.writer_now()
+            reason = self.held(holder) if holder else \
+                f"run '{self.run_id}' already exists in {self.root}; use --resume {self.run_id}"
+        return reason
 
     def require(self, what: str) -> RunDir:
         """This run, for `what` (e.g. '--resume'); RunError when it is missing or half made."""
@@ -140,39 +152,68 @@ class RunDir:
 
     # ------------------------------------------------------------ writing
 
-    def create(self, meta: RunMeta, snapshot: bytes | None = None) -> None:
-        """Make the run directory: the suite snapshot (when given) first, run.json last, so a run with run.json
-        always has the suite --resume reads."""
+    def create(self, meta: RunMeta, snapshot: bytes | None = None, hold: bool = False) -> None:
+        """Make the run directory, whole or not at all: it is built in a hidden directory next to it (its write lock
+        taken first, then the suite snapshot when given, then run.json) and renamed into place, so no other process
+        ever sees a run directory being made. When two processes create the same run at once, one rename wins and
+        the other says that a run holds it. `hold`: keep the write lock for this process's `writer()` (what `bench
+        run` does, so no other writer gets in between creating the run and running its cases)."""
+        building = RunDir(self.root, f".{self.run_id}.creating-{os.getpid()}")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            os.mkdir(self.path)
-        except FileExistsError:
-            reason = self.half_made()
-            raise RunError(reason or f"run '{self.run_id}' already exists in {self.root}; use --resume "
-                           f"{self.run_id}") from None
+            taken = self.taken()
+            if taken:
+                raise RunError(taken)
+            shutil.rmtree(building.path, ignore_errors=True)
+            os.mkdir(building.path)
         except OSError as exc:
             raise RunError(f"cannot create {self.path}: {exc.strerror}") from None
-        if snapshot is not None:
-            safe_files.write_bytes(self.suite_snapshot, self.root, snapshot)
-        safe_files.write_json(self.meta_path, self.root, meta.model_dump(mode="json"))
+        fd = None
+        try:
+            fd = building._lock()
+            if snapshot is not None:
+                safe_files.write_bytes(building.suite_snapshot, building.root, snapshot)
+            safe_files.write_json(building.meta_path, building.root, meta.model_dump(mode="json"))
+            try:
+                os.rename(building.path, self.path)  # fails when the name exists (a non-empty directory, a file)
+            except OSError as exc:
+                if not (self.path.exists() or self.path.is_symlink()):
+                    raise RunError(f"cannot create {self.path}: {exc.strerror}") from None
+                raise RunError(self.taken() or f"run '{self.run_id}' already exists in {self.root}") from None
+            if hold:
+                self._held, fd = fd, None
+        finally:
+            if fd is not None:
+                os.close(fd)
+            shutil.rmtree(building.path, ignore_errors=True)
+
+    def _lock(self) -> int:
+        """The write lock taken (a descriptor of .lock, flock'ed, naming this process), or RunLocked."""
+        fd = safe_files.open_fd(self.lock_path, self.root, os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise RunLocked(f"run '{self.run_id}' is being written by {holder}; wait for it to finish, "
+                            f"or stop it first") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        safe_files.write_all(fd, f"pid {os.getpid()} on {socket.gethostname()} since "
+                                 f"{time.strftime('%Y-%m-%d %H:%M:%S')} ({' '.join(sys.argv)})".encode())
+        return fd
 
     @contextlib.contextmanager
     def writer(self) -> Iterator[None]:
         """Hold the run's write lock for the block: one writer per run, a second one fails at once.
 
         The lock is an fcntl lock on .lock, released by the kernel when its holder dies (even by kill -9),
-        so a stale lock cannot outlive its process. The file names the holder for the error message."""
-        fd = safe_files.open_fd(self.lock_path, self.root, os.O_RDWR | os.O_CREAT)
+        so a stale lock cannot outlive its process. The file names the holder for the error message. A lock
+        kept by `create(hold=True)` is taken over, not taken again."""
+        fd, self._held = (self._held, None) if self._held is not None else (self._lock(), None)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
-                raise RunLocked(f"run '{self.run_id}' is being written by {holder}; wait for it to finish, "
-                                f"or stop it first") from None
-            os.ftruncate(fd, 0)
-            _write_all(fd, f"pid {os.getpid()} on {socket.gethostname()} since "
-                           f"{time.strftime('%Y-%m-%d %H:%M:%S')} ({' '.join(sys.argv)})".encode())
             self.repair_tail()
             yield
         finally:
@@ -214,7 +255,7 @@ class RunDir:
         line = (record.model_dump_json(exclude_none=True) + "\n").encode()
         fd = safe_files.open_fd(self.cases_path, self.root, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         try:
-            _write_all(fd, line)
+            safe_files.write_all(fd, line)
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -112,6 +112,13 @@ def open_fd(path: Path | str, root: Path | str, flags: int, mode: int = 0o644) -
             raise
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is written (a write may be short)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 _MODES = {"w": os.O_WRONLY | os.O_CREAT | os.O_TRUNC, "a": os.O_WRONLY | os.O_CREAT | os.O_APPEND,
           "x": os.O_WRONLY | os.O_CREAT | os.O_EXCL, "r+": os.O_RDWR | os.O_CREAT}
 
@@ -122,9 +129,11 @@ def open_file(path: Path | str, root: Path | str, mode: str = "w", **kwargs: Any
     return os.fdopen(open_fd(path, root, flags), mode.replace("x", "w"), **kwargs)
 
 
-def write_bytes(path: Path | str, root: Path | str, data: bytes) -> Path:
+def write_bytes(path: Path | str, root: Path | str, data: bytes, replace: bool = True) -> Path:
     """`data` at `path`, whole or not at all: a temp file next to it (O_EXCL, no link followed), fsync, rename.
-    A link at `path` itself is refused too (a rename would replace it, but it says the run was tampered with)."""
+    A link at `path` itself is refused too (a rename would replace it, but it says the run was tampered with).
+    With replace=False an existing file is never replaced: FileExistsError instead (the temp file is published
+    with link(2), which fails when the name exists, so a file made meanwhile by another process is kept)."""
     path = Path(path)
     with parent_fd(path, root) as (dir_fd, name), _named(path):
         with contextlib.suppress(FileNotFoundError):
@@ -136,21 +145,38 @@ def write_bytes(path: Path | str, root: Path | str, data: bytes) -> Path:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
         try:
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
+                write_all(fd, data)
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            if replace:
+                os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            else:
+                _publish_new(tmp, name, dir_fd, data)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp, dir_fd=dir_fd)
     return path
 
 
-def write_text(path: Path | str, root: Path | str, text: str) -> Path:
-    return write_bytes(path, root, text.encode("utf-8"))
+def _publish_new(tmp: str, name: str, dir_fd: int, data: bytes) -> None:
+    """The temp file under `name` only if nothing has that name (FileExistsError otherwise). A file system without
+    hard links gets the file written in place, created with O_EXCL: never over another file, not atomic."""
+    try:
+        os.link(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK):
+            raise
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
+        try:
+            write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_text(path: Path | str, root: Path | str, text: str, replace: bool = True) -> Path:
+    return write_bytes(path, root, text.encode("utf-8"), replace)
 
 
 def write_json(path: Path | str, root: Path | str, data: Any) -> Path:

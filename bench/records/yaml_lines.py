@@ -90,6 +90,10 @@ def format_errors(path: Path, index: LineIndex, errors: list[Any], root: type[Ba
     return "\n".join(lines)
 
 
+# libyaml's parser when PyYAML was built with it (the wheels are): the pure-Python one takes ~15 s per pass over
+# a suite of 10,000 variants; the same safe constructor either way
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 MAX_SUITE_BYTES = 1_000_000  # a suite is a short text; anything bigger is a mistake (or /dev/zero)
 MAX_DEPTH = 32  # a suite nests four or five levels
 MAX_NODES = 100_000  # nodes after alias expansion: a few hundred in a real suite, billions in a "billion laughs"
@@ -156,7 +160,7 @@ def _check_structure(path: Path, text: str) -> None:
             raise fail(event, f"the document expands to more than {MAX_NODES} nodes through its aliases; "
                               f"a suite needs a few hundred")
 
-    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+    for event in yaml.parse(text, Loader=_LOADER):
         if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
             if len(stack) >= MAX_DEPTH:
                 raise fail(event, f"nested deeper than {MAX_DEPTH} levels; a suite needs about five")
@@ -182,8 +186,12 @@ def read_yaml(path: Path) -> tuple[dict, LineIndex]:
     text = _read_text(path)
     try:
         _check_structure(path, text)
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        loader = _LOADER(text)
+        try:
+            node = loader.get_single_node()
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         raise SuiteError(f"{path}:{mark.line + 1 if mark else '?'}: YAML syntax error: {exc.problem}") from None

@@ -128,15 +128,21 @@ def to_csv(run: Run) -> str:
 
 
 FORMATS = ("pytest-benchmark", "csv")
+# How each format's file begins: an existing file that begins so is an earlier export, which -o may replace
+SIGNATURES = {"pytest-benchmark": rb'\A\{\s*"machine_info"\s*:', "csv": rb"\A" + ",".join(CSV_FIELDS).encode()}
 
 
-def export(run: Run, fmt: str, out: Path | None) -> Path:
+def render(run: Run, fmt: str) -> tuple[str, str]:
+    """(the export's text, its file suffix)."""
     if fmt == "pytest-benchmark":
-        text, suffix = json.dumps(to_pytest_benchmark(run), indent=1), ".json"
-    elif fmt == "csv":
-        text, suffix = to_csv(run), ".csv"
-    else:
-        raise ValueError(f"unknown export format '{fmt}'; valid values: {', '.join(FORMATS)}")
-    path = Path(out) if out else run.path / f"export-{fmt}{suffix}"
-    root = path.parent if out else run.dir.root  # under the run: no link followed on the way; -o: not at the file
-    return safe_files.write_text(path, root, text)
+        return json.dumps(to_pytest_benchmark(run), indent=1), ".json"
+    if fmt == "csv":
+        return to_csv(run), ".csv"
+    raise ValueError(f"unknown export format '{fmt}'; valid values: {', '.join(FORMATS)}")
+
+
+def export(run: Run, fmt: str) -> Path:
+    """The export written at its default place, <run dir>/export-<format>.json|csv (bench's own file there; an
+    output path the user gives goes through bench/records/outputs.py instead)."""
+    text, suffix = render(run, fmt)
+    return safe_files.write_text(run.path / f"export-{fmt}{suffix}", run.dir.root, text)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import jinja2
 
+from bench.core import markdown as md
 from bench.metrics import METRICS
 from bench.records import safe_files
 from bench.records.rundir import Run
@@ -22,6 +23,8 @@ from bench.report.profile_section import profiled_sections
 def _template(name: str, **options) -> jinja2.Template:
     env = jinja2.Environment(loader=jinja2.PackageLoader("bench.report", "templates"), keep_trailing_newline=True,
                              trim_blocks=True, lstrip_blocks=True, **options)
+    # what came from a suite, a run or a failure (labels, paths, reasons, output) goes through these
+    env.filters.update(md=md.text, code=md.code, fence=md.fence)
     return env.get_template(name)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bench.core import markdown as md
 from bench.measure.profiling import CATEGORIES
 from bench.records.schema import CaseRecord, ProfileSummary
 from bench.report.tables import md_table
@@ -31,9 +32,9 @@ def markdown_section(p: ProfileSummary, run_link: str) -> str:
     if p.traces_dropped:
         lines.append(f"\nTrace budget: {p.traces_dropped}.")
     if p.error:
-        lines.append(f"\nProfiling failed: {p.error}")
+        lines.append(f"\nProfiling failed: {md.text(p.error)}")
     if p.reason:
-        lines.append(f"\n{p.reason}")
+        lines.append(f"\n{md.text(p.reason)}")
     phases = {k: v for k, v in (p.phases_ms or {}).items() if v is not None}
     if p.step_wall_ms or phases:
         parts = [f"{name} {ms:.4g} ms" for name, ms in phases.items()]
@@ -50,7 +51,7 @@ def markdown_section(p: ProfileSummary, run_link: str) -> str:
                 for c in CATEGORIES]
         lines += ["", md_table(["category", "share of CPU self time", "share of device self time"], rows)]
     if p.top_ops:
-        rows = [[f"`{op['name']}`", op["category"], str(op["calls"]), _us(op["self_cpu_us"]),
+        rows = [[md.code(op["name"]), op["category"], str(op["calls"]), _us(op["self_cpu_us"]),
                  _pct(op["self_cpu_share"]), _us(op["self_device_us"]), _pct(op["self_device_share"])]
                 for op in p.top_ops]
         lines += ["", md_table(["operator", "category", "calls", "self CPU µs", "CPU share", "self device µs",

@@ -18,6 +18,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.core import markdown as md
 from bench.metrics import METRICS
 from bench.records.schema import CaseRecord, Estimate, Machine, MetricValue, ServingLevel, Summary
 
@@ -378,15 +379,17 @@ def what_ran(entries: list[Entry], several_runs: bool = False) -> Table:
 
 
 def md_table(headers: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    """A Markdown table; every header and cell is escaped (bench/core/markdown.py: HTML, `|`, backticks, line
+    breaks), except a cell that is already Markdown (md.code(...), a md.Markdown)."""
+    lines = ["| " + " | ".join(map(md.text, headers)) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(map(md.text, row)) + " |" for row in rows]
     return "\n".join(lines)
 
 
 def markdown(table: Table) -> str:
-    """A table as Markdown, its notes below it."""
+    """A table as Markdown, its notes below it (escaped as its cells are: they quote labels and reasons)."""
     body = md_table([c.header for c in table.columns], [[cell.inline() for cell in row] for row in table.rows])
-    return "\n\n".join([body, *table.notes])
+    return "\n\n".join([body, *map(md.text, table.notes)])
 
 
 # ---------------------------------------------------------------- serving (bench/serving)
@@ -475,6 +478,6 @@ def servers_table(entries: list[Entry], several_runs: bool = False) -> Table:
         rows.append(_lead_cells(entry, several_runs) + [
             Cell(info.server), Cell(info.version or "n/a"), metric_cell(entry.record, "serve_ready_s"),
             Cell(str(info.restarts)), Cell(str(info.placement.get("how", ""))), Cell(self_check), Cell(details)])
-    note = ("Command lines and server logs are in each record's `serving` field (results/<run>/cases.jsonl) and "
-            "logs/<case>.server.log.")
+    note = md.Markdown("Command lines and server logs are in each record's `serving` field "
+                       "(`results/<run>/cases.jsonl`) and `logs/<case>.server.log`.")
     return Table("Servers", columns, rows, [note])

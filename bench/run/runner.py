@@ -175,4 +175,4 @@ def start_run(suite_path: Path, snapshot: bytes, suite_name: str, cases: list[Ca
         environment=environment.fingerprint(), case_ids=[c.id for c in cases],
         reference=cases[0].reference if cases else None, regression=regression, command=sys.argv, cwd=os.getcwd(),
         shard=shard, model_override=model_override,
-    ), snapshot)
+    ), snapshot, hold=True)  # the write lock, kept from creation to the run's writer(): no other run gets in

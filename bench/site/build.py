@@ -9,13 +9,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import shutil
 import time
 from pathlib import Path
 
 import jinja2
 
 from bench.errors import BadInput
+from bench.records import outputs, safe_files
 from bench.site import compare, overview, quantization, serving, trend
 from bench.site.gather import gather
 from bench.site.verdicts import MAX_PAIRS, consecutive_pairs, latest_verdicts
@@ -67,15 +67,15 @@ def build(results: Path | None, history_db: Path | None, out: Path, reports: Pat
         pairs = consecutive_pairs(data, max_pairs)
         verdicts = latest_verdicts(pairs)
         out = Path(out)
-        try:
-            (out / "assets").mkdir(parents=True, exist_ok=True)
-            (out / "trend").mkdir(exist_ok=True)
-            shutil.copyfile(script, out / "assets" / "plotly.min.js")
+        try:  # each file whole or not at all, never through a link planted in `out` (bench/records/safe_files.py)
+            safe_files.write_text(out / outputs.SITE_MARKER, out, "built by python -m bench site\n")
+            safe_files.write_bytes(out / "assets" / "plotly.min.js", out, script.read_bytes())
             for name in STATIC:
-                shutil.copyfile(Path(__file__).parent / "templates" / name, out / "assets" / name)
+                safe_files.write_bytes(out / "assets" / name, out, (Path(__file__).parent / "templates" / name)
+                                       .read_bytes())
             for run_id, path in data.reports.items():
-                (out / "reports" / run_id).mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(path, out / "reports" / run_id / "report.html")
+                safe_files.write_bytes(out / "reports" / run_id / "report.html", out, path.read_bytes())
+            safe_files.makedirs(out / "trend", out)
         except OSError as exc:
             raise SiteError(f"cannot write the site under {out}: {exc.strerror or exc}") from None
         links = {run_id: f"reports/{run_id}/report.html" for run_id in data.reports}
@@ -90,10 +90,10 @@ def build(results: Path | None, history_db: Path | None, out: Path, reports: Pat
             "serving.html": ("serving.html.j2", serving.context(by_suite)),
         }
         for name, (template, context) in views.items():
-            (out / name).write_text(env.get_template(template).render(root="", page=name, **context))
+            safe_files.write_text(out / name, out, env.get_template(template).render(root="", page=name, **context))
             written.append(name)
         for page in trend_pages:
-            (out / page["file"]).write_text(env.get_template("trend.html.j2").render(
+            safe_files.write_text(out / page["file"], out, env.get_template("trend.html.j2").render(
                 root="../", page="trend", case=page, figures=page["figures"]))
             written.append(page["file"])
         return {"out": str(out), "pages": written, "runs": len(data.run_rows), "loaded_runs": len(data.runs),

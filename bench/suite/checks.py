@@ -1,9 +1,10 @@
 """Checks a suite must pass beyond its schema, so a mistake fails `validate` in a second, not a run later.
 
-Each names the file, the line and the field: models that cannot be found, an evaluation text that is
-missing, empty or not UTF-8 text, workloads longer than a model's context, more threads than this
-machine has, an interpreter that cannot be executed, two variants with the same label, a suite that
-expands to no case.
+Each names the file, the line and the field: a suite that expands to more cases than the limit (counted
+before anything is expanded), models that cannot be found, a model's config.json whose fields bench reads
+(its context length, its KV-cache layout) are not positive integers, an evaluation text that is missing,
+empty or not UTF-8 text, workloads longer than a model's context, more threads than this machine has, an
+interpreter that cannot be executed, two variants with the same label, a suite that expands to no case.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from backends import backend_class
 from bench.measure.evaltext import NAMES as EVAL_TEXT_NAMES
 from bench.records.schema import CaseSpec
 from bench.records.yaml_lines import LineIndex, SuiteError, line_of
-from bench.suite.expand import variant_grid, variant_label
+from bench.suite.expand import count_cases, variant_grid, variant_label
 from bench.suite.schema import Suite
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")  # `name` or `org/name`
@@ -30,8 +31,43 @@ def _at(path: Path, index: LineIndex, loc: tuple, message: str) -> SuiteError:
     return SuiteError(f"{path}:{line_of(index, loc)}: {field}: {message}")
 
 
+def check_case_count(path: Path, index: LineIndex, suite: Suite, limit: int | None) -> None:
+    """At most `limit` cases (None: no limit), counted arithmetically before anything is expanded; the error names
+    the entry that gives the most cases and the lists that multiply to them."""
+    counts = count_cases(suite)
+    total = sum(c.cases for c in counts)
+    if limit is None or total <= limit:
+        return
+    biggest = max(counts, key=lambda c: c.cases)
+    rest = f" (the other entries add {total - biggest.cases:,})" if total != biggest.cases else ""
+    raise _at(path, index, biggest.where, f"the suite expands to {total:,} cases, more than the limit of {limit:,}: "
+              f"{' x '.join(what for _, what in biggest.factors)} = {biggest.cases:,} cases{rest}; shorten these "
+              f"lists or split the suite, or raise the limit with --max-cases N")
+
+
+# Fields of a model's config.json that bench reads without loading the model: the context length (the checks
+# below) and the KV-cache layout (bench/measure/kvcache.py); each, when present, must be a positive integer.
+CONFIG_INTEGERS = ("max_position_embeddings", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                   "hidden_size", "head_dim")
+
+
+def _config_problem(config: dict, file: Path) -> str:
+    """Why a config.json's fields that bench reads cannot be used ('' when they can); `text_config` (a multimodal
+    model's language model) is read the same way."""
+    if "text_config" in config and not isinstance(config["text_config"], dict | None):
+        return f"{file}: text_config must be a JSON object, not {json.dumps(config['text_config'])[:40]}"
+    for where, section in (("", config), ("text_config.", config.get("text_config") or {})):
+        for name in CONFIG_INTEGERS:
+            value = section.get(name)
+            if value is not None and (type(value) is not int or value < 1):
+                return (f"{file}: {where}{name}: {json.dumps(value)[:40]} is not a positive integer (bench reads it "
+                        f"for the model's context length and KV-cache size)")
+    return ""
+
+
 def model_context(model: str) -> int | None:
-    """The model's context length in tokens when it can be read without loading it (config.json), else None."""
+    """The model's context length in tokens when it can be read without loading it (config.json), else None.
+    A value that is not a positive integer never reaches here: check_models refuses it."""
     from bench.models import MODELS
 
     if model in MODELS:
@@ -41,7 +77,7 @@ def model_context(model: str) -> int | None:
         value = json.loads(config.read_text()).get("max_position_embeddings")
     except (OSError, ValueError, AttributeError):
         return None
-    return value if isinstance(value, int) and value > 0 else None
+    return value if type(value) is int and value > 0 else None
 
 
 def check_models(path: Path, index: LineIndex, suite: Suite) -> None:
@@ -75,9 +111,12 @@ def _local_model_problem(local: Path) -> str:
             return "is a directory without config.json: not a Hugging Face model directory"
         try:
             parsed = json.loads(config.read_bytes().decode("utf-8"))
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:
             return f"has a config.json that is not JSON ({exc})"
-        return "" if isinstance(parsed, dict) else "has a config.json that is not a JSON object"
+        if not isinstance(parsed, dict):
+            return "has a config.json that is not a JSON object"
+        problem = _config_problem(parsed, config)
+        return f"has a config.json that bench cannot read: {problem}" if problem else ""
     if not local.is_file() or local.suffix.lower() not in MODEL_FILE_SUFFIXES:
         return (f"is a file but not a model file ({', '.join(MODEL_FILE_SUFFIXES)}); give a model directory "
                 f"(with config.json) or a model file")
