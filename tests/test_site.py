@@ -32,6 +32,7 @@ from bench.records.schema import (
     ServingSettings,
     Summary,
 )
+from bench.site.trend import date
 from tests.conftest import ROOT, run_bench
 
 pytest.importorskip("plotly", reason="the dashboard copies plotly's bundled plotly.min.js: pip install 'bench[site]'")
@@ -131,7 +132,8 @@ def site(tmp_path_factory):
     (root / "reports" / "n6").mkdir(parents=True)
     (root / "reports" / "n6" / "report.html").write_text("<!DOCTYPE html><title>n6</title><p>report of n6</p>")
     began = time.monotonic()
-    proc = run_bench("site", "--results", "results", "--reports", "reports", "-o", "site", cwd=root)
+    proc = run_bench("site", "--results", "results", "--reports", "reports", "-o", "site", "--cache", "cache",
+                     cwd=root)
     return root, time.monotonic() - began, proc.stdout
 
 
@@ -202,7 +204,8 @@ def test_a_trend_page_marks_the_10_percent_step_at_its_run_and_links_reports(sit
     tpot = _site_data(_trend_page(out, SLOWED))["figures"]["trend-tpot_ms"]
     line = next(t for t in tpot["data"] if t.get("customdata"))
     assert line["customdata"] == [None] * 5 + ["../reports/n6/report.html"]  # each point: its run's report
-    assert [s["x0"] for s in tpot["layout"]["shapes"]] == [STEP_FROM - 0.5]
+    # on the time axis, halfway between the last run of the old level and the first of the new one
+    assert [s["x0"] for s in tpot["layout"]["shapes"]] == [date(T0 + (STEP_FROM - 0.5) * DAY)]
     assert '<a href="../reports/n6/report.html">report</a>' in html
 
 

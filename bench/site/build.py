@@ -18,6 +18,7 @@ import jinja2
 from bench.errors import BadInput
 from bench.site import compare, overview, quantization, serving, trend
 from bench.site.gather import gather
+from bench.site.verdict_cache import VerdictCache
 from bench.site.verdicts import MAX_PAIRS, consecutive_pairs, latest_verdicts
 
 STATIC = ("site.css", "site.js")
@@ -58,47 +59,57 @@ def _env() -> jinja2.Environment:
 
 
 def build(results: Path | None, history_db: Path | None, out: Path, reports: Path | None = None,
-          max_pairs: int = MAX_PAIRS) -> dict:
-    """Build the site under `out`; returns what was written (pages, runs, seconds)."""
+          max_pairs: int = MAX_PAIRS, cache: Path | None = None) -> dict:
+    """Build the site under `out`; returns what was written (pages, runs, pairs, cache use, seconds).
+    `cache`: the dashboard's cache directory (bench/site/store.py: run summaries and pair verdicts), None for none."""
     started = time.monotonic()
     script = plotly_js()
-    data = gather(results, history_db, reports)
+    data = gather(results, history_db, reports, keep=max_pairs + 1, cache=cache)
+    verdict_cache = VerdictCache(cache)
+    pairs = consecutive_pairs(data, max_pairs, verdict_cache)
+    for store in (verdict_cache.store, data.summaries):
+        store.prune()
+    verdicts = latest_verdicts(pairs)
+    out = Path(out)
     try:
-        pairs = consecutive_pairs(data, max_pairs)
-        verdicts = latest_verdicts(pairs)
-        out = Path(out)
-        try:
-            (out / "assets").mkdir(parents=True, exist_ok=True)
-            (out / "trend").mkdir(exist_ok=True)
-            shutil.copyfile(script, out / "assets" / "plotly.min.js")
-            for name in STATIC:
-                shutil.copyfile(Path(__file__).parent / "templates" / name, out / "assets" / name)
-            for run_id, path in data.reports.items():
-                (out / "reports" / run_id).mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(path, out / "reports" / run_id / "report.html")
-        except OSError as exc:
-            raise SiteError(f"cannot write the site under {out}: {exc.strerror or exc}") from None
-        links = {run_id: f"reports/{run_id}/report.html" for run_id in data.reports}
-        env = _env()
-        by_suite = {s: data.ordered_runs(s) for s in {r.meta.suite_name for r in data.runs.values()}}
-        written = []
-        trend_pages = trend.pages(data, {k: f"../{v}" for k, v in links.items()})
-        views = {
-            "index.html": ("overview.html.j2", overview.context(data, verdicts)),
-            "compare.html": ("compare.html.j2", compare.context(list(data.runs.values()), pairs, links)),
-            "quantization.html": ("quantization.html.j2", quantization.context(by_suite)),
-            "serving.html": ("serving.html.j2", serving.context(by_suite)),
-        }
-        for name, (template, context) in views.items():
-            (out / name).write_text(env.get_template(template).render(root="", page=name, **context))
-            written.append(name)
-        for page in trend_pages:
-            (out / page["file"]).write_text(env.get_template("trend.html.j2").render(
-                root="../", page="trend", case=page, figures=page["figures"]))
-            written.append(page["file"])
-        return {"out": str(out), "pages": written, "runs": len(data.run_rows), "loaded_runs": len(data.runs),
-                "compared_pairs": len(pairs), "reports": len(data.reports),
-                "change_points": sum(len(p["change_points"]) for p in trend_pages),
-                "seconds": time.monotonic() - started}
-    finally:
-        data.workdir.cleanup()
+        (out / "assets").mkdir(parents=True, exist_ok=True)
+        (out / "trend").mkdir(exist_ok=True)
+        shutil.copyfile(script, out / "assets" / "plotly.min.js")
+        for name in STATIC:
+            shutil.copyfile(Path(__file__).parent / "templates" / name, out / "assets" / name)
+        for run_id, path in data.reports.items():
+            (out / "reports" / run_id).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, out / "reports" / run_id / "report.html")
+    except OSError as exc:
+        raise SiteError(f"cannot write the site under {out}: {exc.strerror or exc}") from None
+    links = {run_id: f"reports/{run_id}/report.html" for run_id in data.reports}
+    env = _env()
+    written = []
+    views = {
+        "index.html": ("overview.html.j2", overview.context(data, verdicts)),
+        "compare.html": ("compare.html.j2", compare.context(list(data.runs.values()), pairs, links)),
+        "quantization.html": ("quantization.html.j2", quantization.context(data.kept)),
+        "serving.html": ("serving.html.j2", serving.context(data.kept)),
+    }
+    for name, (template, context) in views.items():
+        _write(out / name, env.get_template(template).render(root="", page=name, **context))
+        written.append(name)
+    change_points = 0
+    for page in trend.pages(data, {k: f"../{v}" for k, v in links.items()}):  # one page in memory at a time
+        _write(out / page["file"], env.get_template("trend.html.j2").render(
+            root="../", page="trend", case=page, figures=page["figures"]))
+        written.append(page["file"])
+        change_points += len(page["change_points"])
+    return {"out": str(out), "pages": written, "runs": len(data.run_rows), "loaded_runs": len(data.runs),
+            "compared_pairs": len(pairs), "cached_pairs": verdict_cache.store.stats.hits,
+            "computed_pairs": len(pairs) - verdict_cache.store.stats.hits,
+            "cached_runs": data.summaries.stats.hits,
+            "corrupt_entries": verdict_cache.store.stats.corrupt + data.summaries.stats.corrupt,
+            "reports": len(data.reports), "change_points": change_points, "seconds": time.monotonic() - started}
+
+
+def _write(path: Path, text: str) -> None:
+    try:
+        path.write_text(text)
+    except OSError as exc:
+        raise SiteError(f"cannot write {path}: {exc.strerror or exc}") from None

@@ -4,12 +4,16 @@ pair; the gate's verdicts for the pairs bench/site/verdicts.py compared (each ru
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
-from bench.gate.result import Comparison
+from bench.gate.result import Comparison, MachineDifference
 from bench.metrics import METRICS
 from bench.records.rundir import Run
 from bench.site.common import VERDICT_COLOURS, fmt, shown
-from bench.site.verdicts import Pair
+
+if TYPE_CHECKING:  # gather reads `environment` from here while it loads; verdicts imports gather
+    from bench.site.gather import RunInfo
+    from bench.site.verdicts import Pair
 
 
 def environment(run: Run) -> dict[str, str]:
@@ -38,6 +42,13 @@ def environment(run: Run) -> dict[str, str]:
     return out
 
 
+def machine_note(machine: MachineDifference | None) -> str:
+    """Why the two sides' machine states make a timing comparison inconclusive (the gate's reasons), or ''."""
+    if machine is None or not machine.reasons:
+        return ""
+    return "machine state differs: " + "; ".join(machine.reasons)
+
+
 def _row(c: Comparison) -> dict:
     return {"case": c.case, "variant": c.variant, "metric": c.metric,
             "unit": METRICS[c.metric].display_unit if c.metric in METRICS else c.unit,
@@ -45,17 +56,19 @@ def _row(c: Comparison) -> dict:
             "current": fmt(shown(c.metric, c.current)) if c.current is not None else "n/a",
             "ratio": fmt(c.ratio) if c.ratio is not None else "n/a",
             "ci": f"[{c.ci_low:.4g}, {c.ci_high:.4g}]" if c.ci_low is not None and c.ci_high is not None else "",
-            "status": c.status, "colour": VERDICT_COLOURS.get(c.status, "#8c959f"), "note": c.note}
+            "status": c.status, "colour": VERDICT_COLOURS.get(c.status, "#8c959f"), "note": c.note,
+            "machine": machine_note(c.machine)}
 
 
-def context(runs: list[Run], pairs: list[Pair], links: dict[str, str]) -> dict:
-    runs = sorted(runs, key=lambda r: (r.meta.created_at, r.run_id))
+def context(runs: list[RunInfo], pairs: list[Pair], links: dict[str, str]) -> dict:
+    runs = sorted(runs, key=lambda r: (r.created_at, r.run_id))
     return {"data": {
-        "runs": [{"run_id": r.run_id, "suite": r.meta.suite_name, "git": (r.meta.environment.git_sha or "")[:10],
-                  "when": datetime.fromtimestamp(r.meta.created_at, timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "runs": [{"run_id": r.run_id, "suite": r.suite, "git": r.git_sha[:10],
+                  "when": datetime.fromtimestamp(r.created_at, timezone.utc).strftime("%Y-%m-%d %H:%M"),
                   "report": links.get(r.run_id)} for r in runs],
-        "env": {r.run_id: environment(r) for r in runs},
+        "env": {r.run_id: r.environment for r in runs},
         "pairs": {p.key: {"verdict": p.result.verdict, "exit_code": p.result.exit_code,
+                          "ignored_machine_state": p.result.ignored_machine_state,
                           "rows": [_row(c) for c in p.result.comparisons],
                           "not_compared": [n.model_dump() for n in p.result.not_compared]} for p in pairs},
         "default": [pairs[-1].baseline, pairs[-1].current] if pairs else
