@@ -11,6 +11,7 @@ import bisect
 import math
 import os
 import sqlite3
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -235,8 +236,8 @@ def trend(db: Path, suite: str, metric: str, case_id: str | None = None) -> list
 
 
 def read_all(db: Path) -> tuple[list[dict], list[tuple]]:
-    """Every run (a dict of its `runs` row) and every metric row (METRIC_COLUMNS, then the run's created_at, branch
-    and commit) of a database, read without writing it (a database made before machines were recorded reads
+    """Every run (a dict of its `runs` row) and every metric row (METRIC_COLUMNS) of a database, read without
+    writing it (a database made before machines were recorded reads
     machine as None); HistoryError naming `db` when it cannot be read."""
     if not Path(db).is_file():
         raise HistoryError(f"no history database at {db}")
@@ -253,8 +254,8 @@ def read_all(db: Path) -> tuple[list[dict], list[tuple]]:
         conn.row_factory = None
         columns = ", ".join(f"m.{c}" if c != "machine" or "machine" in has["metrics"] else "NULL"
                             for c in METRIC_COLUMNS.split(", "))
-        metrics = conn.execute(f"SELECT {columns}, r.created_at, r.branch, r.git_commit FROM metrics m "
-                               f"JOIN runs r USING (run_id)").fetchall()
+        metrics = [tuple(sys.intern(v) if isinstance(v, str) else v for v in row)  # one copy of each name
+                   for row in conn.execute(f"SELECT {columns} FROM metrics m")]
     except sqlite3.Error as exc:
         raise HistoryError(f"cannot read the history database {db}: {exc}") from None
     finally:
@@ -266,33 +267,39 @@ def read_all(db: Path) -> tuple[list[dict], list[tuple]]:
 
 class MemoryHistory:
     """History rows held in memory (the dashboard's: a database's rows and the runs it loaded, without writing
-    either), answering what the database answers: the runs, and between_run_sigma's question, by the same rule."""
+    either), answering what the database answers: the runs, each case's metric over runs, and between_run_sigma's
+    question, by the same rule."""
 
     def __init__(self) -> None:
         self.runs: dict[str, dict] = {}
         self.rows: dict[str, list[tuple]] = {}  # run id -> its metric rows (METRIC_COLUMNS order)
-        self._values: dict[tuple[str, str, str, str], list[tuple[float, str, float]]] | None = None
+        self._series: dict[tuple[str, str, str, str], list[tuple[float, str, tuple]]] | None = None
 
     def add(self, run: dict, metrics: list[tuple]) -> None:
-        """A run's rows (rows_of), replacing any of the same run id."""
+        """A run's rows (rows_of's, or read_all's), replacing any of the same run id."""
         self.runs[run["run_id"]] = run
-        self.rows[run["run_id"]] = [tuple(m[:12]) for m in metrics]
-        self._values = None
+        self.rows[run["run_id"]] = metrics
+        self._series = None
+
+    def series(self) -> dict[tuple[str, str, str, str], list[tuple[float, str, tuple]]]:
+        """(suite, machine, case, metric) -> [(created_at, run id, metric row)], oldest run first."""
+        if self._series is None:
+            self._series = {}
+            for run_id, rows in self.rows.items():
+                run = self.runs[run_id]
+                when = run["created_at"] or 0.0
+                for row in rows:
+                    self._series.setdefault((run["suite"], row[11], row[1], row[6]), []).append((when, run_id, row))
+            for points in self._series.values():
+                points.sort(key=lambda p: (p[0], p[1]))
+        return self._series
 
     def sigma(self, suite: str, machine: str, case_id: str, metric: str, before: float) -> tuple[float, int] | None:
         """between_run_sigma's answer from these rows."""
-        if self._values is None:
-            self._values = {}
-            for run_id, rows in self.rows.items():
-                run = self.runs[run_id]
-                for row in rows:
-                    key = (run["suite"], row[11], row[1], row[6])
-                    self._values.setdefault(key, []).append((run["created_at"], run_id, row[7]))
-            for series in self._values.values():
-                series.sort()
-        series = self._values.get((suite, machine, case_id, metric), [])
-        newest_first = []
-        for created_at, _, value in reversed(series[:bisect.bisect_left(series, (before,))]):
+        points = self.series().get((suite, machine, case_id, metric), [])
+        newest_first: list[float] = []
+        for i in reversed(range(bisect.bisect_left(points, before, key=lambda p: p[0]))):
+            value = points[i][2][7]
             if value > 0:
                 newest_first.append(value)
                 if len(newest_first) == HISTORY_RUNS:

@@ -51,10 +51,18 @@ def _finite(value):
     return value
 
 
+def _dumps(obj, **kw) -> str:
+    """JSON for a page: as is when every number is finite (the usual case, one pass), else with gaps."""
+    try:
+        return json.dumps(obj, allow_nan=False, **kw)
+    except ValueError:
+        return json.dumps(_finite(obj), allow_nan=False, **kw)
+
+
 def _env() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("bench.site", "templates"), autoescape=True,
                              trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
-    env.policies["json.dumps_function"] = lambda obj, **kw: json.dumps(_finite(obj), allow_nan=False, **kw)
+    env.policies["json.dumps_function"] = _dumps
     return env
 
 

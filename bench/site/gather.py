@@ -142,7 +142,7 @@ def newest_with(runs: list[KeptRun], has: Callable[[Run], bool], n: int) -> list
     return found
 
 
-SUMMARY_FORMAT = 1
+SUMMARY_FORMAT = 2
 _SITE = Path(__file__).resolve().parent
 SUMMARY_SOURCES = (_SITE / "gather.py", _SITE / "compare.py", _SITE / "common.py", _SITE.parent / "gate" / "history.py",
                    _SITE.parent / "metrics.py", *sorted((_SITE.parent / "records").glob("*.py")))
@@ -179,12 +179,23 @@ def run_dirs(results: Path) -> Iterator[Path]:
 
 
 def summarize(run: Run, environment) -> dict:
-    """What the pages need of a run (its history rows, RunInfo, its cases' backend and machine): a runs/ entry."""
+    """What the pages need of a run, a runs/ entry: its history rows (`rows_of`, the metric rows grouped by case),
+    commit, the compare view's environment, its cases' backend and machine."""
     row, metrics = history.rows_of(run)
-    row = {k: v for k, v in row.items() if k not in ("recorded_at", "path")}
-    return {"row": row, "metrics": metrics, "git_sha": run.meta.environment.git_sha or "",
-            "environment": environment(run),
+    by_case: dict[tuple, list] = {}
+    for (_, case_id, variant, model, task, workload, metric, value, low, high, n, machine) in metrics:
+        by_case.setdefault((case_id, variant, model, task, workload, machine), []).append([metric, value, low, high, n])
+    return {"row": {k: v for k, v in row.items() if k not in ("recorded_at", "path")},
+            "metrics": [[*case, values] for case, values in by_case.items()],
+            "git_sha": run.meta.environment.git_sha or "", "environment": environment(run),
             "cases": {r.id: [r.case.backend, machine_label(r)] for r in run.records}}
+
+
+def metric_rows(run_id: str, summary: dict) -> list[tuple]:
+    """The history rows (METRIC_COLUMNS) of a summary."""
+    return [(run_id, case_id, variant, model, task, workload, sys.intern(metric), value, low, high, n, machine)
+            for case_id, variant, model, task, workload, machine, values in summary["metrics"]
+            for metric, value, low, high, n in values]
 
 
 class Loader:
@@ -241,7 +252,7 @@ def load(results: Path, memory: history.MemoryHistory, keep: int, loader: Loader
             print(f"warning: {path}: not shown: {exc}", file=sys.stderr)
             continue
         row = {**summary["row"], "path": str(path.resolve()), "recorded_at": None}
-        memory.add(row, [tuple(m) for m in summary["metrics"]])
+        memory.add(row, metric_rows(row["run_id"], summary))
         info = RunInfo(row["run_id"], row["suite"], row["created_at"], summary["git_sha"], summary["environment"])
         infos[info.run_id] = info
         when = (info.created_at, info.run_id)
@@ -287,16 +298,14 @@ def gather(results: Path | None, history_db: Path | None, reports: Path | None, 
 def _series(memory: history.MemoryHistory) -> list[Series]:
     """Every case's TREND_METRICS over runs, one series per machine, oldest run first."""
     wanted = {m for m in TREND_METRICS if m in METRICS}
-    series: dict[tuple, Series] = {}
-    runs = sorted(memory.runs.values(), key=lambda r: (r["created_at"] or 0, r["run_id"]))
-    for run in runs:
-        for (_, case_id, variant, model, task, workload, metric, value, low, high, _n, machine) in \
-                memory.rows[run["run_id"]]:
-            if metric not in wanted:
-                continue
-            key = (run["suite"], machine or "?", case_id, metric)
-            if key not in series:
-                series[key] = Series(run["suite"], machine or "?", case_id, variant, model, task, workload, metric)
-            series[key].points.append(Point(run["run_id"], run["created_at"], run["git_commit"] or "",
-                                            run["branch"] or "", value, low, high))
-    return sorted(series.values(), key=lambda s: (s.suite, s.case_id, TREND_METRICS.index(s.metric), s.machine))
+    out = []
+    for (suite, machine, case_id, metric), points in memory.series().items():
+        if metric not in wanted:
+            continue
+        _, _, first = points[0]
+        s = Series(suite, machine or "?", case_id, first[2], first[3], first[4], first[5], metric)
+        for when, run_id, row in points:
+            run = memory.runs[run_id]
+            s.points.append(Point(run_id, when, run["git_commit"] or "", run["branch"] or "", row[7], row[8], row[9]))
+        out.append(s)
+    return sorted(out, key=lambda s: (s.suite, s.case_id, TREND_METRICS.index(s.metric), s.machine))

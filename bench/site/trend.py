@@ -55,20 +55,33 @@ RANGES = [{"count": 7, "label": "1w", "step": "day", "stepmode": "backward"},
 MANY_POINTS = 60  # beyond this many runs a line's markers shrink, so the line stays readable
 
 
-def _hover(metric: str, p, links: dict[str, str]) -> str:
-    unit = METRICS[metric].display_unit
-    ci = f" [{fmt(shown(metric, p.ci_low))}, {fmt(shown(metric, p.ci_high))}]" if p.ci_low is not None else ""
-    return (f"run {p.run_id}<br>commit {p.commit[:10]} on {p.branch}<br>{_when(p.created_at)} UTC<br>"
-            f"{fmt(shown(metric, p.value))} {unit}{ci}" + ("<br>click: its report" if p.run_id in links else ""))
+class Labels:
+    """Each run's date on the axis and the run part of its hover label, made once per run (a year of nights is
+    hundreds of thousands of points)."""
+
+    def __init__(self, links: dict[str, str]) -> None:
+        self.links = links
+        self._of: dict[str, tuple[str, str]] = {}
+
+    def of(self, p) -> tuple[str, str]:
+        if p.run_id not in self._of:
+            who = f"run {p.run_id}<br>commit {p.commit[:10]} on {p.branch}<br>{_when(p.created_at)} UTC<br>"
+            self._of[p.run_id] = (date(p.created_at), who)
+        return self._of[p.run_id]
+
+    def hover(self, metric: str, p) -> str:
+        value = f"{fmt(shown(metric, p.value))} {METRICS[metric].display_unit}"
+        ci = f" [{fmt(shown(metric, p.ci_low))}, {fmt(shown(metric, p.ci_high))}]" if p.ci_low is not None else ""
+        return self.of(p)[1] + value + ci + ("<br>click: its report" if p.run_id in self.links else "")
 
 
-def figure(metric: str, group: list[Series], links: dict[str, str], points_of: dict) -> dict:
+def figure(metric: str, group: list[Series], labels: Labels, points_of: dict) -> dict:
     """One metric of one case over time: a band (CI) and a line per machine; change points as dashed lines, drawn
     halfway between the last run of the old level and the first of the new one."""
     traces, shapes, annotations = [], [], []
     for k, s in enumerate(group):
         colour = PALETTE[k % len(PALETTE)]
-        xs = [date(p.created_at) for p in s.points]
+        xs = [labels.of(p)[0] for p in s.points]
         if any(p.ci_low is not None for p in s.points):
             band_y = ([shown(metric, p.ci_high if p.ci_high is not None else p.value) for p in s.points]
                       + [shown(metric, p.ci_low if p.ci_low is not None else p.value) for p in s.points][::-1])
@@ -79,8 +92,8 @@ def figure(metric: str, group: list[Series], links: dict[str, str], points_of: d
                        "y": [shown(metric, p.value) for p in s.points], "name": f"machine {s.machine}",
                        "line": {"color": colour, "width": 1.5},
                        "marker": {"size": 8 if len(xs) <= MANY_POINTS else 4},
-                       "text": [_hover(metric, p, links) for p in s.points], "hoverinfo": "text",
-                       "customdata": [links.get(p.run_id) for p in s.points]})
+                       "text": [labels.hover(metric, p) for p in s.points], "hoverinfo": "text",
+                       "customdata": [labels.links.get(p.run_id) for p in s.points]})
         for cp in points_of[id(s)]:
             i = cp["index"]
             x = date((s.points[i - 1].created_at + s.points[i].created_at) / 2)
@@ -108,6 +121,7 @@ def pages(data: SiteData, links: dict[str, str]) -> Iterator[dict]:
     by_case: dict[tuple[str, str], list[Series]] = defaultdict(list)
     for s in data.series:
         by_case[s.key].append(s)
+    labels = Labels(links)
     for (suite, case_id), group in sorted(by_case.items()):
         case = data.case_info(suite, case_id)
         figures, sections, found = {}, [], []
@@ -115,7 +129,7 @@ def pages(data: SiteData, links: dict[str, str]) -> Iterator[dict]:
         for metric in dict.fromkeys(s.metric for s in group):
             of_metric = [s for s in group if s.metric == metric]
             fig_id = f"trend-{metric}"
-            figures[fig_id] = figure(metric, of_metric, links, points_of)
+            figures[fig_id] = figure(metric, of_metric, labels, points_of)
             cps = [{**cp, "metric": metric, "machine": s.machine} for s in of_metric for cp in points_of[id(s)]]
             found += cps
             sections.append({"metric": metric, "title": axis_title(metric), "figure": fig_id,
