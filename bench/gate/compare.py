@@ -47,7 +47,9 @@ class CompareError(BadInput):
 
 
 def _seed(rule: Rule, case_id: str, metric: str) -> int:
-    return zlib.crc32(f"{rule.seed}:{case_id}:{metric}".encode())
+    """One seed per case (or serving level), whatever the metric: the case's metrics then resample the same
+    repetitions, drawn once (bench/gate/rule.py `ratio_ci`)."""
+    return zlib.crc32(f"{rule.seed}:{case_id}".encode())
 
 
 def compare_case(base: CaseRecord, cur: CaseRecord, base_raw: RawSamples | None, cur_raw: RawSamples | None,

@@ -43,10 +43,9 @@ def pooled_process_sigma(runs: list[Run], metric: str) -> tuple[float, int] | No
             units = units_of(record, run.samples(record.id), metric) if record.ok else None
             if units is None:
                 continue
-            keys = np.unique(units.groups)
-            if len(keys) < 2:
+            logs = np.log(units.per_process())
+            if len(logs) < 2:
                 continue
-            logs = np.log([float(units.statistic(units.values[units.groups == k])) for k in keys])
             squares += float(((logs - logs.mean()) ** 2).sum())
             dof += len(logs) - 1
     return (math.sqrt(squares / dof), dof) if dof else None

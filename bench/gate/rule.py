@@ -29,17 +29,18 @@ docs/trust.md (an A/A simulation of this rule).
 """
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from statistics import NormalDist
 
 import numpy as np
 
+from bench.measure import bootstrap
+from bench.measure.bootstrap import RatioOfSums, RowMedian, Statistic
 from bench.measure.latency import throughput_parts
 from bench.metrics import METRICS, THROUGHPUTS, Metric
 from bench.records.schema import CaseRecord, RawSamples
-
-Statistic = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -75,27 +76,39 @@ class Units:
     requests: bool = False
 
     def stat(self) -> float:
+        return self._value
+
+    @functools.cached_property
+    def _value(self) -> float:
         return float(self.statistic(self.values))
 
+    @functools.cached_property
+    def process_sizes(self) -> np.ndarray:
+        """How many rows each process has, in the order of the process ids."""
+        return np.unique(self.groups, return_counts=True)[1]
+
+    def per_process(self) -> np.ndarray:
+        """The statistic of each process's rows, in the order of the process ids."""
+        sizes = self.process_sizes
+        if sizes.min() == sizes.max():  # one call for all: the statistic reduces the last two axes
+            rows = self.values[np.argsort(self.groups, kind="stable")]
+            return np.asarray(self.statistic(rows.reshape(len(sizes), sizes[0], rows.shape[1])), dtype=float)
+        return np.array([float(self.statistic(self.values[self.groups == key])) for key in np.unique(self.groups)])
+
     def resample(self, rng: np.random.Generator, n_boot: int) -> np.ndarray:
-        """The statistic over n_boot two-stage resamples: processes with replacement, then rows within each."""
-        keys = np.unique(self.groups)
-        if len(keys) == 1:
-            picks = rng.integers(0, len(self.values), (n_boot, len(self.values)))
-            return self.statistic(self.values[picks])
-        members = [np.flatnonzero(self.groups == k) for k in keys]
-        out = np.empty(n_boot)
-        for b in range(n_boot):
-            chosen = rng.integers(0, len(members), len(members))
-            rows = np.concatenate([members[i][rng.integers(0, len(members[i]), len(members[i]))] for i in chosen])
-            out[b] = self.statistic(self.values[rows])
-        return out
+        """The statistic over n_boot two-stage resamples: processes with replacement, then rows within each
+        (bench/measure/bootstrap.py: all resamples at once)."""
+        return self.of_counts(bootstrap.draw_counts(rng, self.groups, n_boot))
+
+    def of_counts(self, counts: np.ndarray) -> np.ndarray:
+        """The statistic of each resample given as the count of each row in it ([n_boot, n rows])."""
+        return bootstrap.of_counts(self.values, self.statistic, counts)
 
 
 def units_of(record: CaseRecord, raw: RawSamples | None, metric: str) -> Units | None:
     """The rows a sampled metric or throughput was computed from, with the process of each row; or None."""
     kind = METRICS[metric].kind
-    if raw is None or record.task != "latency" or record.workload is None:
+    if kind not in ("sampled", "throughput") or raw is None or record.task != "latency" or record.workload is None:
         return None
     reps = len(raw.stamps_ns or raw.ttft_ms)
     groups = np.asarray(raw.process if len(raw.process) == reps else [0] * reps)
@@ -103,18 +116,12 @@ def units_of(record: CaseRecord, raw: RawSamples | None, metric: str) -> Units |
         values = np.asarray(raw.series(metric), dtype=float)
         if reps == 0 or len(values) % reps:
             return None
-
-        def median(u):
-            return np.median(u.reshape(*u.shape[:-2], -1), axis=-1)
-        return Units(values.reshape(reps, -1), median, groups)
+        return Units(values.reshape(reps, -1), RowMedian(), groups)
     if kind == "throughput" and metric in THROUGHPUTS and raw.ttft_ms and raw.e2e_ms:
         work = record.workload
         tokens, seconds = throughput_parts(metric, work.batch_size, work.prompt_tokens, work.new_tokens,
                                            np.asarray(raw.ttft_ms) / 1e3, np.asarray(raw.e2e_ms) / 1e3)
-
-        def ratio_of_sums(u):
-            return u[..., 0].sum(axis=-1) / u[..., 1].sum(axis=-1)
-        return Units(np.stack([np.full_like(seconds, tokens), seconds], axis=1), ratio_of_sums, groups)
+        return Units(np.stack([np.full_like(seconds, tokens), seconds], axis=1), RatioOfSums(), groups)
     return None
 
 
@@ -124,12 +131,26 @@ def bad_change(ratio: float, metric: Metric) -> float:
 
 
 def ratio_ci(base: Units, cur: Units, rule: Rule, seed: int) -> tuple[float, float, float]:
-    """(current / baseline, CI low, CI high) of the statistic, from independent two-stage bootstraps."""
-    rng = np.random.default_rng(seed)
-    ratios = cur.resample(rng, rule.n_boot) / base.resample(rng, rule.n_boot)
+    """(current / baseline, CI low, CI high) of the statistic, from independent two-stage bootstraps.
+
+    The resamples depend only on the seed and each side's processes: the metrics of one case, compared with one
+    seed (bench/gate/compare.py), resample the same repetitions, drawn once."""
+    cur_counts, base_counts = _resamples(seed, rule.n_boot, tuple(cur.groups.tolist()), tuple(base.groups.tolist()))
+    ratios = cur.of_counts(cur_counts) / base.of_counts(base_counts)
     tail = rule.alpha / 2 * 100
     low, high = np.percentile(ratios, [tail, 100 - tail])
     return cur.stat() / base.stat(), float(low), float(high)
+
+
+@functools.lru_cache(maxsize=2)
+def _resamples(seed: int, n_boot: int, cur_groups: tuple, base_groups: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """The row counts of the current side's resamples, then the baseline's (read-only: shared by the cache)."""
+    rng = np.random.default_rng(seed)
+    drawn = (bootstrap.draw_counts(rng, np.asarray(groups), n_boot) for groups in (cur_groups, base_groups))
+    out = tuple(drawn)
+    for counts in out:
+        counts.flags.writeable = False
+    return out  # type: ignore[return-value]
 
 
 def widen(ratio: float, low: float, high: float, sigma: float, level: float) -> tuple[float, float]:
@@ -143,10 +164,11 @@ def widen(ratio: float, low: float, high: float, sigma: float, level: float) -> 
     return ratio * math.exp(-down), ratio * math.exp(up)
 
 
+@functools.cache
 def _z(level: float) -> float:
-    from scipy.stats import norm
-
-    return float(norm.ppf(0.5 + level / 2))
+    """The standard normal quantile of a two-sided `level` (the stdlib's, as exact as scipy's to 1 ulp, without
+    importing scipy into the gate)."""
+    return NormalDist().inv_cdf(0.5 + level / 2)
 
 
 MIN_REPETITIONS = 5  # per process, in each run
@@ -158,7 +180,7 @@ def shortfall(base: Units, cur: Units, widened: bool) -> str:
     """Why two runs' samples are too few for a verdict ('' when they are enough): see the module docstring."""
     problems = []
     for which, units in (("baseline", base), ("current", cur)):
-        _, per_process = np.unique(units.groups, return_counts=True)
+        per_process = units.process_sizes
         if per_process.min() < MIN_REPETITIONS:
             problems.append(f"{which} has {per_process.min()} " +
                             ("request(s)" if units.requests else "repetition(s) in a process"))
