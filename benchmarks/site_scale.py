@@ -19,9 +19,17 @@ Every figure is printed with what it measured; nothing here asserts a time (the 
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
+import json
 import os
+import resource
+import shutil
+import sqlite3
+import subprocess
 import sys
+import tempfile
+import time
 from functools import cache
 from pathlib import Path
 
@@ -30,8 +38,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.gate import history
 from bench.measure.latency import derive
-from bench.records.rundir import RunDir
+from bench.records.rundir import RunDir, load_run
 from bench.records.schema import (
     CaseRecord,
     CaseSpec,
@@ -138,3 +147,160 @@ def write_nights(results: Path, first: int, count: int, n_cases: int, runs: int)
         return [write_night(results, night, specs, runs) for night in range(first, first + count)]
     finally:
         os.fsync = fsync
+
+
+# ------------------------------------------------------------------ timing the dashboard
+
+# the command is started by this small process, so its peak RSS is its own (ru_maxrss carries a parent's over
+# fork and exec, and this benchmark's process holds the generated runs' templates)
+WAIT4 = """import json, os, subprocess, sys, time
+began = time.monotonic()
+child = subprocess.Popen(sys.argv[1:])
+_, status, usage = os.wait4(child.pid, 0)
+print(json.dumps([time.monotonic() - began, usage.ru_utime + usage.ru_stime, usage.ru_maxrss,
+                  os.waitstatus_to_exitcode(status)]), file=sys.stderr)
+"""
+
+
+def timed(cmd: list[str], cwd: Path) -> tuple[float, float, int, str]:
+    """Run `cmd` (a subprocess, as a user does): (wall s, CPU s user+system, peak RSS KiB, its output)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.run([sys.executable, "-c", WAIT4, *cmd], cwd=cwd, env=env, stdout=out,
+                              stderr=subprocess.PIPE, text=True, check=False)
+        out.seek(0)
+        text = out.read()
+    wall, cpu, rss, code = json.loads(proc.stderr.strip().splitlines()[-1])
+    if code != 0:
+        raise SystemExit(f"{' '.join(cmd)} exited {code}:\n{text}\n{proc.stderr}")
+    return wall, cpu, rss, text
+
+
+def bench_site(work: Path, runs: int, n_cases: int) -> None:
+    results = work / "results"
+    have = sorted(p.name for p in results.glob(f"{SUITE}-*")) if results.is_dir() else []
+    extra = results / f"{SUITE}-{runs:04d}"
+    if extra.exists():  # the night a previous invocation added
+        shutil.rmtree(extra)
+        have.remove(extra.name)
+    if len(have) != runs:
+        shutil.rmtree(results, ignore_errors=True)
+        began = time.monotonic()
+        write_nights(results, 0, runs, n_cases, runs)
+        print(f"wrote {runs} runs of {n_cases} cases in {time.monotonic() - began:.0f} s "
+              f"({sum(f.stat().st_size for f in results.rglob('*') if f.is_file()) / 2**20:.0f} MiB)")
+    else:
+        print(f"reusing the {runs} runs under {results}")
+    cache = work / "cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    command = [sys.executable, "-m", "bench", "site", "--results", str(results), "--reports", str(work / "none"),
+               "-o", str(work / "site"), "--cache", str(cache)]
+    figures = []
+    for what in ("cold (empty cache)", "one more night added", "nothing changed"):
+        if what == "one more night added":
+            write_nights(results, runs, 1, n_cases, runs)
+        wall, cpu, rss, out = timed(command, work)
+        figures.append((what, wall, cpu, rss))
+        print(f"bench site, {what}: {wall:.1f} s wall, {cpu:.1f} s CPU, peak RSS {rss / 1024:.0f} MiB\n  {out.strip()}")
+    print(f"\n| bench site over {runs} runs x {n_cases} cases | wall s | CPU s (user+sys) | peak RSS MiB |")
+    print("|---|---|---|---|")
+    for what, wall, cpu, rss in figures:
+        print(f"| {what} | {wall:.1f} | {cpu:.1f} | {rss / 1024:.0f} |")
+
+
+# ------------------------------------------------------------------ the history at 10,000 runs
+
+def fill_history(db: Path, results: Path, n_runs: int) -> list[str]:
+    """A history of `n_runs` runs: the rows of the runs under `results` (history.rows_of), repeated under new run ids
+    a day apart; indexes made after the rows, as connect() makes them on an older database's first open."""
+    templates = [history.rows_of(load_run(p)) for p in sorted(results.glob(f"{SUITE}-*"))[:30]]
+    conn = sqlite3.connect(db)
+    conn.executescript(history.SCHEMA)
+    conn.execute("ALTER TABLE runs ADD COLUMN machine TEXT")
+    conn.execute("ALTER TABLE metrics ADD COLUMN machine TEXT")
+    ids = []
+    with conn:
+        for i in range(n_runs):
+            row, metrics = templates[i % len(templates)]
+            run_id = f"h{i:05d}"
+            row = {**row, "run_id": run_id, "created_at": T0 - (n_runs - i) * DAY / 4, "git_commit": f"{i:040x}"}
+            history.store(conn, row, [(run_id, *m[1:]) for m in metrics])
+            ids.append(run_id)
+    conn.close()
+    history.connect(db).close()  # the indexes
+    return ids
+
+
+def best(fn, repeat: int = 3) -> tuple[float, list[float]]:
+    times = []
+    for _ in range(repeat):
+        began = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - began)
+    return min(times), times
+
+
+def bench_history(work: Path, n_runs: int) -> None:
+    results = work / "results"
+    db = work / f"history-{n_runs}.sqlite"
+    if not db.exists():
+        began = time.monotonic()
+        tmp = db.with_suffix(".filling")
+        tmp.unlink(missing_ok=True)
+        fill_history(tmp, results, n_runs)
+        tmp.rename(db)
+        print(f"filled a history of {n_runs} runs in {time.monotonic() - began:.0f} s "
+              f"({db.stat().st_size / 2**30:.2f} GiB)")
+    conn = sqlite3.connect(db)
+    rows = conn.execute("SELECT COUNT(*) FROM metrics").fetchone()[0]
+    runs = conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+    conn.close()
+    print(f"history {db}: {runs} runs, {rows} metric rows")
+    newest = max(results.glob(f"{SUITE}-*"))
+    run = load_run(newest)
+    case = run.records[0]
+    lines = []
+    for what, fn in [
+        ("history.record_run (in process, the run already loaded)", lambda: history.record_run(run, db)),
+        ("history.trend: one case's TPOT over every run", lambda: history.trend(db, SUITE, "tpot_ms", case.id)),
+        ("history.trend: every case's TPOT over the newest 365 runs",
+         lambda: history.trend(db, SUITE, "tpot_ms", newest=365)),
+        ("history.trend: every case's TPOT over every run", lambda: history.trend(db, SUITE, "tpot_ms")),
+        ("history.between_run_sigma (the gate's noise question)",
+         lambda: history.between_run_sigma(db, SUITE, run.machine_of(case), case.id, "tpot_ms", 2e9)),
+        ("history.last_run_path (compare last:main)", lambda: history.last_run_path("main", db)),
+    ]:
+        fastest, times = best(fn)
+        lines.append((what, fastest, times))
+    walls = [timed([sys.executable, "-m", "bench", "history", "record", str(newest), "--db", str(db)], work)[0]
+             for _ in range(3)]
+    lines.append(("python -m bench history record RUN (subprocess: start, imports, load, record)", min(walls), walls))
+    print(f"\n| query on a history of {runs} runs ({rows} rows) | best of 3, s | all, s |")
+    print("|---|---|---|")
+    for what, fastest, times in lines:
+        print(f"| {what} | {fastest:.3f} | {', '.join(f'{t:.3f}' for t in times)} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=365)
+    parser.add_argument("--cases", type=int, default=50)
+    parser.add_argument("--history-runs", type=int, default=10_000)
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bench-site-scale",
+                        help="where the runs, the cache and the history go (kept: a second invocation reuses them)")
+    parser.add_argument("--skip-site", action="store_true")
+    parser.add_argument("--skip-history", action="store_true")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    print(f"machine: {os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
+          f"(1, 5, 15 min); peak RSS of this process so far "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    if not args.skip_site:
+        bench_site(args.work, args.runs, args.cases)
+    if not args.skip_history:
+        bench_history(args.work, args.history_runs)
+    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()

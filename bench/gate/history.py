@@ -19,7 +19,7 @@ from pathlib import Path
 from bench.errors import BadInput
 from bench.metrics import METRICS
 from bench.records.rundir import Run
-from bench.records.schema import CaseRecord, Estimate, Summary
+from bench.records.schema import CaseRecord, Estimate, Summary, shown_value
 
 ENV = "BENCH_HISTORY_DB"
 SCHEMA = """
@@ -89,19 +89,21 @@ def rows_of(run: Run, branch: str | None = None, commit: str | None = None) -> t
     for r in run.records:
         if not r.ok:
             continue
-        for name in METRICS:
-            value = r.metrics.get(name)
+        case = (run.run_id, r.id, r.variant, r.model, r.task, r.workload.short if r.workload else r.task)
+        machine = run.machine_of(r)
+        for name, value in r.metrics.items():  # a record's metrics (fewer than the registry's)
+            if name not in METRICS:
+                continue
+            shown = shown_value(value)
+            if shown is None:
+                continue
             if isinstance(value, Summary):
                 low, high, n = value.ci_low, value.ci_high, value.n
             elif isinstance(value, Estimate):
                 low, high, n = value.ci_low, value.ci_high, 1
             else:
                 low, high, n = None, None, 1
-            shown = r.value(name)
-            if shown is None:
-                continue
-            metrics.append((run.run_id, r.id, r.variant, r.model, r.task, r.workload.short if r.workload else r.task,
-                            name, shown, low, high, n, run.machine_of(r)))
+            metrics.append((*case, name, shown, low, high, n, machine))
     return row, metrics
 
 
@@ -223,14 +225,19 @@ def list_runs(db: Path, suite: str | None = None) -> list[dict]:
     return rows
 
 
-def trend(db: Path, suite: str, metric: str, case_id: str | None = None) -> list[dict]:
-    """Per-run values of `metric` for every case of `suite` (or one case), oldest run first."""
+def trend(db: Path, suite: str, metric: str, case_id: str | None = None, newest: int | None = None) -> list[dict]:
+    """Per-run values of `metric` for every case of `suite` (or one case), oldest run first; `newest`: of the
+    suite's newest runs only."""
+    where, args = "r.suite = ? AND m.metric = ?", [suite, metric]
+    if case_id:
+        where, args = where + " AND m.case_id = ?", [*args, case_id]
+    if newest is not None:
+        where += " AND r.run_id IN (SELECT run_id FROM runs WHERE suite = ? ORDER BY created_at DESC LIMIT ?)"
+        args += [suite, newest]
     conn = connect(db)
     conn.row_factory = sqlite3.Row
-    rows = conn.execute(
-        "SELECT m.*, r.created_at, r.branch, r.git_commit FROM runs r JOIN metrics m USING (run_id) "
-        "WHERE r.suite = ? AND m.metric = ?" + (" AND m.case_id = ?" if case_id else "") + " ORDER BY r.created_at",
-        (suite, metric, case_id) if case_id else (suite, metric)).fetchall()
+    rows = conn.execute("SELECT m.*, r.created_at, r.branch, r.git_commit FROM runs r JOIN metrics m USING (run_id) "
+                        f"WHERE {where} ORDER BY r.created_at", args).fetchall()
     conn.close()
     return [dict(r) for r in rows]
 

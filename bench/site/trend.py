@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 
 from bench.gate.changepoints import change_points
 from bench.metrics import METRICS
-from bench.site.common import axis_title, fmt, shown, trend_file
+from bench.site.common import axis_title, fmt, trend_file
 from bench.site.gather import Series, SiteData
 
 PALETTE = ("#0969da", "#bc4c00", "#1a7f37", "#8250df", "#cf222e", "#6e7781")
@@ -69,30 +69,32 @@ class Labels:
             self._of[p.run_id] = (date(p.created_at), who)
         return self._of[p.run_id]
 
-    def hover(self, metric: str, p) -> str:
-        value = f"{fmt(shown(metric, p.value))} {METRICS[metric].display_unit}"
-        ci = f" [{fmt(shown(metric, p.ci_low))}, {fmt(shown(metric, p.ci_high))}]" if p.ci_low is not None else ""
-        return self.of(p)[1] + value + ci + ("<br>click: its report" if p.run_id in self.links else "")
+    def hover(self, scale: float, unit: str, p) -> str:
+        """The point's hover label: its run, commit, branch and date, the value (shown = recorded x scale) and CI."""
+        ci = f" [{fmt(p.ci_low * scale)}, {fmt(p.ci_high * scale)}]" if p.ci_low is not None else ""
+        return (self.of(p)[1] + f"{fmt(p.value * scale)} {unit}{ci}"
+                + ("<br>click: its report" if p.run_id in self.links else ""))
 
 
 def figure(metric: str, group: list[Series], labels: Labels, points_of: dict) -> dict:
     """One metric of one case over time: a band (CI) and a line per machine; change points as dashed lines, drawn
     halfway between the last run of the old level and the first of the new one."""
     traces, shapes, annotations = [], [], []
+    scale, unit = METRICS[metric].scale, METRICS[metric].display_unit  # shown value = recorded x scale
     for k, s in enumerate(group):
         colour = PALETTE[k % len(PALETTE)]
         xs = [labels.of(p)[0] for p in s.points]
         if any(p.ci_low is not None for p in s.points):
-            band_y = ([shown(metric, p.ci_high if p.ci_high is not None else p.value) for p in s.points]
-                      + [shown(metric, p.ci_low if p.ci_low is not None else p.value) for p in s.points][::-1])
+            band_y = ([(p.ci_high if p.ci_high is not None else p.value) * scale for p in s.points]
+                      + [(p.ci_low if p.ci_low is not None else p.value) * scale for p in s.points][::-1])
             traces.append({"type": "scatter", "x": xs + xs[::-1], "y": band_y, "fill": "toself", "mode": "lines",
                            "line": {"width": 0}, "fillcolor": colour + "33", "hoverinfo": "skip",
                            "name": f"95 % CI ({s.machine})", "showlegend": k == 0})
         traces.append({"type": "scatter", "mode": "lines+markers", "x": xs,
-                       "y": [shown(metric, p.value) for p in s.points], "name": f"machine {s.machine}",
+                       "y": [p.value * scale for p in s.points], "name": f"machine {s.machine}",
                        "line": {"color": colour, "width": 1.5},
                        "marker": {"size": 8 if len(xs) <= MANY_POINTS else 4},
-                       "text": [labels.hover(metric, p) for p in s.points], "hoverinfo": "text",
+                       "text": [labels.hover(scale, unit, p) for p in s.points], "hoverinfo": "text",
                        "customdata": [labels.links.get(p.run_id) for p in s.points]})
         for cp in points_of[id(s)]:
             i = cp["index"]
