@@ -94,7 +94,7 @@ def latency_template(case_index: int, k: int, slow: bool) -> tuple[RawSamples, d
     per_token = 2e6 * (1 + 0.1 * (case_index % 7)) * (1.08 if slow else 1.0) * (1 + 0.004 * (k - TEMPLATES / 2))
     levels = np.repeat(np.exp(rng.normal(0, 0.01, PROCESSES)), REPETITIONS)
     gaps = rng.normal(per_token, per_token * 0.02, (PROCESSES * REPETITIONS, NEW_TOKENS)) * levels[:, None]
-    gaps[:, 0] = 5e6 * work.batch_size * work.prompt_tokens / 64
+    gaps[:, 0] = rng.normal(5e6, 1e5, len(gaps)) * work.batch_size * work.prompt_tokens / 64 * levels
     stamps = np.cumsum(gaps, axis=1).astype(np.int64).tolist()
     samples, metrics = derive(stamps, work.batch_size, work.prompt_tokens,
                               process=[p for p in range(PROCESSES) for _ in range(REPETITIONS)])
@@ -104,7 +104,7 @@ def latency_template(case_index: int, k: int, slow: bool) -> tuple[RawSamples, d
 
 def record(spec: CaseSpec, case_index: int, night: int, runs: int) -> tuple[CaseRecord, object]:
     """The record of one case on one night (and its raw samples, for a latency case)."""
-    k = (night * 7 + case_index) % TEMPLATES
+    k = int(hashlib.sha256(f"{night}/{case_index}".encode()).hexdigest(), 16) % TEMPLATES  # a seeded draw
     started = T0 + night * DAY + 60.0 * case_index
     if spec.task == "latency":
         samples, metrics = latency_template(case_index, k, spec.variant == SLOW_VARIANT and night >= int(0.8 * runs))

@@ -688,8 +688,15 @@ def test_a_comparisons_machine_state_reason_is_on_its_tile_and_the_compare_page(
     rows = [r for r in pair["rows"] if r["machine"]]
     assert [(r["case"], r["metric"], r["machine"]) for r in rows] == [(SLOWED, "tpot_ms",
                                                                       f"machine state differs: {reason}")]
-    js = (results.parent / "site" / "assets" / "site.js").read_text()
-    assert "r.machine" in js and "machine-note" in js  # the compare view draws it (in a browser: below)
+    from tests.test_compare import _chromium_run
+
+    shutil.which("chromium") or pytest.skip("headless Chromium is not installed (apt-get install -y chromium)")
+    page = results.parent / "site" / "compare.html"  # the newest pair (n5..n6) is the view's default
+    dom = _chromium_run(page.as_uri(), results.parent, "--virtual-time-budget=5000", "--dump-dom").stdout
+    row = re.search(r'<tr class="verdict" data-status="inconclusive" data-machine="differs">.*?</tr>', dom, re.DOTALL)
+    assert row and SLOWED in row.group(0) and f'<div class="machine-note">machine state differs: {reason}</div>' in \
+        row.group(0)
+    assert dom.count('class="machine-note"') == 1
 
 
 # ---------------------------------------------------------------- hostile inputs (issue 28)

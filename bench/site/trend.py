@@ -111,7 +111,7 @@ def figure(metric: str, group: list[Series], labels: Labels, points_of: dict) ->
                                  "rangeselector": {"buttons": RANGES, "x": 0, "y": 1.12},
                                  "rangeslider": {"visible": True, "thickness": 0.1}},
                        "yaxis": {"title": {"text": axis_title(metric) + ", median"}},
-                       "legend": {"orientation": "h", "x": 1, "xanchor": "right", "y": 1.14}}}
+                       "legend": {"orientation": "h", "x": 0.3, "xanchor": "left", "y": 1.14}}}
 
 
 RUN_ROWS = 60  # the trend page's table lists the newest runs; every run is on the plots
