@@ -228,7 +228,8 @@ def list_runs(db: Path, suite: str | None = None) -> list[dict]:
 def trend(db: Path, suite: str, metric: str, case_id: str | None = None, newest: int | None = None) -> list[dict]:
     """Per-run values of `metric` for every case of `suite` (or one case), oldest run first; `newest`: of the
     suite's newest runs only."""
-    where, args = "r.suite = ? AND m.metric = ?", [suite, metric]
+    where = "r.suite = ? AND m.metric = ?"
+    args: list[object] = [suite, metric]
     if case_id:
         where, args = where + " AND m.case_id = ?", [*args, case_id]
     if newest is not None:

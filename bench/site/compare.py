@@ -1,45 +1,15 @@
 """Compare view: any two runs side by side. The environment diff (library versions, driver, CPU/GPU, thread
-settings, git sha: the run's RunMeta.environment and its records' machine fingerprints) is shown for any
-pair; the gate's verdicts for the pairs bench/site/verdicts.py compared (each run against the one before it)."""
+settings, git sha: each run's entries from bench/site/gather.py `environment`) is shown for any pair; the gate's
+verdicts for the pairs bench/site/verdicts.py compared (each run against the one before it)."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
 
 from bench.gate.result import Comparison, MachineDifference
 from bench.metrics import METRICS
-from bench.records.rundir import Run
 from bench.site.common import VERDICT_COLOURS, fmt, shown
-
-if TYPE_CHECKING:  # gather reads `environment` from here while it loads; verdicts imports gather
-    from bench.site.gather import RunInfo
-    from bench.site.verdicts import Pair
-
-
-def environment(run: Run) -> dict[str, str]:
-    """A run's environment as flat 'what: value' pairs (what the diff compares)."""
-    env = run.meta.environment
-    out: dict[str, str] = {
-        "git sha": env.git_sha or "", "git branch": env.git_branch or "", "git dirty": str(env.git_dirty),
-        "python": env.python or "", "platform": env.platform or "", "host": env.hostname or "",
-        "CPU": env.cpu_model or "", "CPUs": str(env.cpu_count), "CPU affinity": str(env.cpu_affinity),
-        "GPUs": ", ".join(str(g.get("name")) for g in env.gpus) if isinstance(env.gpus, list) else str(env.gpus),
-    }
-    out.update({f"library {k}": v for k, v in sorted(env.libraries.items())})
-    out.update({f"thread env {k}": v for k, v in sorted(env.thread_env.items())})
-    threads = sorted({r.case.threads for r in run.records})
-    out["case threads"] = ", ".join(map(str, threads))
-    machines = {r.machine.machine_id: r.machine for r in run.records if r.machine is not None}
-    for machine in machines.values():
-        prefix = "machine" if len(machines) == 1 else f"machine {machine.machine_id}"
-        out[f"{prefix} id"] = machine.machine_id
-        out[f"{prefix} CPU"] = f"{machine.cpu_model} x {machine.cpu_count}"
-        out[f"{prefix} memory GiB"] = fmt(machine.memory_bytes / 2**30) if machine.memory_bytes else ""
-        out[f"{prefix} GPUs"] = ", ".join(f"{g.get('name')} ({fmt((g.get('memory_total_bytes') or 0) / 2**30)} GiB)"
-                                         for g in machine.gpus) or "none"
-        out[f"{prefix} GPU driver"] = machine.gpu_driver or ""
-        out.update({f"{prefix} library {k}": v for k, v in sorted(machine.libraries.items())})
-    return out
+from bench.site.gather import RunInfo
+from bench.site.verdicts import Pair
 
 
 def machine_note(machine: MachineDifference | None) -> str:

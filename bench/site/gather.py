@@ -28,7 +28,7 @@ from bench.gate import history
 from bench.metrics import METRICS
 from bench.records import safe_files
 from bench.records.rundir import Run, RunDir, load_run
-from bench.site.common import machine_label
+from bench.site.common import fmt, machine_label
 from bench.site.store import Store
 
 # the metrics a case's trend page plots (when the case has them), in this order
@@ -77,7 +77,7 @@ class RunInfo:
     suite: str
     created_at: float
     git_sha: str
-    environment: dict[str, str]  # the compare view's environment entries (bench/site/compare.py `environment`)
+    environment: dict[str, str]  # the compare view's environment entries (`environment` below)
 
 
 @dataclass
@@ -144,7 +144,7 @@ def newest_with(runs: list[KeptRun], has: Callable[[Run], bool], n: int) -> list
 
 SUMMARY_FORMAT = 2
 _SITE = Path(__file__).resolve().parent
-SUMMARY_SOURCES = (_SITE / "gather.py", _SITE / "compare.py", _SITE / "common.py", _SITE.parent / "gate" / "history.py",
+SUMMARY_SOURCES = (_SITE / "gather.py", _SITE / "common.py", _SITE.parent / "gate" / "history.py",
                    _SITE.parent / "metrics.py", *sorted((_SITE.parent / "records").glob("*.py")))
 
 
@@ -178,7 +178,33 @@ def run_dirs(results: Path) -> Iterator[Path]:
         yield path
 
 
-def summarize(run: Run, environment) -> dict:
+def environment(run: Run) -> dict[str, str]:
+    """A run's environment as flat 'what: value' pairs: what the compare view diffs (kept in its summary)."""
+    env = run.meta.environment
+    out: dict[str, str] = {
+        "git sha": env.git_sha or "", "git branch": env.git_branch or "", "git dirty": str(env.git_dirty),
+        "python": env.python or "", "platform": env.platform or "", "host": env.hostname or "",
+        "CPU": env.cpu_model or "", "CPUs": str(env.cpu_count), "CPU affinity": str(env.cpu_affinity),
+        "GPUs": ", ".join(str(g.get("name")) for g in env.gpus) if isinstance(env.gpus, list) else str(env.gpus),
+    }
+    out.update({f"library {k}": v for k, v in sorted(env.libraries.items())})
+    out.update({f"thread env {k}": v for k, v in sorted(env.thread_env.items())})
+    threads = sorted({r.case.threads for r in run.records})
+    out["case threads"] = ", ".join(map(str, threads))
+    machines = {r.machine.machine_id: r.machine for r in run.records if r.machine is not None}
+    for machine in machines.values():
+        prefix = "machine" if len(machines) == 1 else f"machine {machine.machine_id}"
+        out[f"{prefix} id"] = machine.machine_id
+        out[f"{prefix} CPU"] = f"{machine.cpu_model} x {machine.cpu_count}"
+        out[f"{prefix} memory GiB"] = fmt(machine.memory_bytes / 2**30) if machine.memory_bytes else ""
+        out[f"{prefix} GPUs"] = ", ".join(f"{g.get('name')} ({fmt((g.get('memory_total_bytes') or 0) / 2**30)} GiB)"
+                                         for g in machine.gpus) or "none"
+        out[f"{prefix} GPU driver"] = machine.gpu_driver or ""
+        out.update({f"{prefix} library {k}": v for k, v in sorted(machine.libraries.items())})
+    return out
+
+
+def summarize(run: Run) -> dict:
     """What the pages need of a run, a runs/ entry: its history rows (`rows_of`, the metric rows grouped by case),
     commit, the compare view's environment, its cases' backend and machine."""
     row, metrics = history.rows_of(run)
@@ -202,9 +228,8 @@ class Loader:
     """Reads runs for the pages: a run whose run.json and cases.jsonl are unchanged since a build summarized it is
     not parsed again (its summary is in the dashboard's cache, folder runs/); any other is loaded (load_run)."""
 
-    def __init__(self, cache_root: Path | None, environment) -> None:
+    def __init__(self, cache_root: Path | None) -> None:
         self.store = Store(cache_root, "runs", SUMMARY_FORMAT)
-        self.environment = environment
         self.code = hashlib.sha256(_summary_code()).digest() if self.store.dir is not None else b""
 
     def read(self, path: Path) -> tuple[dict, Run | None]:
@@ -225,7 +250,7 @@ class Loader:
                     self.store.stats.hits += 1
                     return summary, None
         run = load_run(path)
-        summary = summarize(run, self.environment)
+        summary = summarize(run)
         if key:
             self.store.stats.misses += 1
             self.store.write(key, summary)
@@ -268,13 +293,11 @@ def gather(results: Path | None, history_db: Path | None, reports: Path | None, 
            cache: Path | None = None) -> SiteData:
     """Everything the pages show; `keep`: how many of each suite's newest runs to keep at hand (at least 2);
     `cache`: the dashboard's cache directory (bench/site/store.py), None for none."""
-    from bench.site.compare import environment
-
     memory = history.MemoryHistory()
     infos: dict[str, RunInfo] = {}
     kept: dict[str, list[KeptRun]] = {}
     cases: dict[tuple[str, str], CaseInfo] = {}
-    loader = Loader(cache, environment)
+    loader = Loader(cache)
     if results is not None and Path(results).is_dir():
         infos, kept, cases = load(results, memory, max(keep, 2), loader)
     if history_db is not None:  # the runs it holds whose directories were not loaded (a loaded one is newer)
