@@ -32,6 +32,7 @@ from bench.records.schema import (
     ServingSettings,
     Summary,
 )
+from bench.site.trend import date
 from tests.conftest import ROOT, run_bench
 
 pytest.importorskip("plotly", reason="the dashboard copies plotly's bundled plotly.min.js: pip install 'bench[site]'")
@@ -131,7 +132,8 @@ def site(tmp_path_factory):
     (root / "reports" / "n6").mkdir(parents=True)
     (root / "reports" / "n6" / "report.html").write_text("<!DOCTYPE html><title>n6</title><p>report of n6</p>")
     began = time.monotonic()
-    proc = run_bench("site", "--results", "results", "--reports", "reports", "-o", "site", cwd=root)
+    proc = run_bench("site", "--results", "results", "--reports", "reports", "-o", "site", "--cache", "cache",
+                     cwd=root)
     return root, time.monotonic() - began, proc.stdout
 
 
@@ -202,7 +204,8 @@ def test_a_trend_page_marks_the_10_percent_step_at_its_run_and_links_reports(sit
     tpot = _site_data(_trend_page(out, SLOWED))["figures"]["trend-tpot_ms"]
     line = next(t for t in tpot["data"] if t.get("customdata"))
     assert line["customdata"] == [None] * 5 + ["../reports/n6/report.html"]  # each point: its run's report
-    assert [s["x0"] for s in tpot["layout"]["shapes"]] == [STEP_FROM - 0.5]
+    # on the time axis, halfway between the last run of the old level and the first of the new one
+    assert [s["x0"] for s in tpot["layout"]["shapes"]] == [date(T0 + (STEP_FROM - 0.5) * DAY)]
     assert '<a href="../reports/n6/report.html">report</a>' in html
 
 
@@ -407,3 +410,351 @@ def test_screenshots_show_the_views(browser, name):
     assert pixels.shape[:2] == (1400, 1400)
     ink = pixels[..., :3].mean(axis=2) < 0.5
     assert pixels[..., :3].std() > 0.05 and ink.mean() > 0.005  # drawn, not blank
+
+
+# ---------------------------------------------------------------- a year of nights: the cache, dates, the history
+
+def _counting(monkeypatch) -> list:
+    """Every pair the gate is run on by the dashboard (bench/site/verdicts.py's compare_runs, the real one)."""
+    from bench.site import verdicts
+
+    calls: list = []
+    real = verdicts.compare_runs
+
+    def counted(baseline, current, rule, history=None):
+        calls.append((baseline.run_id, current.run_id))
+        return real(baseline, current, rule, history=history)
+    monkeypatch.setattr(verdicts, "compare_runs", counted)
+    return calls
+
+
+@pytest.fixture
+def six(tmp_path):
+    """The six latency runs a day apart (write_latency_runs), a cache directory and the build, in process."""
+    from bench.site.build import build
+
+    results = tmp_path / "results"
+    write_latency_runs(results)
+    cache = tmp_path / "cache"
+
+    def again():
+        return build(results, None, tmp_path / "site", None, cache=cache)
+    return results, cache, again
+
+
+def test_an_unchanged_pair_comes_from_the_cache_and_is_not_computed_again(six, monkeypatch):
+    results, cache, again = six
+    calls = _counting(monkeypatch)
+    first = again()
+    assert first["compared_pairs"] == 5 and first["cached_pairs"] == 0 and first["cached_runs"] == 0
+    assert calls == [(f"n{i}", f"n{i + 1}") for i in range(1, 6)]
+    index = results.parent / "site" / "index.html"
+    first_html = index.read_text()
+    calls.clear()
+    second = again()
+    assert calls == [] and second["cached_pairs"] == 5 and second["computed_pairs"] == 0
+    assert second["cached_runs"] == 6  # not parsed again either
+    assert index.read_text() == first_html  # the same site from the cache
+    assert len(list((cache / "verdicts").glob("*.json"))) == 5 and len(list((cache / "runs").glob("*.json"))) == 6
+
+
+def test_a_changed_run_recomputes_only_the_pairs_it_is_in(six, monkeypatch):
+    results, _, again = six
+    again()
+    calls = _counting(monkeypatch)
+    run = RunDir(results, "n3")
+    lines = run.cases_path.read_text().splitlines()
+    record = CaseRecord.model_validate_json(lines[0])
+    record.metrics["peak_rss_bytes"] = (record.value("peak_rss_bytes") or 1) * 2  # the records change
+    run.cases_path.write_text("\n".join([record.model_dump_json(exclude_none=True), *lines[1:]]) + "\n")
+    done = again()
+    assert sorted(calls) == [("n2", "n3"), ("n3", "n4")] and done["cached_pairs"] == 3
+    assert done["cached_runs"] == 5  # n3 read again
+    calls.clear()
+    samples = run.samples_path(SLOWED)  # a raw sample changes: the pairs of that run again, the records are alike
+    data = json.loads(samples.read_text())
+    data["ttft_ms"][0] *= 1.5
+    samples.write_text(json.dumps(data))
+    again()
+    assert sorted(calls) == [("n2", "n3"), ("n3", "n4")]
+
+
+def test_a_rule_or_gate_change_makes_every_entry_stale(six, monkeypatch):
+    from bench.site import verdict_cache, verdicts
+
+    _, _, again = six
+    again()
+    calls = _counting(monkeypatch)
+    monkeypatch.setattr(verdicts, "rule_from", lambda run: __import__("bench.gate.compare", fromlist=["x"])
+                        .rule_from(run, threshold=0.07))  # another threshold: another rule
+    again()
+    assert len(calls) == 5
+    calls.clear()
+    monkeypatch.undo()
+    calls = _counting(monkeypatch)
+    monkeypatch.setattr(verdict_cache, "gate_digest", lambda: "another gate")
+    again()
+    assert len(calls) == 5
+
+
+def test_a_history_that_answers_differently_recomputes_the_pair(six, monkeypatch, tmp_path):
+    """An entry keeps the between-run noise the gate read; another history (older runs recorded) changes it."""
+    from bench.site.build import build
+
+    results, cache, again = six
+    again()
+    older = tmp_path / "older.sqlite"  # three older runs of the same cases with other values: the noise moves
+    conn = history.connect(older, create=True)
+    for i, factor in enumerate((0.8, 1.25, 0.9)):
+        run = load_run(results / "n1")
+        row, metrics = history.rows_of(run)
+        run_id = f"old{i}"
+        history.store(conn, {**row, "run_id": run_id, "created_at": T0 - (i + 1) * DAY},
+                      [(run_id, *m[1:7], m[7] * factor, *m[8:]) for m in metrics])
+    conn.commit()
+    conn.close()
+    calls = _counting(monkeypatch)
+    build(results, older, tmp_path / "site2", None, cache=cache)
+    assert len(calls) == 5  # every pair's noise now comes from >= 3 runs before it
+
+
+def test_a_corrupt_cache_entry_is_computed_again_with_a_warning_and_no_traceback(six, monkeypatch, capsys):
+    results, cache, again = six
+    again()
+    entries = sorted((cache / "verdicts").glob("*.json"))
+    entries[0].write_bytes(entries[0].read_bytes()[:100])  # torn
+    entries[1].write_text('{"format": 1, "key": "another", "payload": {}}')  # another key
+    entries[2].write_text(json.dumps({"format": 1, "key": entries[2].stem, "payload": {"result": 1, "asked": []}}))
+    run_entry = next((cache / "runs").glob("*.json"))
+    run_entry.write_bytes(b"\x00\xff not json")
+    capsys.readouterr()
+    calls = _counting(monkeypatch)
+    done = again()
+    err = capsys.readouterr().err
+    assert len(calls) == 3 and done["corrupt_entries"] == 4 and "Traceback" not in err
+    assert err.count("cache entry") == 4 and str(entries[0]) in err and str(run_entry) in err
+    calls.clear()
+    assert again()["cached_pairs"] == 5 and calls == []  # rewritten whole
+    proc = run_bench("site", "--results", "results", "-o", "site3", "--cache", "cache", cwd=results.parent)
+    assert "5 from the cache" in proc.stdout and "Traceback" not in proc.stderr
+
+
+def test_builds_at_once_share_the_cache(six):
+    """Two `bench site` processes started together on an empty cache: both exit 0 with the same site, and the
+    cache holds whole entries (each written to a temp file and renamed)."""
+    import subprocess
+    import sys
+
+    results, cache, _ = six
+    env = {**__import__("os").environ, "PYTHONPATH": str(ROOT)}
+    procs = [subprocess.Popen([sys.executable, "-m", "bench", "site", "--results", "results", "-o", f"site-{i}",
+                               "--cache", "cache"], cwd=results.parent, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert all("cannot be read" not in err for _, err in outs)
+    site = [(results.parent / f"site-{i}" / "index.html").read_text() for i in range(2)]
+    assert site[0] == site[1]
+    for entry in (cache / "verdicts").glob("*.json"):
+        assert json.loads(entry.read_text())["key"] == entry.stem
+    assert not list(cache.rglob(".*.tmp"))
+
+
+def test_trend_data_is_on_a_time_axis_with_a_range_selector_and_hover_fields(site):
+    root, _, _ = site
+    tpot = _site_data(_trend_page(root / "site", SLOWED))["figures"]["trend-tpot_ms"]
+    line = next(t for t in tpot["data"] if t.get("customdata"))
+    assert line["x"] == [date(T0 + i * DAY) for i in range(6)]  # each run at its date (UTC)
+    xaxis = tpot["layout"]["xaxis"]
+    assert xaxis["type"] == "date" and xaxis["rangeslider"]["visible"] is True
+    assert [b["label"] for b in xaxis["rangeselector"]["buttons"]] == ["1w", "1m", "3m", "6m", "1y", "all"]
+    for i, text in enumerate(line["text"]):
+        assert f"run n{i + 1}" in text and f"commit {f'{i + 1:02d}' * 5} on main" in text  # run id, commit, branch
+        assert "UTC" in text and " ms [" in text  # date, value and interval
+
+
+def test_a_year_of_points_keeps_the_trend_page_small_and_the_table_short(tmp_path):
+    """365 nights in a history (no run directories): one series of 365 points, on dates, markers small; the runs
+    table lists the newest RUN_ROWS; change points found by the O(n) split where the level moves."""
+    from bench.site.build import build
+    from bench.site.trend import RUN_ROWS
+
+    rng = np.random.default_rng(3)
+    values = [10.0 * (1 + rng.normal(0, 0.01)) * (1.1 if i >= 300 else 1.0) for i in range(365)]
+    _history(tmp_path / "h.sqlite", values)
+    done = build(None, tmp_path / "h.sqlite", tmp_path / "site", cache=None)
+    page = _trend_page(tmp_path / "site", "int4.llama.b1")
+    tpot = _site_data(page)["figures"]["trend-tpot_ms"]
+    line = next(t for t in tpot["data"] if t.get("customdata"))
+    assert len(line["x"]) == 365 and line["x"][0] == date(T0) and line["x"][-1] == date(T0 + 364 * DAY)
+    assert line["marker"]["size"] < 8
+    html = page.read_text()
+    assert html.count("<tr><td class=\"l\"><code>h") == RUN_ROWS and f"newest {RUN_ROWS} of 365 runs" in html
+    assert done["change_points"] == 1 and 'data-run="h301"' in html
+
+
+def _record_synthetic(db, n_runs: int, cases: int = 3) -> None:
+    conn = history.connect(db, create=True)
+    with conn:
+        for i in range(n_runs):
+            run_id = f"r{i:05d}"
+            branch = "main" if i % 3 else "dev"
+            history.store(conn, {"run_id": run_id, "suite": "s", "machine": "m", "branch": branch,
+                                 "git_commit": f"{i:040x}", "dirty": 0, "created_at": T0 + (i * 7919 % n_runs) * 60,
+                                 "recorded_at": T0, "path": f"/gone/{run_id}", "n_cases": cases,
+                                 "n_failed": int(i % 50 == 0)},
+                          [(run_id, f"c{c}", "v", "model", "latency", "b1", "tpot_ms", 1.0 + (i % 17) / 100 + c,
+                            None, None, 1, "m") for c in range(cases)])
+    conn.close()
+
+
+def test_the_history_answers_right_over_many_runs(tmp_path):
+    """2,000 runs recorded out of date order: the trend is in date order with every run, `newest` keeps the newest,
+    the gate's noise is the newest 20 runs before the date (as the database and in memory), last:BRANCH is the
+    newest run without failures on the branch, and the hot queries use indexes."""
+    db = tmp_path / "h.sqlite"
+    n = 2000
+    _record_synthetic(db, n)
+    rows = history.trend(db, "s", "tpot_ms", "c1")
+    when = [r["created_at"] for r in rows]
+    assert len(rows) == n and when == sorted(when)
+    newest = history.trend(db, "s", "tpot_ms", newest=100)
+    assert len(newest) == 300 and min(r["created_at"] for r in newest) == T0 + (n - 100) * 60
+    by_time = sorted(rows, key=lambda r: r["created_at"])
+    before = T0 + 1500 * 60
+    window = [r["value"] for r in by_time if r["created_at"] < before][-history.HISTORY_RUNS:][::-1]
+    expected = history.log_spread(window)
+    assert history.between_run_sigma(db, "s", "m", "c1", "tpot_ms", before) == expected
+    memory = history.MemoryHistory()
+    runs, metrics = history.read_all(db)
+    for run in runs:
+        memory.add(run, [m for m in metrics if m[0] == run["run_id"]])
+    for at in (T0, T0 + 60, T0 + 3 * 60, before, T0 + n * 60):
+        for case in ("c0", "c2"):
+            assert memory.sigma("s", "m", case, "tpot_ms", at) == history.between_run_sigma(db, "s", "m", case,
+                                                                                           "tpot_ms", at)
+    main_ok = [r for r in history.list_runs(db) if r["branch"] == "main" and r["n_failed"] == 0]
+    assert history.last_run_path("main", db) == __import__("pathlib").Path(main_ok[-1]["path"])
+    conn = history.connect(db)
+    noise = ("SELECT m.value FROM metrics m JOIN runs r USING (run_id) WHERE r.suite = ? AND m.machine = ? AND "
+             "m.case_id = ? AND m.metric = ? AND r.created_at < ? AND m.value > 0 ORDER BY r.created_at DESC LIMIT 20")
+    trend = ("SELECT m.*, r.created_at FROM runs r JOIN metrics m USING (run_id) WHERE r.suite = ? AND m.metric = ? "
+             "ORDER BY r.created_at")
+    last = "SELECT path FROM runs WHERE branch = ? AND n_failed = 0 ORDER BY created_at DESC LIMIT 1"
+    plans = {q: " ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + q, args)) for q, args in [
+        (noise, ("s", "m", "c1", "tpot_ms", before)), (last, ("main",)), (trend, ("s", "tpot_ms"))]}
+    conn.close()
+    for query, plan in plans.items():
+        assert "USING INDEX" in plan or "USING COVERING INDEX" in plan, (query, plan)
+        assert not re.search(r"SCAN (m|metrics)\b(?! USING)", plan), (query, plan)  # no full scan of the rows
+
+
+# ---------------------------------------------------------------- the machine-state reason on the dashboard
+
+def test_a_comparisons_machine_state_reason_is_on_its_tile_and_the_compare_page(six, monkeypatch):
+    """A comparison the machine-aware gate marked (Comparison.machine, bench/gate/result.py) shows its reasons as
+    the tile's note and tooltip and in the compare view's rows."""
+    from bench.gate.result import MachineDifference
+    from bench.records.schema import MachineState
+    from bench.site import verdicts
+
+    results, _, _ = six
+    real = verdicts.compare_runs
+    reason = "other processes kept 0.08 vs 1.36 CPUs busy (contended on the current side only)"
+
+    def marked(baseline, current, rule, history=None):
+        result = real(baseline, current, rule, history=history)
+        for c in result.comparisons:
+            if c.case == SLOWED and c.metric == "tpot_ms":
+                c.status = "inconclusive"
+                c.machine = MachineDifference(
+                    reasons=[reason],
+                    baseline=MachineState(cpus=2, other_cpu_load_mean=0.08, other_cpu_load_max=0.2, contended=False),
+                    current=MachineState(cpus=2, other_cpu_load_mean=1.36, other_cpu_load_max=1.9, contended=True))
+        return result
+    monkeypatch.setattr(verdicts, "compare_runs", marked)
+    from bench.site.build import build
+
+    build(results, None, results.parent / "site", None, cache=None)
+    html = (results.parent / "site" / "index.html").read_text()
+    tile = re.search(rf'<a class="tile"[^>]*data-case="{re.escape(SLOWED)}" data-metric="tpot_ms"[^>]*>.*?</a>',
+                     html, re.DOTALL).group(0)
+    assert f'title="machine state differs: {reason}"' in tile
+    assert f'class="t-note">machine state differs: {reason}' in tile
+    assert 'data-status="inconclusive"' in tile
+    others = re.findall(r'<a class="tile".*?</a>', html, re.DOTALL)
+    assert sum("machine state differs" in t for t in others) == 1
+    pair = _site_data(results.parent / "site" / "compare.html")["compare"]["pairs"]["n5..n6"]
+    rows = [r for r in pair["rows"] if r["machine"]]
+    assert [(r["case"], r["metric"], r["machine"]) for r in rows] == [(SLOWED, "tpot_ms",
+                                                                      f"machine state differs: {reason}")]
+    from tests.test_compare import _chromium_run
+
+    shutil.which("chromium") or pytest.skip("headless Chromium is not installed (apt-get install -y chromium)")
+    page = results.parent / "site" / "compare.html"  # the newest pair (n5..n6) is the view's default
+    dom = _chromium_run(page.as_uri(), results.parent, "--virtual-time-budget=5000", "--dump-dom").stdout
+    row = re.search(r'<tr class="verdict" data-status="inconclusive" data-machine="differs">.*?</tr>', dom, re.DOTALL)
+    assert row and SLOWED in row.group(0) and f'<div class="machine-note">machine state differs: {reason}</div>' in \
+        row.group(0)
+    assert dom.count('class="machine-note"') == 1
+
+
+# ---------------------------------------------------------------- hostile inputs (issue 28)
+
+def _as_run(source, target, run_id: str, day: float) -> None:
+    """A copy of run `source` at `target`, named `run_id`, made `day` days after T0."""
+    shutil.copytree(source, target, symlinks=True)
+    meta = json.loads((target / "run.json").read_text())
+    (target / "run.json").write_text(json.dumps({**meta, "run_id": run_id, "created_at": T0 + day * DAY}))
+
+
+def test_runs_with_links_out_of_them_are_skipped_with_a_warning_and_the_rest_is_built(tmp_path):
+    """A run directory that is itself a symbolic link, a run whose records are a link out of it and a run whose raw
+    samples are: each skipped with a warning naming it (as a damaged run is), the six good runs built, exit 0, the
+    file outside untouched."""
+    results = tmp_path / "results"
+    write_latency_runs(results)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("do not touch\n")
+    _as_run(results / "n6", outside / "n7", "n7", 6)
+    (results / "n7").symlink_to(outside / "n7")  # the run directory is a link
+    _as_run(results / "n6", results / "n8", "n8", 7)
+    shutil.move(results / "n8" / "cases.jsonl", outside / "cases.jsonl")
+    (results / "n8" / "cases.jsonl").symlink_to(outside / "cases.jsonl")  # its records are a link out
+    _as_run(results / "n6", results / "n9", "n9", 8)
+    sample = results / "n9" / "samples" / f"{SLOWED}.json"
+    sample.unlink()
+    sample.symlink_to(outside / "secret.txt")  # one raw samples file is a link out
+    (results / "n10").mkdir()
+    (results / "n10" / "run.json").write_text("{not json")  # and a damaged one, as before
+    proc = run_bench("site", "--results", "results", "-o", "site", "--cache", "cache", cwd=tmp_path)
+    assert "6 runs (6 loaded" in proc.stdout and "5 pairs compared" in proc.stdout
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 4, proc.stderr
+    assert "warning: results/n7: not shown: the run directory is a symbolic link" in proc.stderr
+    assert re.search(r"n8: not shown: .*n8/cases.jsonl is a symbolic link .*leaves the run directory", proc.stderr)
+    assert re.search(rf"n9: not shown: .*{SLOWED}.json is a symbolic link .*leaves the run directory", proc.stderr)
+    assert "n10: not shown:" in proc.stderr and "Traceback" not in proc.stderr
+    compare = _site_data(tmp_path / "site" / "compare.html")["compare"]
+    assert [r["run_id"] for r in compare["runs"]] == [f"n{i}" for i in range(1, 7)]
+    assert (outside / "secret.txt").read_text() == "do not touch\n"
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_corrupt_history_database_is_named_as_the_users_file(tmp_path, damage):
+    """`bench site` with a corrupt <results>/history.sqlite: exit 2, one error line naming that file (never a
+    scratch copy under a temporary directory), no traceback."""
+    results = tmp_path / "results"
+    results.mkdir()
+    db = results / "history.sqlite"
+    if damage == "garbage":
+        db.write_bytes(b"this is not a database\n" * 40)
+    else:
+        _history(db, [10.0 + i / 10 for i in range(200)])
+        db.write_bytes(db.read_bytes()[: db.stat().st_size // 2])
+    proc = run_bench("site", "--results", "results", "-o", "site", cwd=tmp_path, check_exit=2)
+    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert str(db) in proc.stderr or "results/history.sqlite" in proc.stderr, proc.stderr
+    assert "bench-site-" not in proc.stderr and "/tmp" not in proc.stderr.replace(str(tmp_path), "")
+    assert "Traceback" not in proc.stderr

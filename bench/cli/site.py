@@ -10,6 +10,7 @@ def cmd_site(args) -> ExitCode:
     from bench.gate import history
     from bench.records import outputs
     from bench.site.build import build
+    from bench.site.store import default_dir
 
     if args.max_pairs < 0:
         raise BadInput(f"--max-pairs must be 0 or more, not {args.max_pairs}")
@@ -18,10 +19,13 @@ def cmd_site(args) -> ExitCode:
     if db is None:  # the history the gate uses, when there is one
         default = history.db_path(None, args.results)
         db = default if default.exists() else None
-    done = build(args.results, db, args.output, args.reports, args.max_pairs)
+    cache = None if args.no_cache else args.cache or default_dir()
+    done = build(args.results, db, args.output, args.reports, args.max_pairs, cache)
     print(f"site: {done['out']}/index.html: {len(done['pages'])} pages, {done['runs']} runs ({done['loaded_runs']} "
-          f"loaded, {done['reports']} reports), {done['compared_pairs']} pairs compared, {done['change_points']} "
-          f"change point(s), {done['seconds']:.1f} s")
+          f"loaded, {done['reports']} reports), {done['compared_pairs']} pairs compared ({done['cached_pairs']} from "
+          f"the cache{f' {cache}' if cache else ': none'}, {done['cached_runs']} runs not parsed again), "
+          f"{done['change_points']} change point(s), "
+          f"{done['seconds']:.1f} s")
     return ExitCode.OK
 
 
@@ -35,6 +39,10 @@ def add_commands(sub) -> list:
                       "HTML reports, copied into the site and linked from each trend point (default: ./reports)")
     site.add_argument("--max-pairs", type=int, default=12, help="per suite, gate verdicts for the newest N pairs of "
                       "consecutive runs (default: 12)")
+    site.add_argument("--cache", type=Path, help="the dashboard's cache: each pair's verdicts and each run's summary, "
+                      "kept between builds (default: $BENCH_CACHE/site, i.e. ~/.cache/bench/site)")
+    site.add_argument("--no-cache", action="store_true", help="compute every pair's verdicts and read every run; "
+                      "keep nothing")
     site.add_argument("-o", "--output", type=Path, default=Path("site"), help="output directory (default: ./site): "
                       "new, empty, or one bench built before; never inside a run or the results/reports directories")
     site.add_argument("--force", action="store_true", help="write into a non-empty directory bench did not build "

@@ -1,5 +1,6 @@
 """The performance dashboard: `python -m bench site` writes a static, self-contained site (docs/dashboard.md).
 
-gather (runs and history) -> verdicts (the gate, run against run) -> one module per view (overview, trend,
-compare, quantization, serving) -> build (templates, the vendored plotly.js, files under -o).
+gather (runs and history, one run at a time) -> verdicts (the gate, run against run) -> one module per view
+(overview, trend, compare, quantization, serving) -> build (templates, the vendored plotly.js, files under -o).
+store + verdict_cache: the cache that keeps an unchanged run's summary and an unchanged pair's verdicts.
 """

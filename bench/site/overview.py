@@ -2,8 +2,10 @@
 the newest pair of runs (bench/site/verdicts.py), filterable by machine, suite, backend and model."""
 from __future__ import annotations
 
+from bench.gate.result import MachineDifference
 from bench.metrics import METRICS
-from bench.site.common import VERDICT_COLOURS, fmt, machine_label, shown, trend_file
+from bench.site.common import VERDICT_COLOURS, fmt, shown, trend_file
+from bench.site.compare import machine_note
 from bench.site.gather import SiteData
 
 HEADLINE = ("ttft_ms", "tpot_ms", "decode_tok_s", "peak_rss_bytes", "perplexity", "kld_mean",
@@ -33,7 +35,7 @@ def tiles(data: SiteData, verdicts: dict) -> tuple[list[dict], dict[str, dict]]:
     for s in data.series:
         if s.metric not in HEADLINE or not s.points:
             continue
-        record = data.record_of(s.suite, s.case_id)
+        case = data.case_info(s.suite, s.case_id)
         verdict = verdicts.get((s.suite, s.case_id, s.metric))
         status = verdict["status"] if verdict else None
         latest = s.points[-1]
@@ -44,14 +46,16 @@ def tiles(data: SiteData, verdicts: dict) -> tuple[list[dict], dict[str, dict]]:
             ci = (f" [{verdict['ci_low']:.3f}, {verdict['ci_high']:.3f}]" if verdict.get("ci_low") is not None
                   else "")
             ratio = f"x{verdict['ratio']:.3f}{ci} vs {verdict['baseline_run']}"
+        machine = verdict.get("machine") if verdict else None
+        note = machine_note(MachineDifference.model_validate(machine) if isinstance(machine, dict) else machine)
         out.append({
             "suite": s.suite, "machine": s.machine,
-            "machine_label": machine_label(record) if record is not None and record.machine else s.machine,
-            "backend": record.case.backend if record is not None else "unknown", "model": s.model,
+            "machine_label": case.machine if case is not None and case.machine != "?" else s.machine,
+            "backend": case.backend if case is not None else "unknown", "model": s.model,
             "variant": s.variant, "workload": s.workload, "case_id": s.case_id, "metric": s.metric,
             "label": METRICS[s.metric].label, "unit": METRICS[s.metric].display_unit,
             "value": fmt(shown(s.metric, latest.value)), "runs": len(s.points), "latest_run": latest.run_id,
-            "status": status or "no verdict", "colour": VERDICT_COLOURS[status], "ratio": ratio,
+            "status": status or "no verdict", "colour": VERDICT_COLOURS[status], "ratio": ratio, "note": note,
             "trend": trend_file(s.suite, s.case_id), "figure": fig_id,
         })
     out.sort(key=lambda t: (t["suite"], t["model"], t["variant"], t["workload"], HEADLINE.index(t["metric"])))

@@ -9,6 +9,7 @@ from typing import Any
 from bench.metrics import MIB
 from bench.records.rundir import Run
 from bench.site.common import axis_title, fmt, pareto_front
+from bench.site.gather import KeptRun, newest_with
 
 QUALITY = ("kld_mean", "delta_ppl")
 
@@ -61,11 +62,11 @@ def figure(points: list[dict], before: dict, quality: str) -> dict:
                                        "legend": {"orientation": "h", "y": -0.2}}}
 
 
-def context(runs_by_suite: dict[str, list[Run]]) -> dict:
+def context(runs_by_suite: dict[str, list[KeptRun]]) -> dict:
     sections: list[dict] = []
     figures: dict[str, dict] = {}
     for suite, runs in sorted(runs_by_suite.items()):
-        with_quality = [r for r in runs if variants(r)]
+        with_quality = newest_with(runs, lambda r: bool(variants(r)), 2)
         if not with_quality:
             continue
         latest = with_quality[-1]

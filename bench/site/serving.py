@@ -8,9 +8,9 @@ import math
 from typing import Any
 
 from bench.metrics import METRICS
-from bench.records.rundir import Run
 from bench.records.schema import Summary
 from bench.site.common import axis_title, fmt
+from bench.site.gather import KeptRun, newest_with
 
 PANELS = (("serve_ttft_ms", "ttft_ms"), ("serve_tpot_ms", "tpot_ms"), ("serve_e2e_ms", "e2e_ms"))
 PALETTE = ("#0969da", "#bc4c00", "#1a7f37", "#8250df", "#cf222e")
@@ -75,11 +75,11 @@ def goodput_figure(records: list) -> dict:
                                        "legend": {"orientation": "h", "y": -0.25}}}
 
 
-def context(runs_by_suite: dict[str, list[Run]]) -> dict:
+def context(runs_by_suite: dict[str, list[KeptRun]]) -> dict:
     sections: list[dict] = []
     figures: dict[str, dict] = {}
     for suite, runs in sorted(runs_by_suite.items()):
-        with_serving = [r for r in runs if any(rec.ok and rec.serving for rec in r.records)]
+        with_serving = newest_with(runs, lambda r: any(rec.ok and rec.serving for rec in r.records), 1)
         if not with_serving:
             continue
         run = with_serving[-1]

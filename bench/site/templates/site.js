@@ -86,7 +86,8 @@
         return;
       }
       msg.id = "gate-verdict";
-      msg.textContent = "Gate: " + pair.verdict + " (exit code " + pair.exit_code + ")";
+      msg.textContent = "Gate: " + pair.verdict + " (exit code " + pair.exit_code + ")" +
+        (pair.ignored_machine_state ? "; --ignore-machine-state: the verdicts did not look at the machine state" : "");
       out.appendChild(msg);
       var v = table(["case", "variant", "metric", base.value, cur.value, "ratio", "95 % CI", "verdict", "note"]);
       pair.rows.forEach(function (r) {
@@ -95,7 +96,14 @@
         tr.setAttribute("data-status", r.status);
         [r.case, r.variant, r.metric + " (" + r.unit + ")", r.baseline, r.current, r.ratio, r.ci].forEach(function (x) { cell(tr, x, "l"); });
         cell(tr, r.status, "l status").style.color = r.colour;
-        cell(tr, r.note, "l");
+        var note = cell(tr, r.note, "l");
+        if (r.machine) {  // the gate's reason: the two sides' machine states differ (bench/gate/result.py)
+          var why = document.createElement("div");
+          why.className = "machine-note";
+          why.textContent = r.machine;
+          note.appendChild(why);
+          tr.setAttribute("data-machine", "differs");
+        }
         v.appendChild(tr);
       });
       out.appendChild(v);
