@@ -80,8 +80,7 @@ def build(results: Path | None, history_db: Path | None, out: Path, reports: Pat
     verdicts = latest_verdicts(pairs)
     out = Path(out)
     try:  # each file whole or not at all, never through a link planted in `out` (bench/records/safe_files.py)
-        safe_files.write_text(out / outputs.SITE_MARKER, out, "built by python -m bench site
-")
+        safe_files.write_text(out / outputs.SITE_MARKER, out, "built by python -m bench site\n")
         safe_files.write_bytes(out / "assets" / "plotly.min.js", out, script.read_bytes())
         for name in STATIC:
             safe_files.write_bytes(out / "assets" / name, out, (Path(__file__).parent / "templates" / name)
