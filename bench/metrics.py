@@ -85,6 +85,14 @@ _METRICS = [
            "gates on it."),
     Metric("tpot_vs_reference", "TPOT vs reference", "ratio", "info", "lower",
            "TPOT of the variant over the reference's, from paired interleaved rounds (as ttft_vs_reference)."),
+    Metric("ttft_vs_reference_model", "TTFT vs reference model", "ratio", "info", "lower",
+           "TTFT of the case over the same variant's on the suite's reference model, same workload (a suite with "
+           "`interleave: models` measures a workload's models in the same rounds), from the rounds both measured: "
+           "per round the ratio of their medians; the median of those ratios with a bootstrap interval over "
+           "processes, then rounds (as ttft_vs_reference). A comparison of models, never gated."),
+    Metric("tpot_vs_reference_model", "TPOT vs reference model", "ratio", "info", "lower",
+           "TPOT of the case over the same variant's on the reference model, from paired interleaved rounds (as "
+           "ttft_vs_reference_model)."),
     Metric("load_s", "load", "s", "timing", "lower",
            "Load time: from the start of the backend's load call until the model is ready to run (weights read, "
            "moved to device, any conversion or compilation done eagerly)."),
@@ -271,7 +279,10 @@ LATENCY_SAMPLES = ("ttft_ms", "tpot_ms", "e2e_ms", "itl_ms")  # per repetition o
 THROUGHPUTS = ("prefill_tok_s", "decode_tok_s")  # total tokens / total time over the repetitions
 PRECISION_METRICS = ("ttft_ms", "tpot_ms")  # the medians the stop rule makes precise (measure/policy.py)
 PAIRED = {"ttft_ms": "ttft_vs_reference", "tpot_ms": "tpot_vs_reference"}  # ratio to the reference, paired rounds
-assert all(name in METRICS for name in (*LATENCY_SAMPLES, *THROUGHPUTS, *PAIRED, *PAIRED.values()))
+# ratio to the same variant on the reference model, paired rounds (`interleave: models`)
+PAIRED_MODEL = {"ttft_ms": "ttft_vs_reference_model", "tpot_ms": "tpot_vs_reference_model"}
+assert all(name in METRICS for name in (*LATENCY_SAMPLES, *THROUGHPUTS, *PAIRED, *PAIRED.values(),
+                                        *PAIRED_MODEL.values()))
 
 
 def unit(name: str) -> str:

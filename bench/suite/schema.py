@@ -250,6 +250,12 @@ class Suite(_Strict):
     timeout_s: float = Field(900, gt=0, le=7 * 24 * 3600,
                              description="a case still running after this is killed and recorded")
     reference: str | None = Field(None, description="variant label every other variant is compared to")
+    interleave: Literal["variants", "models"] = Field(
+        "variants", description="what one interleaved unit of latency cases holds: variants (the default) are the "
+        "variants of one model and workload; models: one unit per workload with every model's variants, measured "
+        "in the same rounds, so a study that compares models gets paired-round ratios (to `reference_model`)")
+    reference_model: str | None = Field(None, description="with interleave: models, the model every other model is "
+                                        "compared to, variant by variant (default: the first of `models`)")
     peak_memory_bandwidth_gbs: float | str | None = Field(
         None, description="the device's peak memory bandwidth in GB/s, for MBU (known GPUs need none); `measured`: "
         "each latency case measures the host's copy bandwidth after measuring (bench/measure/bandwidth.py)")
@@ -283,6 +289,18 @@ class Suite(_Strict):
             raise ValueError("a task is listed twice")
         return tasks
 
+    @field_validator("reference_model")
+    @classmethod
+    def _reference_model(cls, value, info):
+        if value is None:
+            return value
+        if info.data.get("interleave") != "models":
+            raise ValueError("compares models measured in the same rounds: it needs `interleave: models`")
+        models = info.data.get("models") or []
+        if value not in models:
+            raise ValueError(f"{value!r} is not among the suite's models ({', '.join(models)})")
+        return value
+
     @model_validator(mode="after")
     def _variant_models_known(self):
         for variant in self.backends:
@@ -292,4 +310,16 @@ class Suite(_Strict):
                                  f"suite's models")
         return self
 
-
+    @model_validator(mode="after")
+    def _variants_on_the_reference_model(self):
+        """With interleave: models, a variant that runs on another model runs on the reference model too: the case
+        it is paired with."""
+        if self.interleave != "models":
+            return self
+        reference_model = self.reference_model or self.models[0]
+        for variant in self.backends:
+            if variant.models is not None and reference_model not in variant.models:
+                raise ValueError(f"variant {variant.label or variant.backend} runs on {variant.models} but not on the "
+                                 f"reference model {reference_model}: with interleave: models each model's case is "
+                                 f"paired with the same variant's on the reference model")
+        return self
