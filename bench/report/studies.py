@@ -61,6 +61,11 @@ UNPAIRED_NOTE = (f"{UNPAIRED}: not measured in the same rounds (no paired ratio 
                  f"load while each was measured); a busy machine, not the model, can make that difference.")
 
 
+def unpaired_notes(rows: list[list[Cell]]) -> list[str]:
+    """UNPAIRED_NOTE where a cell of `rows` is marked UNPAIRED."""
+    return [UNPAIRED_NOTE] if any(cell.text.endswith(UNPAIRED) for row in rows for cell in row) else []
+
+
 def machine_state(record: CaseRecord) -> str:
     """What else kept the machine busy while a latency case was measured, as recorded."""
     state = record.latency.machine if record.latency else None
@@ -134,7 +139,7 @@ def attention_table(entries: list[Entry]) -> Table | None:
                    "(backends/hf/attention.py); 'verified' means the forced kernel's operator ran and no other fused "
                    "attention kernel did."),
                   (f"TPOT vs {reference}: on the same model and workload, from the rounds both measured interleaved "
-                   f"(median of the per-round ratios, 95 % bootstrap interval). {UNPAIRED_NOTE}")])
+                   f"(median of the per-round ratios, 95 % bootstrap interval).")] + unpaired_notes(rows))
 
 
 # ---------------------------------------------------------------- attention shape (GQA, sliding window)
@@ -179,13 +184,13 @@ def shape_table(entries: list[Entry]) -> Table | None:
         [("KV/token: bytes per cached token per sequence; computed = 2 x layers x KV heads x head dim x bytes per "
           "element, measured = what the cache held after the last generation / its tokens (a sliding-window cache "
           "holds the window only). PPL @w: perplexity with windows of w tokens (the suite's strides)."),
-         _models_note(compared_to)])
+         _models_note(compared_to), *unpaired_notes(rows)])
 
 
 def _models_note(compared_to: str | None) -> str:
     return (f"vs {compared_to}: the same variant and workload on {compared_to}, from the rounds both measured "
             f"interleaved (a suite with `interleave: models`): the median of the per-round ratios with its 95 % "
-            f"bootstrap interval over processes, then rounds. {UNPAIRED_NOTE}")
+            f"bootstrap interval over processes, then rounds.")
 
 
 # ---------------------------------------------------------------- models measured in the same rounds
@@ -216,7 +221,8 @@ def models_table(entries: list[Entry]) -> Table | None:
                      Column("workload", left=True), Column("variant", left=True), Column("model", left=True),
                      Column("TTFT ms", "ttft_ms"), Column("TPOT ms", "tpot_ms"),
                      Column(f"TTFT vs {compared_to}", "ttft_vs_reference_model"),
-                     Column(f"TPOT vs {compared_to}", "tpot_vs_reference_model")], rows, [_models_note(compared_to)])
+                     Column(f"TPOT vs {compared_to}", "tpot_vs_reference_model")], rows,
+                 [_models_note(compared_to), *unpaired_notes(rows)])
 
 
 # ---------------------------------------------------------------- prefix caching

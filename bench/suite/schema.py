@@ -254,7 +254,8 @@ class Suite(_Strict):
         "variants", description="what one interleaved unit of latency cases holds: variants (the default) are the "
         "variants of one model and workload; models: one unit per workload with every model's variants, measured "
         "in the same rounds, so a study that compares models gets paired-round ratios (to `reference_model`)")
-    reference_model: str | None = Field(None, description="with interleave: models, the model every other model is "
+    reference_model: str | None = Field(None, validate_default=True,
+                                        description="with interleave: models, the model every other model is "
                                         "compared to, variant by variant (default: the first of `models`)")
     peak_memory_bandwidth_gbs: float | str | None = Field(
         None, description="the device's peak memory bandwidth in GB/s, for MBU (known GPUs need none); `measured`: "
@@ -292,13 +293,22 @@ class Suite(_Strict):
     @field_validator("reference_model")
     @classmethod
     def _reference_model(cls, value, info):
-        if value is None:
-            return value
+        """Given only with interleave: models, one of the suite's models, and every variant that runs on some model
+        runs on it too (the case each model's case is paired with)."""
         if info.data.get("interleave") != "models":
-            raise ValueError("compares models measured in the same rounds: it needs `interleave: models`")
+            if value is not None:
+                raise ValueError("compares models measured in the same rounds: it needs `interleave: models`")
+            return value
         models = info.data.get("models") or []
-        if value not in models:
+        if value is not None and value not in models:
             raise ValueError(f"{value!r} is not among the suite's models ({', '.join(models)})")
+        reference = value or (models[0] if models else None)
+        for variant in info.data.get("backends") or []:
+            if reference is not None and variant.models is not None and reference not in variant.models:
+                default = "" if value else " (the first of `models`, the default)"
+                raise ValueError(f"variant {variant.label or variant.backend} runs on {variant.models} but not on the "
+                                 f"reference model {reference}{default}: interleave: models pairs each model's case "
+                                 f"with the same variant's on the reference model")
         return value
 
     @model_validator(mode="after")
@@ -308,18 +318,4 @@ class Suite(_Strict):
             if unknown:
                 raise ValueError(f"variant {variant.label or variant.backend}: models {unknown} are not among the "
                                  f"suite's models")
-        return self
-
-    @model_validator(mode="after")
-    def _variants_on_the_reference_model(self):
-        """With interleave: models, a variant that runs on another model runs on the reference model too: the case
-        it is paired with."""
-        if self.interleave != "models":
-            return self
-        reference_model = self.reference_model or self.models[0]
-        for variant in self.backends:
-            if variant.models is not None and reference_model not in variant.models:
-                raise ValueError(f"variant {variant.label or variant.backend} runs on {variant.models} but not on the "
-                                 f"reference model {reference_model}: with interleave: models each model's case is "
-                                 f"paired with the same variant's on the reference model")
         return self
