@@ -459,3 +459,28 @@ def test_a_real_tiny_llama_aa_pair_in_the_same_rounds_gives_a_tpot_ratio_interva
     assert records["tiny-llama"].model_path == records["tiny-llama-kv2"].model_path  # the same model
     value, low, high = _interval(records["tiny-llama-kv2"].metrics["tpot_vs_reference_model"])
     assert low <= 1.0 <= high, (value, low, high)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_models_unit_runs_on_a_ray_node_with_its_paired_ratios(tmp_path, monkeypatch):
+    """The Ray executor runs the new unit shape as any unit: one task on one node, every case back to the writer."""
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # a throwaway local cluster: no token auth, on loopback
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    cluster_utils = pytest.importorskip("ray.cluster_utils", reason="ray is not installed: pip install 'bench[ray]'")
+    from tests.conftest import record_lines, run_bench, write_suite
+
+    (tmp_path / "eval.txt").write_text("text for the known-answer backend " * 20)
+    write_suite(tmp_path / "models.yaml", MODELS_SUITE.replace("min: 6, max: 12", "min: 4, max: 4"))
+    cluster = cluster_utils.Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 2, "node_ip_address": "127.0.0.1", "include_dashboard": False})
+    try:
+        proc = run_bench("run", "models.yaml", "--run-id", "ray", "--executor", "ray", "--address", cluster.address,
+                         cwd=tmp_path, timeout=240)
+    finally:
+        cluster.shutdown()
+    assert "1 unit(s)" in proc.stderr
+    records = {r.model: r for r in record_lines(tmp_path / "results" / "ray")}
+    assert sorted(records) == ["a", "b", "c"] and all(r.ok and r.machine.node for r in records.values())
+    assert records["b"].metrics["tpot_vs_reference_model"].value == pytest.approx(2.0, rel=0.1)
+    assert "tpot_vs_reference_model" in records["c"].metrics
