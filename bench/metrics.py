@@ -85,14 +85,10 @@ _METRICS = [
            "gates on it."),
     Metric("tpot_vs_reference", "TPOT vs reference", "ratio", "info", "lower",
            "TPOT of the variant over the reference's, from paired interleaved rounds (as ttft_vs_reference)."),
-    Metric("ttft_vs_reference_model", "TTFT vs reference model", "ratio", "info", "lower",
-           "TTFT of the case over the same variant's on the suite's reference model, same workload (a suite with "
-           "`interleave: models` measures a workload's models in the same rounds), from the rounds both measured: "
-           "per round the ratio of their medians; the median of those ratios with a bootstrap interval over "
-           "processes, then rounds (as ttft_vs_reference). A comparison of models, never gated."),
-    Metric("tpot_vs_reference_model", "TPOT vs reference model", "ratio", "info", "lower",
-           "TPOT of the case over the same variant's on the reference model, from paired interleaved rounds (as "
-           "ttft_vs_reference_model)."),
+    *(Metric(f"{m}_vs_reference_model", f"{m.upper()} vs reference model", "ratio", "info", "lower",
+             f"{m.upper()} of the case over the same variant's on the suite's `reference_model`, same workload, from "
+             f"the rounds both measured (a suite with `interleave: models` measures a workload's models in the same "
+             f"rounds), computed as {m}_vs_reference. A comparison of models, never gated.") for m in ("ttft", "tpot")),
     Metric("load_s", "load", "s", "timing", "lower",
            "Load time: from the start of the backend's load call until the model is ready to run (weights read, "
            "moved to device, any conversion or compilation done eagerly)."),
