@@ -85,6 +85,10 @@ _METRICS = [
            "gates on it."),
     Metric("tpot_vs_reference", "TPOT vs reference", "ratio", "info", "lower",
            "TPOT of the variant over the reference's, from paired interleaved rounds (as ttft_vs_reference)."),
+    *(Metric(f"{m}_vs_reference_model", f"{m.upper()} vs reference model", "ratio", "info", "lower",
+             f"{m.upper()} of the case over the same variant's on the suite's `reference_model`, same workload, from "
+             f"the rounds both measured (a suite with `interleave: models` measures a workload's models in the same "
+             f"rounds), computed as {m}_vs_reference. A comparison of models, never gated.") for m in ("ttft", "tpot")),
     Metric("load_s", "load", "s", "timing", "lower",
            "Load time: from the start of the backend's load call until the model is ready to run (weights read, "
            "moved to device, any conversion or compilation done eagerly)."),
@@ -271,7 +275,10 @@ LATENCY_SAMPLES = ("ttft_ms", "tpot_ms", "e2e_ms", "itl_ms")  # per repetition o
 THROUGHPUTS = ("prefill_tok_s", "decode_tok_s")  # total tokens / total time over the repetitions
 PRECISION_METRICS = ("ttft_ms", "tpot_ms")  # the medians the stop rule makes precise (measure/policy.py)
 PAIRED = {"ttft_ms": "ttft_vs_reference", "tpot_ms": "tpot_vs_reference"}  # ratio to the reference, paired rounds
-assert all(name in METRICS for name in (*LATENCY_SAMPLES, *THROUGHPUTS, *PAIRED, *PAIRED.values()))
+# ratio to the same variant on the reference model, paired rounds (`interleave: models`)
+PAIRED_MODEL = {"ttft_ms": "ttft_vs_reference_model", "tpot_ms": "tpot_vs_reference_model"}
+assert all(name in METRICS for name in (*LATENCY_SAMPLES, *THROUGHPUTS, *PAIRED, *PAIRED.values(),
+                                        *PAIRED_MODEL.values()))
 
 
 def unit(name: str) -> str:

@@ -4,6 +4,7 @@ Each token step waits exactly `token_delay_s` (a sleep, then a busy-wait on perf
 known to microseconds), the prompt step additionally `prefill_delay_s`; or, with `token_work`, does a fixed
 amount of CPU work per token (a loop of that many iterations), which a busy machine slows down in
 proportion, as it does a model's compute: 10 % more work is 10 % more time however loaded the CPU is.
+`model_token_delay_s` gives a model (by name) its own token delay, for studies that compare models.
 Logits come from a fixed bigram table, so perplexity has a closed form. `fail` makes the case crash,
 hang, raise or run out of memory, to check that the runner records it and goes on. Suites name it by import path:
 `backend: tests.known_answer_backend:KnownAnswerBackend`.
@@ -13,9 +14,11 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from pydantic import Field
 
 from backends.base import Backend, BackendDescription, BackendOptions, TokenBatch, require
 
@@ -51,6 +54,8 @@ def wait_ns(duration_ns: int) -> None:
 
 class KnownAnswerOptions(BackendOptions):
     token_delay_s: float = 0.01
+    # per model (the last part of its name or path): its own token delay instead of token_delay_s
+    model_token_delay_s: dict[str, float] = Field(default_factory=dict)
     prefill_delay_s: float = 0.0
     token_work: int = 0  # if > 0: loop iterations of CPU work per token instead of the timed wait
     fail: Literal["none", "abort", "raise", "hang", "memory", "missing-package"] = "none"
@@ -64,6 +69,7 @@ class KnownAnswerBackend(Backend):
 
     def load(self, model_path: str) -> None:
         self.model_path = model_path
+        self.token_delay_s = self.options.model_token_delay_s.get(Path(model_path).name, self.options.token_delay_s)
         fail = self.options.fail
         if self.options.fail_marker and os.path.exists(self.options.fail_marker):
             fail = "none"
@@ -90,7 +96,7 @@ class KnownAnswerBackend(Backend):
             if self.options.token_work:
                 work(self.options.token_work)
             else:
-                wait_ns(int(self.options.token_delay_s * 1e9))
+                wait_ns(int(self.token_delay_s * 1e9))
             on_token()
         return [[0] * new_tokens for _ in batch]
 

@@ -1,12 +1,14 @@
-"""Issue 22: attention kernels forced and proven from the profile, GQA KV bytes, batching and prefix options."""
+"""Issue 22: attention kernels forced and proven from the profile, GQA KV bytes, batching and prefix options.
+Issue 26: studies that compare models measure them in the same interleaved rounds (`interleave: models`)."""
 from __future__ import annotations
 
 import dataclasses
 import sys
+import textwrap
 
 import pytest
 
-from tests.conftest import load_hf
+from tests.conftest import KNOWN_ANSWER, load_hf
 
 
 @pytest.fixture(scope="module")
@@ -244,3 +246,241 @@ def test_prefix_cache_table_pairs_off_and_on_and_gives_the_ttft_speedup_with_its
     low, high = (float(x) for x in speedup.interval.strip("[]").split(","))
     assert 3.7 < low <= ratio <= high < 4.3 and ratio == pytest.approx(4.0, rel=0.05)
     assert studies.prefix_cache_table(entries[:1], lambda entry: raw[entry.record.variant]) is None  # no pair
+
+
+# ---------------------------------------------------------------- issue 26: studies interleave the models they compare
+
+MODELS_SUITE = f"""
+name: models
+models: [a, b, c]
+backends:
+  - {{backend: "{KNOWN_ANSWER}", label: ka, options: {{model_token_delay_s: {{a: 0.02, b: 0.04, c: 0.02}}}}}}
+reference: ka
+interleave: models
+reference_model: a
+workloads: [{{batch_size: 1, prompt_tokens: 8, new_tokens: 6}}]
+tasks: [latency]
+repetitions: {{warmup: 1, min: 6, max: 12, max_time_s: 30, ci_target: 0.01, processes: 2}}
+perplexity: {{text: eval.txt}}
+timeout_s: 120
+"""
+
+
+def _interval(estimate) -> tuple[float, float, float]:
+    return estimate.value, estimate.ci_low, estimate.ci_high
+
+
+def test_interleave_models_plans_one_unit_per_workload_with_every_model_and_keeps_case_ids(tmp_path, monkeypatch):
+    from bench.run.cluster.unit_process import read_unit, unit_json
+    from bench.run.plan import plan
+    from bench.run.shard import shard_cases
+    from bench.suite import load_suite
+    from tests.conftest import ROOT, write_suite
+
+    body = f"""
+        name: plan
+        models: [a, b]
+        backends:
+          - {{backend: "{KNOWN_ANSWER}", label: ref}}
+          - {{backend: "{KNOWN_ANSWER}", label: other, options: {{token_delay_s: 0.002}}}}
+        reference: ref
+        workloads: [{{batch_size: [1, 2], prompt_tokens: 8, new_tokens: 4}}]
+        tasks: [latency, perplexity]
+        perplexity: {{text: eval.txt, window: 16, stride: 8}}
+        """
+    (tmp_path / "eval.txt").write_text("evaluation text " * 20)
+    monkeypatch.chdir(tmp_path)
+    _, by_model = load_suite(write_suite(tmp_path / "variants.yaml", body))
+    _, together = load_suite(write_suite(tmp_path / "models.yaml", body + "interleave: models\n"))
+    # the option is not part of a case's identity: the same ids, so baselines still match case by case
+    assert [c.id for c in together] == [c.id for c in by_model]
+    assert all(c.interleave is None and c.reference_model is None for c in by_model)
+    assert {(c.interleave, c.reference_model) for c in together if c.task == "latency"} == {("models", "a")}
+    assert all(c.interleave is None for c in together if c.task == "perplexity")
+
+    def interleaved(cases):
+        return [u for u in plan(cases) if u.kind == "interleaved"]
+    assert [{(c.model, c.variant) for c in u.cases} for u in interleaved(by_model)] == [
+        {("a", "ref"), ("a", "other")}, {("a", "ref"), ("a", "other")}, {("b", "ref"), ("b", "other")},
+        {("b", "ref"), ("b", "other")}]
+    units = interleaved(together)  # one unit per workload, every model's variants as its members
+    assert len(units) == 2 and [len({c.workload for c in u.cases}) for u in units] == [1, 1]
+    assert all({(c.model, c.variant) for c in u.cases} == {(m, v) for m in "ab" for v in ("ref", "other")}
+               for u in units)
+    assert units[0].label == "4 latency case(s) of 2 models (b1-p8-n4)"
+    assert sum(u.kind == "sequential" for u in plan(together)) == 2  # perplexity: per model, as before
+    # --shard keeps a unit whole; the Ray executor's unit travels with the new fields
+    shards = [{c.id for c in shard_cases(together, i, 2)} for i in (1, 2)]
+    assert not shards[0] & shards[1] and shards[0] | shards[1] == {c.id for c in together}
+    assert all({c.id for c in u.cases} <= shards[0] or {c.id for c in u.cases} <= shards[1] for u in units)
+    assert read_unit(unit_json(units[0])) == units[0]
+    # suites/attention.yaml: the shapes and the kernels of its workload in one unit, paired with tiny-llama
+    _, attention = load_suite(ROOT / "suites" / "attention.yaml")
+    units = interleaved(attention)
+    assert len(units) == 1 and len(units[0].cases) == sum(c.task == "latency" for c in attention) == 11
+    assert {c.model for c in units[0].cases} == {"tiny-llama", "tiny-llama-kv1", "tiny-llama-mha", "tiny-llama-swa"}
+    assert {c.reference_model for c in units[0].cases} == {"tiny-llama"}
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("reference_model: a\n", r"models.yaml:\d+: reference_model: .*needs `interleave: models`"),
+    ("interleave: models\nreference_model: z\n",
+     r"models.yaml:\d+: reference_model: 'z' is not among the suite's models \(a, b\)"),
+    ("interleave: model\n", r"models.yaml:\d+: interleave: .*'variants' or 'models'"),
+    ("interleave: models\nreference_model: b\n", r"variant only-a runs on \['a'\] but not on the reference model b"),
+])
+def test_interleave_models_is_validated_with_file_and_line(tmp_path, extra, message):
+    from bench.suite import SuiteError, load_suite
+    from tests.conftest import write_suite
+
+    path = write_suite(tmp_path / "models.yaml", textwrap.dedent(f"""
+        name: bad
+        models: [a, b]
+        backends:
+          - {{backend: "{KNOWN_ANSWER}", label: ref}}
+          - {{backend: "{KNOWN_ANSWER}", label: only-a, models: [a]}}
+        tasks: [latency]
+        """) + extra)
+    with pytest.raises(SuiteError, match=message):
+        load_suite(path)
+
+
+@pytest.fixture(scope="module")
+def models_run(tmp_path_factory):
+    """The known-answer models study run once through `bench run`: a 20 ms, b 40 ms (2x), c 20 ms (a under
+    another name: the A/A pair) per token, all three in the same rounds."""
+    from tests.conftest import run_bench, write_suite
+
+    workdir = tmp_path_factory.mktemp("models")
+    (workdir / "eval.txt").write_text("text for the known-answer backend " * 20)
+    write_suite(workdir / "models.yaml", MODELS_SUITE)
+    run_bench("run", "models.yaml", "--run-id", "m", cwd=workdir)
+    return workdir
+
+
+def test_models_in_one_unit_carry_paired_ratios_to_the_reference_model_known_answer(models_run):
+    from tests.conftest import record_lines
+
+    records = {r.model: r for r in record_lines(models_run / "results" / "m")}
+    assert all(r.ok and r.latency.interleave == "resident" and r.latency.processes == 2 for r in records.values())
+    assert "tpot_vs_reference_model" not in records["a"].metrics  # the reference itself
+    assert all("tpot_vs_reference" not in r.metrics for r in records.values())  # one variant: no variant ratio
+    slower, same = records["b"].metrics["tpot_vs_reference_model"], records["c"].metrics["tpot_vs_reference_model"]
+    assert "paired rounds" in slower.method and "ka on a's" in slower.method
+    value, low, high = _interval(slower)  # 40 ms over 20 ms per token: ~2, inside its interval, far from 1
+    assert value == pytest.approx(2.0, rel=0.1) and low <= value <= high and low > 1.5
+    value, low, high = _interval(same)  # the A/A pair: the same delay under two names
+    assert low <= 1.0 <= high and value == pytest.approx(1.0, rel=0.1)
+    assert records["b"].metrics["ttft_vs_reference_model"].value == pytest.approx(2.0, rel=0.15)
+
+
+def test_the_report_shows_paired_ratios_and_marks_a_resumed_case_with_both_machine_states(models_run, tmp_path):
+    import shutil
+
+    from bench.records import load_run
+    from bench.report import studies
+    from bench.report.tables import Entry
+    from tests.conftest import run_bench
+
+    workdir = tmp_path / "w"
+    shutil.copytree(models_run, workdir)
+    run_dir = workdir / "results" / "m"
+    table = studies.models_table([Entry("m", r) for r in load_run(run_dir).records])
+    assert table is not None and table.title.endswith("against a")
+    rows = {row[2].text: row for row in table.rows}
+    assert rows["a"][6].text == "reference" and rows["b"][6].text.endswith("x") and rows["b"][6].interval
+    assert studies.UNPAIRED not in (workdir / "reports" / "m" / "report.md").read_text()
+    # b measured again, alone (its record dropped, then --resume): its ratio to a is not from paired rounds
+    lines = (run_dir / "cases.jsonl").read_text().splitlines()
+    (run_dir / "cases.jsonl").write_text("".join(line + "\n" for line in lines if '"model":"b"' not in line))
+    run_bench("run", "--resume", "m", cwd=workdir)
+    records = {r.model: r for r in load_run(run_dir).records}
+    assert "tpot_vs_reference_model" not in records["b"].metrics and "tpot_vs_reference_model" in records["c"].metrics
+    rows = {row[2].text: row for row in studies.models_table([Entry("m", r) for r in records.values()]).rows}
+    marked = rows["b"][6]
+    assert marked.text.endswith(studies.UNPAIRED) and not marked.interval
+    assert float(marked.text.split("x")[0]) == pytest.approx(2.0, rel=0.15)  # the plain ratio of the two medians
+    for side in ("not in the same rounds: other processes kept", "; a ka: other processes kept"):
+        assert side in marked.detail
+    assert marked.detail.count("CPUs busy") == 2 and rows["c"][6].interval  # c kept its paired ratio
+    report = (workdir / "reports" / "m" / "report.md").read_text()
+    assert f"x {studies.UNPAIRED} (not in the same rounds: " in report and "not measured in the same rounds" in report
+
+
+def test_the_shape_table_marks_models_measured_apart_and_shows_paired_intervals():
+    """Records as an older run of suites/attention.yaml wrote them (each model its own unit), and one paired."""
+    from bench.records.schema import CaseRecord, CaseSpec, Estimate, LatencyInfo, MachineState, Summary, Workload
+    from bench.report import studies
+    from bench.report.tables import Entry
+
+    workload = Workload(batch_size=1, prompt_tokens=128, new_tokens=32)
+
+    def record(model: str, tpot: float, load: float, paired: Estimate | None = None) -> CaseRecord:
+        case = CaseSpec(id=model, suite="attention", model=model, backend="hf-eager", variant="sdpa-flash",
+                        task="latency", workload=workload, reference="sdpa-flash")
+        metrics = {"tpot_ms": Summary(n=10, median=tpot), "kv_cache_bytes_per_token": 2048}
+        if paired:
+            metrics["tpot_vs_reference_model"] = paired
+        machine = MachineState(cpus=2, other_cpu_load_mean=load, other_cpu_load_max=load, contended=load >= 0.5)
+        return CaseRecord(case=case, status="ok", started_at=0, wall_seconds=1, metrics=metrics,
+                          latency=LatencyInfo(repetitions=10, stop_reason="max_time", measure_seconds=1,
+                                              machine=machine))
+    entries = [Entry("r", record("tiny-llama", 3.75, 1.62)), Entry("r", record("tiny-llama-mha", 1.32, 0.04)),
+               Entry("r", record("tiny-llama-kv1", 1.28, 1.24, Estimate(value=1.02, ci_low=0.97, ci_high=1.08)))]
+    table = studies.shape_table(entries)
+    assert table is not None
+    column = [c.header for c in table.columns].index("TPOT vs tiny-llama")
+    cells = {row[0].text: row[column] for row in table.rows}
+    assert cells["tiny-llama"].text == "reference"
+    assert (cells["tiny-llama-kv1"].text, cells["tiny-llama-kv1"].interval) == ("1.020x", "[0.970, 1.080]")
+    mha = cells["tiny-llama-mha"]
+    assert mha.text == f"0.352x {studies.UNPAIRED}" and not mha.interval
+    assert "kept 0.04 of 2 CPUs busy;" in mha.detail and "tiny-llama sdpa-flash: other processes kept 1.62 of 2 " \
+        "CPUs busy (contended)" in mha.detail
+    assert any(studies.UNPAIRED_NOTE in note for note in table.notes)
+
+
+@pytest.mark.slow
+def test_a_real_tiny_llama_aa_pair_in_the_same_rounds_gives_a_tpot_ratio_interval_containing_1(tmp_path, tiny_llama):
+    """tiny-llama-kv2 is tiny-llama's recipe, so the same cached build under another name: an A/A study."""
+    from tests.conftest import record_lines, run_bench, write_suite
+
+    write_suite(tmp_path / "aa.yaml", """
+        name: aa
+        models: [tiny-llama, tiny-llama-kv2]
+        backends: [{backend: hf-eager, label: eager}]
+        interleave: models
+        workloads: [{batch_size: 1, prompt_tokens: 16, new_tokens: 8}]
+        tasks: [latency]
+        repetitions: {warmup: 1, min: 8, max: 16, max_time_s: 4, ci_target: 0.01, processes: 2}
+        """)
+    run_bench("run", "aa.yaml", "--run-id", "aa", cwd=tmp_path)
+    records = {r.model: r for r in record_lines(tmp_path / "results" / "aa")}
+    assert records["tiny-llama"].model_path == records["tiny-llama-kv2"].model_path  # the same model
+    value, low, high = _interval(records["tiny-llama-kv2"].metrics["tpot_vs_reference_model"])
+    assert low <= 1.0 <= high, (value, low, high)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_models_unit_runs_on_a_ray_node_with_its_paired_ratios(tmp_path, monkeypatch):
+    """The Ray executor runs the new unit shape as any unit: one task on one node, every case back to the writer."""
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # a throwaway local cluster: no token auth, on loopback
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    cluster_utils = pytest.importorskip("ray.cluster_utils", reason="ray is not installed: pip install 'bench[ray]'")
+    from tests.conftest import record_lines, run_bench, write_suite
+
+    (tmp_path / "eval.txt").write_text("text for the known-answer backend " * 20)
+    write_suite(tmp_path / "models.yaml", MODELS_SUITE.replace("min: 6, max: 12", "min: 4, max: 4"))
+    cluster = cluster_utils.Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 2, "node_ip_address": "127.0.0.1", "include_dashboard": False})
+    try:
+        proc = run_bench("run", "models.yaml", "--run-id", "ray", "--executor", "ray", "--address", cluster.address,
+                         cwd=tmp_path, timeout=240)
+    finally:
+        cluster.shutdown()
+    assert "1 unit(s)" in proc.stderr
+    records = {r.model: r for r in record_lines(tmp_path / "results" / "ray")}
+    assert sorted(records) == ["a", "b", "c"] and all(r.ok and r.machine.node for r in records.values())
+    assert records["b"].metrics["tpot_vs_reference_model"].value == pytest.approx(2.0, rel=0.1)
+    assert "tpot_vs_reference_model" in records["c"].metrics

@@ -30,6 +30,10 @@ Format history (FORMAT_VERSION is what this code writes; `bench.records.upgrade`
   every older run did, or "last-stride", llama-perplexity's protocol) and `PerplexityInfo.reference_logprobs` /
   `reference_recomputed` (the reference's log-probabilities live in bench's cache, not in the run directory:
   a run made before that has them in `reference/`, which nothing reads any more).
+  Also additive: `CaseSpec.interleave` / `CaseSpec.reference_model` (the suite said `interleave: models`: a
+  workload's latency cases of every model were measured in the same rounds) and the metrics
+  `ttft_vs_reference_model` / `tpot_vs_reference_model` (the paired-round ratio to the same variant on the
+  reference model); both fields are left out of a record (None) when the suite did not ask.
 
 Settings shared by suites and records (workload, repetitions, perplexity, profile, serving) are defined here,
 so reading a run never needs the suite's backends, or even its schema, to still exist.
@@ -296,6 +300,10 @@ class CaseSpec(_Record):
     reference: str | None = None
     peak_memory_bandwidth_gbs: float | None = None
     measure_memory_bandwidth: bool = False  # suite `peak_memory_bandwidth_gbs: measured`: the worker measures it
+    # suite `interleave: models` (latency cases only): one interleaved unit per workload with every model's variants
+    # as members, each paired with the same variant on `reference_model` (None: units per model and workload)
+    interleave: Literal["models"] | None = None
+    reference_model: str | None = None
 
 
 # ---------------------------------------------------------------- metric values

@@ -5,8 +5,14 @@ Shown only when a run has what they compare:
   operators the torch profiler saw (backends/hf/attention.py), whether they prove the kernel ran, TTFT
   and TPOT; skipped kernels with their reason.
 - **Attention shape**: latency and perplexity cases over several models: KV heads and sliding window
-  (from each model's config.json), KV-cache bytes per token computed and measured, TPOT, and perplexity
-  at each window.
+  (from each model's config.json), KV-cache bytes per token computed and measured, TPOT, its ratio to
+  the same variant on the reference model, and perplexity at each window.
+- **Models measured in the same rounds** (a suite with `interleave: models` whose run has no attention-shape
+  table): per workload and variant, each model's TTFT and TPOT and their ratios to the reference model.
+
+Every ratio between two timings comes from the rounds both cases measured interleaved (bench/run/interleave.py:
+the median of per-round ratios, with its bootstrap interval) where the records have it; a ratio of two medians
+measured at different times is marked † with both sides' machine state (other processes' CPU load, contended).
 - **Prefix caching**: serving cases with a shared-prefix workload (`request.shared_prefix_tokens`), the
   same server with its prefix cache off and on: TTFT median of each and the speedup (off / on) with a
   95 % bootstrap interval over requests (bench/gate/rule.py's resampling), and the hit rate where the
@@ -24,14 +30,81 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.records.schema import RawSamples
-from bench.report.tables import NA, Cell, Column, Entry, Table, fmt, metric_cell, serving_levels
+from bench.records.schema import CaseRecord, Estimate, RawSamples
+from bench.report.tables import (
+    NA,
+    Cell,
+    Column,
+    Entry,
+    Table,
+    fmt,
+    metric_cell,
+    paired_cell,
+    ratio_cell,
+    serving_levels,
+)
 
 SamplesOf = Callable[[Entry], RawSamples | None]
 
 
 def tables(entries: list[Entry], samples_of: SamplesOf) -> list[Table]:
-    return [t for t in (attention_table(entries), shape_table(entries), prefix_cache_table(entries, samples_of)) if t]
+    shape = shape_table(entries)
+    models = None if shape else models_table(entries)  # the shape table shows the same ratios, and more
+    return [t for t in (attention_table(entries), shape, models, prefix_cache_table(entries, samples_of)) if t]
+
+
+# ---------------------------------------------------------------- ratios: from paired rounds, or marked
+
+UNPAIRED = "†"
+UNPAIRED_NOTE = (f"{UNPAIRED}: not measured in the same rounds (no paired ratio in the records): the ratio of two "
+                 f"medians measured at different times, with the machine state of each side (other processes' CPU "
+                 f"load while each was measured); a busy machine, not the model, can make that difference.")
+
+
+def unpaired_notes(rows: list[list[Cell]]) -> list[str]:
+    """UNPAIRED_NOTE where a cell of `rows` is marked UNPAIRED."""
+    return [UNPAIRED_NOTE] if any(cell.text.endswith(UNPAIRED) for row in rows for cell in row) else []
+
+
+def machine_state(record: CaseRecord) -> str:
+    """What else kept the machine busy while a latency case was measured, as recorded."""
+    state = record.latency.machine if record.latency else None
+    if state is None:
+        return "machine state not recorded"
+    return (f"other processes kept {state.other_cpu_load_mean:.2f} of {state.cpus} CPUs busy"
+            + (" (contended)" if state.contended else ""))
+
+
+def paired_or_marked(record: CaseRecord, paired: str, metric: str, partner: CaseRecord | None) -> Cell:
+    """`metric` of `record` over `partner`'s: the paired-round ratio `paired` with its interval where the record has
+    it, else the ratio of the two medians marked UNPAIRED with both sides' machine state."""
+    if partner is None:
+        return NA
+    if partner is record:
+        return Cell("reference")
+    if isinstance(record.metrics.get(paired), Estimate):
+        return paired_cell(record, paired, metric, partner)
+    plain = ratio_cell(record.value(metric), partner.value(metric))
+    if plain is NA:
+        return NA
+    return Cell(f"{plain.text} {UNPAIRED}", detail=f"not in the same rounds: {machine_state(record)}; "
+                                                   f"{partner.model} {partner.variant}: {machine_state(partner)}")
+
+
+def _latency_record(entries: list[Entry], run: str, model: str, variant: str, like: CaseRecord) -> CaseRecord | None:
+    """The ok latency record of `model` and `variant` in `run` with the workload of `like`."""
+    for e in entries:
+        r = e.record
+        if e.run == run and r.ok and r.task == "latency" and r.model == model and r.variant == variant \
+                and r.workload == like.workload:
+            return r
+    return None
+
+
+def reference_model(records: list[CaseRecord]) -> str | None:
+    """The model others are compared to: the suite's (`interleave: models`), else the first model that ran."""
+    return next((r.case.reference_model for r in records if r.case.reference_model), None) or \
+        next((r.model for r in records), None)
 
 
 # ---------------------------------------------------------------- attention kernels
@@ -49,17 +122,24 @@ def attention_table(entries: list[Entry]) -> Table | None:
                      Cell(r.workload.label if r.workload else ""),
                      Cell(r.status if r.ok else f"{r.status}: {r.reason or ''}"), Cell(ops or ("" if r.ok else "n/a")),
                      Cell(verified, detail=seen.get("verdict", "") if seen and not seen.get("verified") else ""),
-                     *(metric_cell(r, m) if r.ok else NA for m in ("ttft_ms", "tpot_ms"))])
+                     *(metric_cell(r, m) if r.ok else NA for m in ("ttft_ms", "tpot_ms")),
+                     paired_or_marked(r, "tpot_vs_reference", "tpot_ms",
+                                      _latency_record(entries, e.run, r.model, r.case.reference or "", r))
+                     if r.ok else NA])
     if not rows:
         return None
+    reference = next((str(e.record.case.reference) for e in entries if e.record.case.reference), "reference")
     return Table("Attention kernels: what was forced, and what the profiler saw run",
                  [Column("model", left=True), Column("variant", left=True), Column("attention", left=True),
                   Column("workload", left=True),
                   Column("status", left=True), Column("attention operators in the profile (calls)", left=True),
-                  Column("verified", left=True), Column("TTFT ms", "ttft_ms"), Column("TPOT ms", "tpot_ms")], rows,
+                  Column("verified", left=True), Column("TTFT ms", "ttft_ms"), Column("TPOT ms", "tpot_ms"),
+                  Column(f"TPOT vs {reference}", "tpot_vs_reference")], rows,
                  [("The operators come from one profiled 16-token prefill and one decode step, run after measuring "
                    "(backends/hf/attention.py); 'verified' means the forced kernel's operator ran and no other fused "
-                   "attention kernel did.")])
+                   "attention kernel did."),
+                  (f"TPOT vs {reference}: on the same model and workload, from the rounds both measured interleaved "
+                   f"(median of the per-round ratios, 95 % bootstrap interval).")] + unpaired_notes(rows))
 
 
 # ---------------------------------------------------------------- attention shape (GQA, sliding window)
@@ -75,30 +155,74 @@ def shape_table(entries: list[Entry]) -> Table | None:
     if len(models) < 2 or not any("kv_cache_bytes_per_token" in e.record.metrics for e in ok):
         return None
     windows = sorted({e.record.case.perplexity.window for e in ok if e.record.task == "perplexity"})
+    compared_to = reference_model([e.record for e in ok if e.record.task == "latency"])
     rows = []
     for model in models:
         for variant in sorted({e.record.variant for e in ok if e.record.model == model}):
-            mine = [e.record for e in ok if e.record.model == model and e.record.variant == variant]
-            latency = [r for r in mine if r.task == "latency"]
+            mine = [e for e in ok if e.record.model == model and e.record.variant == variant]
+            latency = [e for e in mine if e.record.task == "latency"]
             if not latency:
                 continue
-            config = _config(latency[0].model_path)
-            ppl = {r.case.perplexity.window: r for r in mine if r.task == "perplexity"}
-            for r in latency:
+            config = _config(latency[0].record.model_path)
+            ppl = {e.record.case.perplexity.window: e.record for e in mine if e.record.task == "perplexity"}
+            for e in latency:
+                r = e.record
+                partner = _latency_record(entries, e.run, compared_to or "", variant, r)
                 rows.append([Cell(model), Cell(variant), Cell(r.workload.label if r.workload else ""),
                              Cell(fmt(config.get("num_attention_heads"))), Cell(fmt(config.get("num_key_value_heads"))),
                              Cell(fmt(config.get("sliding_window")) if config.get("sliding_window") else "full"),
                              metric_cell(r, "kv_cache_bytes_per_token"),
                              metric_cell(r, "kv_cache_measured_bytes_per_token"), metric_cell(r, "tpot_ms"),
+                             paired_or_marked(r, "tpot_vs_reference_model", "tpot_ms", partner),
                              *(metric_cell(ppl[w], "perplexity") if w in ppl else NA for w in windows)])
     return Table("Attention shape: KV heads, sliding window, KV bytes, TPOT, perplexity against context", [
         Column("model", left=True), Column("variant", left=True), Column("workload", left=True), Column("heads"),
         Column("KV heads"), Column("window"), Column("KV/token computed", "kv_cache_bytes_per_token"),
         Column("KV/token measured", "kv_cache_measured_bytes_per_token"), Column("TPOT ms", "tpot_ms"),
+        Column(f"TPOT vs {compared_to}", "tpot_vs_reference_model"),
         *(Column(f"PPL @{w}", "perplexity") for w in windows)], rows,
         [("KV/token: bytes per cached token per sequence; computed = 2 x layers x KV heads x head dim x bytes per "
           "element, measured = what the cache held after the last generation / its tokens (a sliding-window cache "
-          "holds the window only). PPL @w: perplexity with windows of w tokens (the suite's strides).")])
+          "holds the window only). PPL @w: perplexity with windows of w tokens (the suite's strides)."),
+         _models_note(compared_to), *unpaired_notes(rows)])
+
+
+def _models_note(compared_to: str | None) -> str:
+    return (f"vs {compared_to}: the same variant and workload on {compared_to}, from the rounds both measured "
+            f"interleaved (a suite with `interleave: models`): the median of the per-round ratios with its 95 % "
+            f"bootstrap interval over processes, then rounds.")
+
+
+# ---------------------------------------------------------------- models measured in the same rounds
+
+def models_table(entries: list[Entry]) -> Table | None:
+    """Each model's TTFT and TPOT and their ratios to the reference model, variant by variant, where the suite
+    interleaved models (`interleave: models`)."""
+    latency = [e for e in entries
+               if e.record.ok and e.record.task == "latency" and e.record.case.interleave == "models"]
+    if len({e.record.model for e in latency}) < 2:
+        return None
+    compared_to = reference_model([e.record for e in latency])
+    models = list(dict.fromkeys(e.record.model for e in latency))
+    latency.sort(key=lambda e: (e.run, e.record.workload.short if e.record.workload else "", e.record.variant,
+                                models.index(e.record.model)))
+    several_runs = len({e.run for e in latency}) > 1
+    rows = []
+    for e in latency:
+        r = e.record
+        partner = _latency_record(entries, e.run, compared_to or "", r.variant, r)
+        rows.append(([Cell(e.run)] if several_runs else []) + [
+            Cell(r.workload.label if r.workload else ""), Cell(r.variant), Cell(r.model),
+            metric_cell(r, "ttft_ms"), metric_cell(r, "tpot_ms"),
+            paired_or_marked(r, "ttft_vs_reference_model", "ttft_ms", partner),
+            paired_or_marked(r, "tpot_vs_reference_model", "tpot_ms", partner)])
+    return Table(f"Models measured in the same rounds: TTFT and TPOT against {compared_to}",
+                 ([Column("run", left=True)] if several_runs else []) + [
+                     Column("workload", left=True), Column("variant", left=True), Column("model", left=True),
+                     Column("TTFT ms", "ttft_ms"), Column("TPOT ms", "tpot_ms"),
+                     Column(f"TTFT vs {compared_to}", "ttft_vs_reference_model"),
+                     Column(f"TPOT vs {compared_to}", "tpot_vs_reference_model")], rows,
+                 [_models_note(compared_to), *unpaired_notes(rows)])
 
 
 # ---------------------------------------------------------------- prefix caching

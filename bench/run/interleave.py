@@ -18,6 +18,10 @@ finishing) over all its process sets; a set is started only for the cases that h
 measure in it. A variant whose worker crashes, runs past that budget or fails is recorded as failed with
 the reason and its output; the others go on. Each variant's ratio to
 the reference comes from the rounds both measured (per round: the ratio of their medians).
+
+A unit of a suite with `interleave: models` holds every model's variants of one workload: the same rounds,
+and two paired ratios per case where they apply: to the reference variant on its own model
+(`*_vs_reference`, as for any unit) and to the same variant on the reference model (`*_vs_reference_model`).
 """
 from __future__ import annotations
 
@@ -40,7 +44,7 @@ from bench.exec import envs
 from bench.exec.protocol import DRIVE_FDS, WorkerResult
 from bench.measure import bandwidth, machine, policy, stats
 from bench.measure.latency import derive, per_repetition
-from bench.metrics import PAIRED
+from bench.metrics import PAIRED, PAIRED_MODEL
 from bench.records import safe_files
 from bench.records.rundir import RunDir
 from bench.records.schema import CaseRecord, CaseSpec, Estimate, LatencyInfo, MetricValue, RawSamples, Summary
@@ -296,14 +300,37 @@ def _processes(cases: list[CaseSpec], run: RunDir, measured: dict[str, _Measured
 
 
 def run_group(cases: list[CaseSpec], run: RunDir) -> Iterator[tuple[CaseRecord, RawSamples | None]]:
-    """Measure the variants of one model and workload interleaved; one record (and samples) per case."""
+    """Measure the variants of one model and workload (with `interleave: models`, of every model) interleaved;
+    one record (and samples) per case."""
     measured = {case.id: _Measured(case) for case in cases}
     rng = random.Random(hash(tuple(sorted(measured))) & 0xFFFFFFFF)
     mode = cases[0].repetitions.interleave
     (_resident if mode == "resident" else _processes)(cases, run, measured, rng)
-    reference = next((m for m in measured.values() if m.case.variant == m.case.reference and m.gone is None), None)
     for m in measured.values():
-        yield _record(m, reference, mode, len(cases), run)
+        yield _record(m, _partners(m, measured), mode, len(cases), run)
+
+
+@dataclass(frozen=True)
+class _Partner:
+    """The case another is paired with, round by round, and the metrics its ratios are recorded as."""
+
+    measured: _Measured
+    names: dict[str, str]  # metric -> the metric its ratio is recorded as (bench/metrics.py PAIRED, PAIRED_MODEL)
+    whom: str  # says in the ratio's method whom it is to
+
+
+def _partners(m: _Measured, measured: dict[str, _Measured]) -> list[_Partner]:
+    """The reference variant on the case's own model; with `interleave: models`, also the same variant on the
+    reference model. Only partners that measured (not gone), and never the case itself."""
+    found = {(o.case.model, o.case.variant): o for o in measured.values() if o.gone is None}
+    case, partners = m.case, []
+    reference = found.get((case.model, case.reference or ""))
+    if reference is not None and reference is not m:
+        partners.append(_Partner(reference, PAIRED, "the reference's"))
+    same_variant = found.get((case.reference_model, case.variant)) if case.reference_model else None
+    if same_variant is not None and same_variant is not m:
+        partners.append(_Partner(same_variant, PAIRED_MODEL, f"{case.variant} on {case.reference_model}'s"))
+    return partners
 
 
 def _rounds_of(m: _Measured, metric: str) -> dict[tuple[int, int], list[float]]:
@@ -351,7 +378,7 @@ def _warnings(m: _Measured, info: LatencyInfo) -> list[str]:
     return out
 
 
-def _record(m: _Measured, reference: _Measured | None, mode: str, group_size: int,
+def _record(m: _Measured, partners: list[_Partner], mode: str, group_size: int,
             run: RunDir) -> tuple[CaseRecord, RawSamples | None]:
     case = m.case
     wall = time.time() - m.started
@@ -384,14 +411,15 @@ def _record(m: _Measured, reference: _Measured | None, mode: str, group_size: in
         metrics["model_size_bytes"] = description.model_size_bytes
         if last.peak_bandwidth_gbs is not None and last.peak_bandwidth_source:  # for readers: where the peak is from
             description.details["peak_memory_bandwidth_source"] = last.peak_bandwidth_source
-    if reference is not None and reference is not m:
-        for metric, name in PAIRED.items():
-            ratio = stats.paired_ratio(_rounds_of(m, metric), _rounds_of(reference, metric), case.repetitions.ci_level)
+    for partner in partners:
+        for metric, name in partner.names.items():
+            ratio = stats.paired_ratio(_rounds_of(m, metric), _rounds_of(partner.measured, metric),
+                                       case.repetitions.ci_level)
             if ratio is not None:
                 metrics[name] = Estimate(value=ratio[0], ci_low=ratio[1], ci_high=ratio[2],
                                          ci_level=case.repetitions.ci_level,
                                          method=f"median over {ratio[3]} paired rounds of the ratio of round medians "
-                                                f"to the reference's; bootstrap over processes, then rounds")
+                                                f"to {partner.whom}; bootstrap over processes, then rounds")
     record = CaseRecord(case=case, status="ok", started_at=m.started, wall_seconds=wall,
                         worker_seconds=sum(r.worker_seconds or 0 for r in m.results), python=last.python,
                         model_path=last.model_path, metrics=metrics, latency=info, backend=description,

@@ -242,4 +242,13 @@ def expand(suite: Suite) -> list[CaseSpec]:
     measured = stated == "measured"
     return [CaseSpec(id=case_id(identity), **identity, reference=reference,
                      peak_memory_bandwidth_gbs=None if measured else stated,
-                     measure_memory_bandwidth=measured) for identity in identities]
+                     measure_memory_bandwidth=measured, **_interleaved_models(suite, identity["task"] == "latency"))
+            for identity in identities]
+
+
+def _interleaved_models(suite: Suite, latency: bool) -> dict[str, Any]:
+    """`interleave: models` on a latency case (not part of its identity: the case ids stay those of the suite
+    without it, so baselines still match): its unit holds every model, paired with `reference_model`."""
+    if suite.interleave != "models" or not latency:
+        return {}
+    return {"interleave": "models", "reference_model": suite.reference_model or suite.models[0]}

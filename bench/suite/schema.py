@@ -253,6 +253,13 @@ class Suite(_Strict):
     timeout_s: float = Field(900, gt=0, le=7 * 24 * 3600,
                              description="a case still running after this is killed and recorded")
     reference: str | None = Field(None, description="variant label every other variant is compared to")
+    interleave: Literal["variants", "models"] = Field(
+        "variants", description="what one interleaved unit of latency cases holds: variants (the default) are the "
+        "variants of one model and workload; models: one unit per workload with every model's variants, measured "
+        "in the same rounds, so a study that compares models gets paired-round ratios (to `reference_model`)")
+    reference_model: str | None = Field(None, validate_default=True,
+                                        description="with interleave: models, the model every other model is "
+                                        "compared to, variant by variant (default: the first of `models`)")
     peak_memory_bandwidth_gbs: float | str | None = Field(
         None, description="the device's peak memory bandwidth in GB/s, for MBU (known GPUs need none); `measured`: "
         "each latency case measures the host's copy bandwidth after measuring (bench/measure/bandwidth.py)")
@@ -286,6 +293,27 @@ class Suite(_Strict):
             raise ValueError("a task is listed twice")
         return tasks
 
+    @field_validator("reference_model")
+    @classmethod
+    def _reference_model(cls, value, info):
+        """Given only with interleave: models, one of the suite's models, and every variant that runs on some model
+        runs on it too (the case each model's case is paired with)."""
+        if info.data.get("interleave") != "models":
+            if value is not None:
+                raise ValueError("compares models measured in the same rounds: it needs `interleave: models`")
+            return value
+        models = info.data.get("models") or []
+        if value is not None and value not in models:
+            raise ValueError(f"{value!r} is not among the suite's models ({', '.join(models)})")
+        reference = value or (models[0] if models else None)
+        for variant in info.data.get("backends") or []:
+            if reference is not None and variant.models is not None and reference not in variant.models:
+                default = "" if value else " (the first of `models`, the default)"
+                raise ValueError(f"variant {variant.label or variant.backend} runs on {variant.models} but not on the "
+                                 f"reference model {reference}{default}: interleave: models pairs each model's case "
+                                 f"with the same variant's on the reference model")
+        return value
+
     @model_validator(mode="after")
     def _variant_models_known(self):
         for variant in self.backends:
@@ -294,5 +322,3 @@ class Suite(_Strict):
                 raise ValueError(f"variant {variant.label or variant.backend}: models {unknown} are not among the "
                                  f"suite's models")
         return self
-
-
