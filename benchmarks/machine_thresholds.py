@@ -9,7 +9,8 @@ records the CPUs other processes kept busy and the CPU clock, as a case's record
 signal the probe does not record). Per round, in a new random order, one measurement per condition:
 
 - quiet: no extra load (whatever else the machine runs: the probe says how much);
-- 1 hog, 2 hogs: that many busy-looping processes, placed by the scheduler;
+- half a hog, 1 hog, 2 hogs: busy-looping processes (half a hog: busy 5 ms of every 10 ms, about 0.5 CPU),
+  placed by the scheduler;
 - with 2+ CPUs, the decode loop pinned to CPU 0 and one hog pinned to CPU 0 (same CPU) or to CPU 1 (other CPU).
 
 It prints, as JSON: per condition the median decode tok/s, its ratio to quiet in the same round (median over
@@ -41,7 +42,16 @@ from bench.models import build_builtin
 ROOT = Path(__file__).resolve().parent.parent
 
 GATE_THRESHOLD = 0.05  # the gate's default relative threshold (bench/gate/rule.py, suites' regression.threshold)
-HOG = "while True: pass"
+HOG = """
+import sys, time
+busy = float(sys.argv[1]) * 0.01  # of every 10 ms
+while True:
+    end = time.perf_counter() + busy
+    while time.perf_counter() < end:
+        pass
+    if busy < 0.01:
+        time.sleep(0.01 - busy)
+"""
 
 
 def _pin(proc: subprocess.Popen, cpu: int | None) -> subprocess.Popen:
@@ -51,13 +61,15 @@ def _pin(proc: subprocess.Popen, cpu: int | None) -> subprocess.Popen:
 
 
 class Hogs:
-    """`n` busy-looping processes, each pinned to `cpu` (None: placed by the scheduler), until the block ends."""
+    """`n` busy-looping processes, each busy `duty` of the time (in 10 ms periods) and pinned to `cpu` (None: placed
+    by the scheduler), until the block ends."""
 
-    def __init__(self, n: int, cpu: int | None = None) -> None:
-        self.n, self.cpu = n, cpu
+    def __init__(self, n: int, cpu: int | None = None, duty: float = 1.0) -> None:
+        self.n, self.cpu, self.duty = n, cpu, duty
 
     def __enter__(self) -> Self:
-        self.procs = [_pin(subprocess.Popen([sys.executable, "-c", HOG]), self.cpu) for _ in range(self.n)]
+        self.procs = [_pin(subprocess.Popen([sys.executable, "-c", HOG, str(self.duty)]), self.cpu)
+                      for _ in range(self.n)]
         time.sleep(0.3 if self.n else 0)  # running before the measured process starts
         return self
 
@@ -67,21 +79,23 @@ class Hogs:
             proc.wait()
 
 
-CONDITIONS: dict[str, tuple[int, int | None, int | None]] = {  # name: (hogs, hogs' CPU, decode loop's CPU)
-    "quiet": (0, None, None),
-    "1 hog": (1, None, None),
-    "2 hogs": (2, None, None),
-    "pinned, hog on the same CPU": (1, 0, 0),
-    "pinned, hog on the other CPU": (1, 1, 0),
+# name: (hogs, hogs' CPU, decode loop's CPU, hogs' duty cycle)
+CONDITIONS: dict[str, tuple[int, int | None, int | None, float]] = {
+    "quiet": (0, None, None, 1.0),
+    "half a hog": (1, None, None, 0.5),
+    "1 hog": (1, None, None, 1.0),
+    "2 hogs": (2, None, None, 1.0),
+    "pinned, hog on the same CPU": (1, 0, 0, 1.0),
+    "pinned, hog on the other CPU": (1, 1, 0, 1.0),
 }
 
 
 def measure(model: str, condition: str, args) -> dict:
     """One fresh decode-loop process under `condition`: its decode tok/s and what the probe saw around it."""
-    hogs, hog_cpu, own_cpu = CONDITIONS[condition]
+    hogs, hog_cpu, own_cpu, duty = CONDITIONS[condition]
     command = [sys.executable, str(ROOT / "benchmarks" / "raw_decode_loop.py"), model, str(args.prompt_tokens),
                str(args.new_tokens), "2", str(args.repetitions)]
-    with Hogs(hogs, hog_cpu):
+    with Hogs(hogs, hog_cpu, duty):
         started = time.monotonic()
         proc = _pin(subprocess.Popen(command, stdout=subprocess.PIPE, text=True,
                                      env={**os.environ, "PYTHONPATH": str(ROOT)}), own_cpu)
@@ -145,7 +159,7 @@ def summarize(rows: list[dict]) -> dict:
         "timing_change_max": math.expm1(max(timing_moves)) if pairs else None,
         "other_cpus_change_median": statistics.median(load_moves) if pairs else None,
         "other_cpus_change_max": max(load_moves) if pairs else None}
-    per_cpu = _slowdown_per_cpu(by["1 hog"], quiet) + _slowdown_per_cpu(by["2 hogs"], quiet)
+    per_cpu = [x for c in ("half a hog", "1 hog", "2 hogs") for x in _slowdown_per_cpu(by[c], quiet)]
     slope = statistics.median(per_cpu) if per_cpu else None
     out["slowdown_per_cpu_of_added_load"] = {
         "pairs": len(per_cpu), "median": math.expm1(slope) if slope is not None else None,
@@ -173,7 +187,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     model = str(build_builtin("tiny-llama"))
-    conditions = [c for c, (_, hog_cpu, own) in CONDITIONS.items()
+    conditions = [c for c, (_, hog_cpu, own, _) in CONDITIONS.items()
                   if available_cpus() >= 2 or (hog_cpu is None and own is None)]
     rng = random.Random(args.seed)
     rows = []
