@@ -17,6 +17,13 @@ While a competing CPU load is switched on and off in the background (one busy pr
 3. Wall time of suites/smoke.yaml, this tree against `--old-tree` (a checkout of the single-process
    runner, e.g. `git worktree add /tmp/old 3ee83e2`), alternating, `--wall-runs` each. Target:
    median ratio <= 1.5.
+4. Verdicts that know the machine (bench/gate/machine.py), without the background load above: a run of
+   suites/smoke.yaml, then another while two CPU-bound processes run (`aa-hogs`). Target: `bench compare`
+   exits 4 (inconclusive) with the machine-state reason under the table, never 1. Then a copy of the first
+   run with one case's raw stamps scaled by 1.10 (`slow-quiet`: a 10 % slowdown between two runs measured in
+   the same state). Target: exit 1, the slowed case named, where the first run's spread between processes
+   leaves an interval narrow enough (on a shared machine it may not: then exit 4, the interval's doing, as
+   the comparison's note says; tests/test_gate_machine.py checks the rule on quiet synthetic runs).
 """
 from __future__ import annotations
 
@@ -35,6 +42,11 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from machine_thresholds import Hogs  # the sibling benchmark's CPU hogs
+
+from bench.gate.result import GateResult, read_result  # after the path: this tree's bench, and its tests
 
 
 class BackgroundLoad:
@@ -68,6 +80,13 @@ def bench(tree: Path, cwd: Path, *args: str, check: bool = True) -> subprocess.C
     return proc
 
 
+def gate(work: Path, *args: str) -> tuple[int, GateResult]:
+    """`bench compare ARGS --json FILE`: its exit code and the comparison, read back typed."""
+    out = work / f"compare-{'-'.join(a.replace('/', '_') for a in args)}.json"
+    proc = bench(ROOT, work, "compare", *args, "--json", str(out))
+    return proc.returncode, read_result(out, "--json")
+
+
 def a_a(work: Path, runs: int) -> dict:
     db = work / "history.sqlite"
     ids = []
@@ -80,12 +99,9 @@ def a_a(work: Path, runs: int) -> dict:
     verdicts: Counter[str] = Counter()
     exits: Counter[int] = Counter()
     for base, cur in itertools.combinations(ids, 2):
-        out = work / f"{base}-{cur}.json"
-        proc = bench(ROOT, work, "compare", base, cur, "--history-db", str(db), "--json", str(out))
-        exits[proc.returncode] += 1
-        for c in json.loads(out.read_text())["comparisons"]:
-            if c["status"] != "not gated":
-                verdicts[c["status"]] += 1
+        code, result = gate(work, base, cur, "--history-db", str(db))
+        exits[code] += 1
+        verdicts.update(c.status for c in result.comparisons if c.status != "not gated")
     total = sum(verdicts.values())
     return {"pairs": sum(exits.values()), "comparisons": total, "verdicts": dict(verdicts),
             "no_regression_share": 1 - verdicts["regression"] / total if total else None,
@@ -109,18 +125,17 @@ def slowdown(work: Path, tries: int, slower_work: int = 33000, name: str = "slow
     """`tries` runs of the two-variant suite, each compared within itself; how often TPOT is a regression."""
     (work / "eval.txt").write_text("evaluation text for the known-answer backend " * 20)
     (work / f"{name}.yaml").write_text(SLOWDOWN.format(text=work / "eval.txt", work=slower_work))
-    flagged, ratios, verdicts = 0, [], Counter()
+    flagged, ratios, verdicts = 0, [], Counter[str]()
     for i in range(tries):
         run_id = f"{name}-{i}"
         bench(ROOT, work, "run", f"{name}.yaml", "--run-id", run_id)
-        out = work / f"{run_id}.json"
-        bench(ROOT, work, "compare", run_id, "--json", str(out))
-        comparisons = json.loads(out.read_text())["comparisons"]
-        verdicts.update(c["status"] for c in comparisons)
-        tpot = next(c for c in comparisons if c["metric"] == "tpot_ms")
-        flagged += tpot["status"] == "regression"
-        ratios.append(tpot["ratio"])
-        print(f"  {name} try {i + 1}/{tries}: {tpot['status']} {tpot['ratio']:.4f}", file=sys.stderr)
+        _, result = gate(work, run_id)
+        verdicts.update(c.status for c in result.comparisons)
+        tpot = next(c for c in result.comparisons if c.metric == "tpot_ms")
+        assert tpot.ratio is not None  # paired rounds always have a ratio
+        flagged += tpot.status == "regression"
+        ratios.append(tpot.ratio)
+        print(f"  {name} try {i + 1}/{tries}: {tpot.status} {tpot.ratio:.4f}", file=sys.stderr)
     return {"tries": tries, "tpot_flagged_share": flagged / tries, "verdicts_ttft_and_tpot": dict(verdicts),
             "tpot_ratio_median": statistics.median(ratios), "tpot_ratio_min": min(ratios),
             "tpot_ratio_max": max(ratios)}
@@ -143,6 +158,29 @@ def wall_time(work: Path, old_tree: Path, runs: int) -> dict:
     return {"runs": runs, "new_s": times["new"], "old_s": times["old"], "ratio_median": statistics.median(ratios)}
 
 
+def machine_aware(work: Path) -> dict:
+    """A/A with two CPU hogs during the second run only (exit 4, the machine's reason), then a 10 % slowdown
+    between two runs in the same quiet state (exit 1)."""
+    from tests.test_compare import slowed_copy  # the test suite's way to slow one case's raw stamps
+
+    smoke = str(ROOT / "suites" / "smoke.yaml")
+    bench(ROOT, work, "run", smoke, "--run-id", "quiet")
+    with Hogs(2):
+        bench(ROOT, work, "run", smoke, "--run-id", "hogged")
+    code, result = gate(work, "quiet", "hogged")
+    timed = [c for c in result.comparisons if c.machine is not None]
+    out = {"aa_hogs": {"exit_code": code, "target": 4, "verdict": result.verdict,
+                       "verdicts": dict(Counter(c.status for c in result.comparisons)),
+                       "comparisons_with_machine_reason": len(timed),
+                       "reasons": sorted({f"{c.case}: {'; '.join(c.machine.reasons)}" for c in timed if c.machine})}}
+    slowed = slowed_copy(work, "quiet", "quiet-slow", "hf-eager", 1, 1.10)
+    code, result = gate(work, "quiet", "quiet-slow")
+    out["slow_quiet"] = {"exit_code": code, "target": 1, "slowed_case": slowed,
+                         "regressions": sorted({f"{c.case} {c.metric} {c.ratio:.4f}"
+                                                for c in result.with_status("regression")})}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7, help="A/A smoke runs (pairs: runs x (runs - 1) / 2)")
@@ -150,12 +188,14 @@ def main() -> None:
     parser.add_argument("--old-tree", type=Path, help="a checkout of the single-process runner (3ee83e2)")
     parser.add_argument("--wall-runs", type=int, default=3)
     parser.add_argument("--out", type=Path, help="work directory (default: a temporary one)")
-    parser.add_argument("--only", choices=["aa", "slowdown", "aa-within", "wall"], action="append")
+    parser.add_argument("--only", choices=["aa", "slowdown", "aa-within", "wall", "machine"], action="append")
     args = parser.parse_args()
-    work = args.out or Path(tempfile.mkdtemp(prefix="bench-noisy-"))
+    work = (args.out or Path(tempfile.mkdtemp(prefix="bench-noisy-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    chosen = set(args.only or ["aa", "slowdown", "aa-within", "wall"])
+    chosen = set(args.only or ["aa", "slowdown", "aa-within", "wall", "machine"])
     results: dict = {"work_dir": str(work), "cpus": os.cpu_count()}
+    if "machine" in chosen:  # before the background load starts: the first run must be the quieter one
+        results["machine_aware"] = machine_aware(work)
     with BackgroundLoad():
         if "slowdown" in chosen:
             results["slowdown"] = slowdown(work, args.tries)

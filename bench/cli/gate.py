@@ -42,6 +42,7 @@ def open_run(spec: str, results_dir: Path, history_db: Path | None):
 def cmd_compare(args) -> ExitCode:
     from bench.gate import alerts, history
     from bench.gate.compare import compare_runs, compare_within, confirm, rule_from
+    from bench.gate.machine import Mode
     from bench.gate.result import read_result, write_result
     from bench.records import outputs
 
@@ -65,7 +66,8 @@ def cmd_compare(args) -> ExitCode:
     else:
         db = history.db_path(args.history_db, args.results_dir)
         spread = history.noise_lookup(db, opened[1]) if db.exists() else None
-        result = compare_runs(opened[0], opened[1], rule, spread)
+        mode: Mode = "ignore" if args.ignore_machine_state else "confirm" if args.confirming else "compare"
+        result = compare_runs(opened[0], opened[1], rule, spread, machine_mode=mode)
     if args.confirming:
         result = confirm(read_result(args.confirming, "--confirming"), result)
     text = alerts.markdown(result)
@@ -118,6 +120,10 @@ def add_commands(sub) -> list:
     compare.add_argument("--confirming", type=Path, metavar="FILE",
                          help="the --json of an earlier comparison whose flagged cases this run re-measured: say "
                               "which regressions the re-measurement confirms")
+    compare.add_argument("--ignore-machine-state", action="store_true",
+                         help="judge timings by their intervals alone, even where the two runs' machine states "
+                              "differ materially (other processes' load, clocks; docs/comparing-and-ci.md); the "
+                              "output says it was used")
     compare.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     compare.add_argument("--markdown", type=Path, metavar="FILE", help="write the Markdown alert here "
                          "(e.g. $GITHUB_STEP_SUMMARY)")

@@ -37,7 +37,20 @@ def _execute(args, suite, cases, run, profile_source: str | None = None) -> Exit
     if profile_source is not None:
         traces = run.path / "traces"
         print(f"traces: {traces} (view: tensorboard --logdir {traces}, PyTorch Profiler tab)")
+    _say_contended(loaded.records)
     return ExitCode.CASE_FAILED if any(r.status == "failed" for r in records) else ExitCode.OK
+
+
+def _say_contended(records) -> None:
+    """The run's last word on its machine: how many latency cases were measured while others kept the CPUs busy."""
+    from bench.gate.machine import contended_cases
+    from bench.measure.machine import CONTENDED_CPUS
+
+    contended, measured = contended_cases(records)
+    if measured:
+        print(f"latency cases measured contended (other processes kept >= {CONTENDED_CPUS:g} CPU busy): {contended} "
+              f"of {measured}" + ("; compared with a run measured quieter, their timings are inconclusive"
+                                  if contended else ""), file=sys.stderr)
 
 
 @contextlib.contextmanager

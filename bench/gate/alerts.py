@@ -40,21 +40,34 @@ def headline(result: GateResult) -> str:
     return f"{ICON.get(result.exit_code, '')} bench compare {b} → {c}: {result.verdict}"
 
 
+def _machine_reasons(rows: list[Comparison]) -> list[str]:
+    """Per case, why its machine states differ (bench/gate/machine.py), both sides' figures in each reason."""
+    by_case = {c.case: c.machine.reasons for c in rows if c.machine is not None}
+    return [f"- machine state, {md.code(case)}: {md.text('; '.join(reasons))}" for case, reasons in by_case.items()]
+
+
 def markdown(result: GateResult) -> str:
     rule = result.rule
     lines = [f"### {headline(result)}", ""]
-    by_status = {s: result.with_status(s) for s in ("regression", "inconclusive", "improvement")}
+    inconclusive = result.with_status("inconclusive")
+    groups = {"Regressions": result.with_status("regression"),
+              "Inconclusive (the interval straddles the threshold)": [c for c in inconclusive if c.machine is None],
+              "Inconclusive: the machine's state differed between the runs (whatever the interval says)":
+                  [c for c in inconclusive if c.machine is not None],
+              "Improvements": result.with_status("improvement")}
     if result.exit_code:
         lines += ["> [!CAUTION]" if result.exit_code == 1 else "> [!WARNING]", f"> {result.verdict}", ""]
+    if result.ignored_machine_state:
+        lines += ["> [!NOTE]", ("> `--ignore-machine-state`: timings were judged by their intervals alone; the runs' "
+                  "machine states (other processes' load, clocks) were not compared."), ""]
     header = ["| case | metric | baseline | current | change [CI] | method | threshold |",
               "|---|---|---|---|---|---|---|"]
-    titles = {"regression": "Regressions", "inconclusive": "Inconclusive (the interval straddles the threshold)",
-              "improvement": "Improvements"}
-    for status, rows in by_status.items():
+    for title, rows in groups.items():
         if rows:
-            lines += [f"#### {titles[status]}", "", *header, *map(_row, rows), ""]
+            lines += [f"#### {title}", "", *header, *map(_row, rows), ""]
             notes = sorted({c.note for c in rows if c.note})  # why a verdict is what it is
-            lines += [*(f"- {md.text(note)}" for note in notes), ""] if notes else []
+            notes_and_reasons = [*(f"- {md.text(note)}" for note in notes), *_machine_reasons(rows)]
+            lines += [*notes_and_reasons, ""] if notes_and_reasons else []
     if result.confirmation:
         lines += ["#### Re-measured", "", "| case | metric | first | re-measured | confirmed |",
                   "|---|---|---|---|---|"]
@@ -77,13 +90,16 @@ def markdown(result: GateResult) -> str:
         lines += [f"- **{what}**: {md.code(case)}" + (f": {md.text(reason[:300])}" if reason else "")
                   for what, case, reason in problems]
         lines.append("")
+    machine = ("not applied: --ignore-machine-state" if result.ignored_machine_state else
+               "bench/gate/machine.py")
     lines += [(f"<sub>Rule (bench/gate/rule.py): from the ratio and its {rule.ci_level * 100:g} % interval "
                f"(two-stage bootstrap over processes and repetitions, {rule.n_boot} resamples, seed {rule.seed}; "
                f"widened by the history's between-run spread where there is one; within one run, paired rounds "
                f"against the reference): regression when the interval excludes no change and the estimate is at "
                f"least the threshold (default {rule.threshold * 100:g} %); unchanged when the whole interval is "
-               f"within the threshold; inconclusive otherwise. Scalars without samples (quality, memory) against "
-               f"the threshold only. {len(result.comparisons)} case × metric comparisons.</sub>"), ""]
+               f"within the threshold; inconclusive otherwise, and, between two runs, for every timing measured "
+               f"in materially different machine states ({machine}). Scalars without samples (quality, memory) "
+               f"against the threshold only. {len(result.comparisons)} case × metric comparisons.</sub>"), ""]
     return "\n".join(lines)
 
 

@@ -10,7 +10,11 @@ reference), case by case and metric by metric, with three verdicts (bench/gate/r
 - Scalars (quality, memory): against the threshold alone; single timings (load time): shown, never gated.
 - Serving cases: every metric of every load level both runs measured (`case@level`).
 Cases measured on different machines (the records' `machine.machine_id`, bench/run/environment.py) are not
-compared.
+compared. Between two runs, a timing whose two sides were measured while the machine was in materially different
+states (contended on one side only, other processes' load, clocks, another process on the GPU; a serving level's
+client CPU: bench/gate/machine.py) is inconclusive whatever its interval says, unless `--ignore-machine-state`.
+Within one run the variants' rounds are interleaved: whatever the machine did, it did to both sides of each paired
+ratio, so the paired comparison does not read the machine state.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from dataclasses import asdict
 import numpy as np
 
 from bench.errors import BadInput, ExitCode
+from bench.gate import machine
 from bench.gate.noise import BetweenRunNoise, Noise
 from bench.gate.result import (
     FLAGGED,
@@ -53,22 +58,25 @@ def _seed(rule: Rule, case_id: str, metric: str) -> int:
 
 
 def compare_case(base: CaseRecord, cur: CaseRecord, base_raw: RawSamples | None, cur_raw: RawSamples | None,
-                 rule: Rule, noise=None) -> list[Comparison]:
+                 rule: Rule, noise=None, machine_mode: machine.Mode = "compare") -> list[Comparison]:
+    """Every metric of one case both runs measured; timings inconclusive where the machine states differ."""
+    differs, note = machine.case_difference(base, cur, machine_mode)
     out = []
     for name in METRICS:
         comp = compare_metric(cur.id, cur, name, base.value(name), cur.value(name), units_of(base, base_raw, name),
                               units_of(cur, cur_raw, name), rule, noise)
         if comp is not None:
-            out.append(comp)
-    return out + compare_serving(base, cur, base_raw, cur_raw, rule)
+            out.append(machine.apply(comp, differs, note))
+    return out + compare_serving(base, cur, base_raw, cur_raw, rule, machine_mode)
 
 
 def compare_serving(base: CaseRecord, cur: CaseRecord, base_raw: RawSamples | None, cur_raw: RawSamples | None,
-                    rule: Rule) -> list[Comparison]:
+                    rule: Rule, machine_mode: machine.Mode = "compare") -> list[Comparison]:
     """Serving cases: every metric of every load level both runs measured, per level (`case@level`).
 
     Per-request latencies are compared on the requests' samples (bootstrap resamples requests), the
-    level's throughputs, error rate and memory against the threshold."""
+    level's throughputs, error rate and memory against the threshold; timings inconclusive where the client's
+    own CPU differs materially (bench/gate/machine.py)."""
     from bench.serving.results.aggregate import request_units
 
     if base.serving is None or cur.serving is None:
@@ -80,6 +88,7 @@ def compare_serving(base: CaseRecord, cur: CaseRecord, base_raw: RawSamples | No
         before = base_levels.get(level.key)
         if before is None or level.status not in measured:
             continue
+        differs = None if machine_mode == "ignore" else machine.serving_difference(before, level)
         b_req = (base_raw.serving or {}).get(level.key) if base_raw else None
         c_req = (cur_raw.serving or {}).get(level.key) if cur_raw else None
         for name in level.metrics:
@@ -88,7 +97,7 @@ def compare_serving(base: CaseRecord, cur: CaseRecord, base_raw: RawSamples | No
             comp = compare_metric(f"{cur.id}@{level.key}", cur, name, before.value(name), level.value(name), bu, cu,
                                   rule)
             if comp is not None:
-                out.append(comp)
+                out.append(machine.apply(comp, differs))
     return out
 
 
@@ -154,11 +163,18 @@ def _outcome(comparisons: list[Comparison], failed: list, what: str) -> tuple[Ex
         return ExitCode.CASE_FAILED, f"no comparable data ({what})"
     if regressions:
         return ExitCode.REGRESSION, f"{len(regressions)} regression(s)" + (
-            f", {len(inconclusive)} inconclusive" if inconclusive else "")
+            f", {len(inconclusive)} inconclusive{_by_machine(inconclusive)}" if inconclusive else "")
     if inconclusive:
-        return ExitCode.INCONCLUSIVE, (f"{len(inconclusive)} inconclusive: the data cannot tell whether the change "
-                                       f"exceeds its threshold (re-measure, or measure on a quieter machine)")
+        return ExitCode.INCONCLUSIVE, (f"{len(inconclusive)} inconclusive{_by_machine(inconclusive)}: the data cannot "
+                                       f"tell whether the change exceeds its threshold (re-measure, or measure on a "
+                                       f"quieter machine)")
     return ExitCode.OK, "no regression"
+
+
+def _by_machine(inconclusive: list[Comparison]) -> str:
+    n = sum(c.machine is not None for c in inconclusive)
+    share = "all" if n == len(inconclusive) else f"{n} of them"
+    return f" ({share} because the machine's state differed between the runs)" if n else ""
 
 
 def _result(baseline: Run, current: Run, rule: Rule, comparisons: list[Comparison], not_compared: list[NotCompared],
@@ -170,6 +186,8 @@ def _result(baseline: Run, current: Run, rule: Rule, comparisons: list[Compariso
 
     failed, skipped = problems("failed"), problems("skipped")
     exit_code, text = _outcome(comparisons, failed, what)
+    if extra.get("ignored_machine_state"):
+        text += "; machine state ignored (--ignore-machine-state)"
     return GateResult(
         baseline=_describe(baseline), current=_describe(current),
         rule=RuleInfo(**asdict(rule), ci_level=rule.ci_level),
@@ -178,11 +196,15 @@ def _result(baseline: Run, current: Run, rule: Rule, comparisons: list[Compariso
         summary=geomean_summary(comparisons), not_compared=not_compared, failed=failed, skipped=skipped, **extra)
 
 
-def compare_runs(baseline: Run, current: Run, rule: Rule, history=None) -> GateResult:
+def compare_runs(baseline: Run, current: Run, rule: Rule, history=None,
+                 machine_mode: machine.Mode = "compare") -> GateResult:
     """The whole comparison (bench/gate/result.py), with its exit code, verdict and the `flagged` cases.
 
     `history(record, metric)`: (between-run sd, runs) of a case on its machine from the history, or None; the
-    interval is widened by it or by the two runs' spread between processes, whichever is larger."""
+    interval is widened by it or by the two runs' spread between processes, whichever is larger.
+    `machine_mode` (bench/gate/machine.py): compare the sides' machine states (default); ignore them
+    (--ignore-machine-state); or confirm (CURRENT re-measures what an earlier comparison flagged: a case it
+    measured contended confirms nothing)."""
     noise = BetweenRunNoise(baseline, current, history)
     base = {r.id: r for r in baseline.records}
     cur = {r.id: r for r in current.records}
@@ -200,10 +222,12 @@ def compare_runs(baseline: Run, current: Run, rule: Rule, history=None) -> GateR
                 case=case_id, baseline=f"measured on machine {machines[0]}",
                 current=f"measured on machine {machines[1]}: different hardware, not compared"))
         else:
-            comparisons += compare_case(b, c, baseline.samples(case_id), current.samples(case_id), rule, noise)
+            comparisons += compare_case(b, c, baseline.samples(case_id), current.samples(case_id), rule, noise,
+                                        machine_mode)
     return _result(baseline, current, rule, comparisons, not_compared,
                    "no case finished ok in both runs on the same machine",
-                   only_in_baseline=sorted(set(base) - set(cur)), only_in_current=sorted(set(cur) - set(base)))
+                   only_in_baseline=sorted(set(base) - set(cur)), only_in_current=sorted(set(cur) - set(base)),
+                   ignored_machine_state=machine_mode == "ignore")
 
 
 
@@ -236,7 +260,9 @@ def compare_within(run: Run, rule: Rule) -> GateResult:
 
 
 def confirm(first: GateResult, result: GateResult) -> GateResult:
-    """Mark, in a re-measurement's comparison, which of the first comparison's flagged changes it confirms."""
+    """Mark, in a re-measurement's comparison, which of the first comparison's flagged changes it confirms: those
+    it calls a regression again (a re-measurement measured contended is inconclusive when compared with
+    `machine_mode="confirm"`, so it confirms nothing)."""
     flagged = {(c.case, c.metric): c.status for c in first.with_status(*FLAGGED)}
     again = {(c.case, c.metric): c.status for c in result.comparisons}
     confirmation = [Confirmation(case=case, metric=metric, first=status, again=again.get((case, metric)),

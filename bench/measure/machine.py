@@ -2,7 +2,8 @@
 
 `Probe(pid).start()` ... `stop()` around a measured round gives the CPUs kept busy by *other* processes
 (system-wide busy CPU time minus the measured process's and this one's, per second of wall time), the
-CPU frequency where the kernel reports it, and the GPU's SM clock and utilization where NVML has them.
+CPU frequency where the kernel reports it, and the GPU's SM clock, utilization and the processes other than the
+measured one (and its children, and this one) holding a context on a GPU, where NVML has them.
 `summarize` turns a case's rounds into a `MachineState`, marked contended when others kept at least
 half a CPU busy on average: its numbers were measured on a shared machine.
 """
@@ -44,20 +45,25 @@ def _cpu_mhz() -> float | None:
     return float(freq.current) if freq and freq.current else None
 
 
-def _gpu() -> tuple[float | None, float | None]:
-    """(lowest SM clock MHz, highest utilization %) over the GPUs NVML sees, or (None, None)."""
+def _gpu(exclude: set[int]) -> tuple[float | None, float | None, int | None]:
+    """(lowest SM clock MHz, highest utilization %, processes not in `exclude` with a context on a GPU) over the
+    GPUs NVML sees, or Nones. NVML names processes by the PIDs of the host's namespace: inside a container that
+    does not share them, the measured process itself may count as another (the same on both sides of a
+    comparison made on the same runner)."""
     try:
         import pynvml
 
         pynvml.nvmlInit()
         handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
         if not handles:
-            return None, None
+            return None, None, None
         clocks = [pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM) for h in handles]
         util = [pynvml.nvmlDeviceGetUtilizationRates(h).gpu for h in handles]
-        return float(min(clocks)), float(max(util))
+        pids = {p.pid for h in handles for p in (*pynvml.nvmlDeviceGetComputeRunningProcesses(h),
+                                                 *pynvml.nvmlDeviceGetGraphicsRunningProcesses(h))}
+        return float(min(clocks)), float(max(util)), len(pids - exclude)
     except Exception:  # noqa: BLE001 - no pynvml, no driver, no GPU: nothing to report
-        return None, None
+        return None, None, None
 
 
 @dataclass
@@ -66,6 +72,7 @@ class Reading:
     cpu_mhz: float | None
     gpu_clock_mhz: float | None
     gpu_utilization: float | None
+    gpu_other_processes: int | None = None
 
 
 class Probe:
@@ -84,8 +91,16 @@ class Probe:
         wall = max(time.monotonic() - self._t0, 1e-9)
         busy = _busy_seconds() - self._busy0
         mine = _process_seconds(self._measured) + _process_seconds(self._self) - self._mine0
-        clock, util = _gpu()
-        return Reading(max(0.0, (busy - mine) / wall), _cpu_mhz(), clock, util)
+        clock, util, others = _gpu(self._ours())
+        return Reading(max(0.0, (busy - mine) / wall), _cpu_mhz(), clock, util, others)
+
+    def _ours(self) -> set[int]:
+        """The measured process, its children (a server's engine processes) and this process."""
+        try:
+            children = {c.pid for c in self._measured.children(recursive=True)}
+        except psutil.Error:
+            children = set()
+        return {self._measured.pid, self._self.pid, *children}
 
 
 def summarize(readings: list[Reading]) -> MachineState | None:
@@ -95,9 +110,11 @@ def summarize(readings: list[Reading]) -> MachineState | None:
     mhz = [r.cpu_mhz for r in readings if r.cpu_mhz is not None]
     gpu_clock = [r.gpu_clock_mhz for r in readings if r.gpu_clock_mhz is not None]
     gpu_util = [r.gpu_utilization for r in readings if r.gpu_utilization is not None]
+    gpu_others = [r.gpu_other_processes for r in readings if r.gpu_other_processes is not None]
     mean = sum(others) / len(others)
     return MachineState(cpus=available_cpus(), other_cpu_load_mean=mean, other_cpu_load_max=max(others),
                         cpu_mhz_min=min(mhz) if mhz else None, cpu_mhz_max=max(mhz) if mhz else None,
                         gpu_clock_mhz_min=min(gpu_clock) if gpu_clock else None,
                         gpu_utilization_max=max(gpu_util) if gpu_util else None,
+                        gpu_other_processes=max(gpu_others) if gpu_others else None,
                         contended=mean >= CONTENDED_CPUS)
