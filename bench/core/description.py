@@ -22,8 +22,9 @@ class KVCacheInfo(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: str = Field(description="which cache: the backend's option (dynamic, off, quanto-int4, ...) or its own name")
-    element_bits: int | float | None = Field(None, description="nominal bits per cached key/value element, scales left out "
-                                                          "(32: float32, 16: llama.cpp's f16); None: nothing cached")
+    element_bits: int | float | None = Field(
+        None, description="nominal bits per cached key/value element, scales left out (32: float32, 16: llama.cpp's "
+        "f16); None: nothing cached")
     bytes: int | None = Field(None, description="bytes the cache held after the last generation, every tensor counted")
     tokens: int | None = Field(None, description="tokens each sequence's cache covered then")
     sequences: int | None = Field(None, description="sequences it held then (the batch)")
