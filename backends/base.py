@@ -12,7 +12,9 @@ The worker (bench/run/worker.py) drives a backend in this order:
    - `token_logits(ids)` for perplexity: a float numpy array [len(ids), vocab] of next-token logits
      at every position of one sequence.
 4. `describe()`: a `BackendDescription` of what actually ran (mechanism, dtype, device, threads,
-   weight bytes, versions); read after the task, so it reflects the loaded state.
+   weight bytes, versions, and where the backend knows them its KV cache and attention kernel as typed
+   fields; anything else free-form in `details`, which bench never reads); read after the task, so it
+   reflects the loaded state.
 5. optionally `native_profile(out_dir)` (a profiled case, after measuring), then `close()`:
    release what `load` took (models, sessions, contexts, engines).
 

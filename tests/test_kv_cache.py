@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.core.description import BackendDescription
+from bench.core.description import AttentionShape, BackendDescription, KVCacheInfo
 from bench.measure import kvcache
 from bench.measure.evaltext import eval_text
 from bench.measure.perplexity import perplexity
@@ -43,19 +43,40 @@ def _kld(backend, ids, ref_windows) -> float:
 
 
 def test_the_config_formula_gives_2048_bytes_per_token_for_tiny_llama(tiny_llama):
-    config = json.loads((Path(tiny_llama) / "config.json").read_text())
-    assert kvcache.layout(config) == (2, 2, 64)
-    assert kvcache.computed_bytes_per_token(config, 32) == FP32_BYTES_PER_TOKEN
-    assert kvcache.computed_bytes_per_token(config, 4) == FP32_BYTES_PER_TOKEN / 8
+    shape = kvcache.attention_shape(tiny_llama)
+    assert shape == AttentionShape(layers=2, attention_heads=4, kv_heads=2, head_dim=64)
+    assert shape == AttentionShape.from_config(json.loads((Path(tiny_llama) / "config.json").read_text()))
+    assert kvcache.computed_bytes_per_token(shape, 32) == FP32_BYTES_PER_TOKEN
+    assert kvcache.computed_bytes_per_token(shape, 4) == FP32_BYTES_PER_TOKEN / 8
+
+
+def test_the_shape_is_read_from_each_architectures_own_config_names():
+    """GPT-2 names its counts n_layer / n_head / n_embd; a text_config holds a multimodal model's decoder; a
+    config without the counts has no shape (and no computed bytes), rather than failing the case."""
+    gpt2 = {"n_layer": 2, "n_head": 4, "n_embd": 64, "n_positions": 1024}
+    assert AttentionShape.from_config(gpt2) == AttentionShape(layers=2, attention_heads=4, kv_heads=4, head_dim=16)
+    nested = {"text_config": {"num_hidden_layers": 3, "num_attention_heads": 8, "num_key_value_heads": 2,
+                              "hidden_size": 512, "sliding_window": 32}}
+    assert AttentionShape.from_config(nested) == AttentionShape(layers=3, attention_heads=8, kv_heads=2, head_dim=64,
+                                                                sliding_window=32)
+    assert AttentionShape.from_config({"vocab_size": 10}) is None
+    description = BackendDescription(mechanism="m", dtype="float32", device="cpu",
+                                     kv_cache=KVCacheInfo(kind="dynamic", element_bits=32, bytes=4096, tokens=2))
+    assert kvcache.metrics("/nonexistent", description) == {"kv_cache_measured_bytes_per_token": 2048}
+    assert description.attention_shape is None
 
 
 def test_a_float32_cache_measures_exactly_what_the_config_computes(tiny_llama, reference):
     backend = reference[0]
-    metrics = kvcache.metrics(tiny_llama, backend.describe())
-    kv = backend.describe().details["kv_cache"]
-    assert kv["tokens"] == 96 + 12 - 1 and kv["sequences"] == 2  # the last token is never fed back
+    description = backend.describe()
+    metrics = kvcache.metrics(tiny_llama, description)
+    kv = description.kv_cache
+    assert kv is not None and (kv.kind, kv.element_bits) == ("dynamic", 32)
+    assert kv.tokens == 96 + 12 - 1 and kv.sequences == 2  # the last token is never fed back
     assert metrics == {"kv_cache_bytes_per_token": FP32_BYTES_PER_TOKEN,
                        "kv_cache_measured_bytes_per_token": FP32_BYTES_PER_TOKEN}
+    assert description.attention_shape == kvcache.attention_shape(tiny_llama)  # recorded with the number
+    assert not {"kv_cache", "attention"} & set(description.details)  # typed fields, not free-form details
 
 
 def test_decoding_without_a_cache_gives_the_same_tokens_and_logits(tiny_llama, reference):
@@ -65,7 +86,7 @@ def test_decoding_without_a_cache_gives_the_same_tokens_and_logits(tiny_llama, r
     assert backend.generate([ids[:96], ids[200:296]], 12, lambda: steps.append(1)) == tokens and len(steps) == 12
     assert _kld(backend, ids, ref_windows) == 0
     description = backend.describe()
-    assert description.details["kv_cache"] == {"kind": "off", "element_bits": None}
+    assert description.kv_cache == KVCacheInfo(kind="off", element_bits=None)
     assert "use_cache=False" in description.details["decode_loop"]
     assert kvcache.metrics(tiny_llama, description) == {}  # nothing cached, nothing to compute
 
@@ -81,7 +102,9 @@ def test_a_quantized_cache_holds_less_and_moves_the_logits_a_little(tiny_llama, 
     backend = load_hf(tiny_llama, kv_cache=kind, kv_residual_length=32)
     out = backend.generate([ids[:96]], 40, lambda: None)
     assert len(out[0]) == 40
-    metrics = kvcache.metrics(tiny_llama, backend.describe())
+    description = backend.describe()
+    metrics = kvcache.metrics(tiny_llama, description)
+    assert description.kv_cache is not None and description.kv_cache.residual_length == (0 if kind == "fp8" else 32)
     assert metrics["kv_cache_bytes_per_token"] == FP32_BYTES_PER_TOKEN * bits / 32
     # more than the nominal bits (per-group scales, the full-precision residual), less than float32
     assert metrics["kv_cache_bytes_per_token"] < metrics["kv_cache_measured_bytes_per_token"] < FP32_BYTES_PER_TOKEN

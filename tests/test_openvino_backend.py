@@ -75,5 +75,6 @@ def test_openvino_decodes_with_a_2048_byte_per_token_state(openvino_run):
     latency = openvino_run["ov-fp32", "latency"]
     assert latency.summary("tpot_ms").n == 3 and latency.value("decode_tok_s") > 0
     assert latency.value("kv_cache_bytes_per_token") == latency.value("kv_cache_measured_bytes_per_token") == 2048
-    kv = latency.backend.details["kv_cache"]
-    assert kv["tokens"] == 48 + 8 - 1 and kv["sequences"] == 2 and kv["state_element_types"] == ["f32"]
+    kv = latency.backend.kv_cache
+    assert kv is not None and kv.kind == "openvino state"
+    assert kv.tokens == 48 + 8 - 1 and kv.sequences == 2 and kv.state_element_types == ["f32"]

@@ -219,6 +219,7 @@ def test_quality_and_mbu_through_the_runner_with_the_known_answer_backend(tmp_pa
     assert latency.value("achieved_bandwidth_gbs") == pytest.approx(expected, rel=1e-9)
     assert latency.value("mbu") == pytest.approx(expected / 0.001, rel=1e-9)
     assert latency.value("mbu") < 0.512  # at least the injected 1 ms per token
+    assert latency.backend.peak_memory_bandwidth_source == "suite peak_memory_bandwidth_gbs"  # typed, from the runner
     report = (tmp_path / "reports" / run_dir.name / "report.md").read_text()
     assert "KLD mean" in report and "MBU" in report
 

@@ -141,7 +141,7 @@ def test_conversion_time_and_peak_rss_reach_the_record_and_the_report(tiny_llama
         steps = [info["peak_rss_bytes"], info["input_conversion"]["peak_rss_bytes"]]
         assert gguf.metrics.get("conversion_peak_rss_bytes") == (None if None in steps else max(steps))
     for record in (onnx, hf):  # MBU against the copy bandwidth each case measured
-        assert record.backend.details["peak_memory_bandwidth_source"].startswith("measured: best of 5")
+        assert record.backend.peak_memory_bandwidth_source.startswith("measured: best of 5")
         assert record.value("mbu") == pytest.approx(
             record.value("achieved_bandwidth_gbs") / record.value("peak_memory_bandwidth_gbs"))
     report = (tmp_path / "reports" / "c" / "report.md").read_text()

@@ -26,29 +26,29 @@ def forced(tiny_llama, prompt):
     for name in ("eager", "sdpa", "sdpa-math", "sdpa-flash"):
         backend = load_hf(tiny_llama, attention=name)
         tokens = backend.generate([prompt, prompt[::-1]], 12, lambda: None)
-        out[name] = (tokens, backend.describe().details["attention"], backend.token_logits(prompt))
+        out[name] = (tokens, backend.describe().attention, backend.token_logits(prompt))
     return out
 
 
 def test_each_forced_kernel_is_the_one_the_profiler_saw(forced):
-    seen = {name: set(verdict["kernel_ops"]) for name, (_, verdict, _) in forced.items()}
-    assert all(verdict["verified"] for _, verdict, _ in forced.values()), {n: v for n, (_, v, _) in forced.items()}
+    seen = {name: set(verdict.kernel_ops) for name, (_, verdict, _) in forced.items()}
+    assert all(verdict.verified for _, verdict, _ in forced.values()), {n: v for n, (_, v, _) in forced.items()}
     math, flash = "aten::_scaled_dot_product_attention_math", "aten::_scaled_dot_product_flash_attention_for_cpu"
     assert math in seen["sdpa-math"] and flash not in seen["sdpa-math"]
     assert flash in seen["sdpa-flash"] and math not in seen["sdpa-flash"]
     assert not any("scaled_dot_product" in op for op in seen["eager"]) and "aten::_softmax" in seen["eager"]
-    assert forced["sdpa"][1]["verdict"] == f"torch chose {flash}"  # unforced: torch 2.13's CPU choice, recorded
+    assert forced["sdpa"][1].verdict == f"torch chose {flash}"  # unforced: torch 2.13's CPU choice, recorded
     # 2 layers x (one prefill + one decode step): the kernel ran once per layer per forward
-    assert forced["sdpa-math"][1]["kernel_ops"][math] == 4
+    assert forced["sdpa-math"][1].kernel_ops[math] == 4
 
 
 def test_the_verdict_rejects_a_profile_of_another_kernel(forced):
     from backends.hf.attention import verdict
 
-    math_profile = forced["sdpa-math"][1]["kernel_ops"]
+    math_profile = forced["sdpa-math"][1].kernel_ops
     wrong = verdict("sdpa-flash", "cpu", math_profile)
-    assert not wrong["verified"] and "_scaled_dot_product_attention_math" in wrong["verdict"]
-    assert not verdict("eager", "cpu", math_profile)["verified"]
+    assert not wrong.verified and "_scaled_dot_product_attention_math" in wrong.verdict
+    assert not verdict("eager", "cpu", math_profile).verified
 
 
 def test_every_kernel_computes_the_same_model(forced):

@@ -23,6 +23,7 @@ import numpy as np
 from pydantic import Field
 
 from backends.base import Backend, BackendDescription, BackendOptions, TokenBatch, require
+from bench.core.description import KVCacheInfo
 
 EXTRA = "gguf"
 KVType = Literal["f32", "f16", "q8_0", "q4_0"]
@@ -245,6 +246,10 @@ class LlamaCpp(Backend):
             quantization=self.options.quant if self.hf_dir is not None and self.options.quant.startswith("q") else None,
             versions={"llama_cpp_python": lib.__version__},
             **conversion_cost(self.gguf_path),
+            kv_cache=KVCacheInfo(kind=f"K {self.options.type_k or 'f16'}, V {self.options.type_v or 'f16'}",
+                                 element_bits=(KV_BITS[self.options.type_k or "f16"]
+                                               + KV_BITS[self.options.type_v or "f16"]) / 2,
+                                 **getattr(self, "_kv_measured", {})),
             details={
                 "quant": self.options.quant if self.hf_dir is not None else "as in file",
                 "gguf_file": str(self.gguf_path),
@@ -258,10 +263,6 @@ class LlamaCpp(Backend):
                 "extra_buffer_types_reason": self.extra_buffers_reason,
                 "gpu_offload_supported": bool(lib.llama_supports_gpu_offload()),
                 "n_ctx_per_sequence": self.n_ctx,
-                "kv_cache": {"kind": f"K {self.options.type_k or 'f16'}, V {self.options.type_v or 'f16'}",
-                             "element_bits": (KV_BITS[self.options.type_k or "f16"]
-                                              + KV_BITS[self.options.type_v or "f16"]) / 2,
-                             **getattr(self, "_kv_measured", {})},
                 "n_threads_batch": lib.llama_n_threads_batch(self._ctx),
                 "llama_cpp_system_info": lib.llama_print_system_info().decode().strip(),
             },

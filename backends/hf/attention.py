@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from backends.base import NotSupportedHere, require
+from bench.core.description import AttentionInfo
 
 Attention = Literal["eager", "sdpa", "sdpa-math", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "flex",
                     "flash-attention-2"]
@@ -159,7 +160,7 @@ def profiled_ops(run: Callable[[], Any]) -> dict[str, int]:
     return {e.key: e.count for e in prof.key_averages() if KERNEL_OPS.search(e.key)}
 
 
-def verdict(name: str, device: str, ops: dict[str, int]) -> dict[str, Any]:
+def verdict(name: str, device: str, ops: dict[str, int]) -> AttentionInfo:
     """What the profile says about kernel `name`: the operators that ran, and whether they prove it."""
     k = kernel(name)
     pattern = k.expected_pattern(device)
@@ -182,7 +183,7 @@ def verdict(name: str, device: str, ops: dict[str, int]) -> dict[str, Any]:
         verified = bool(matched) and not others
         why = (f"{matched[0]} ran" if verified else f"expected an operator matching {pattern!r}; the profile has "
                f"{matched + others or 'no fused attention operator'}")
-    return {"requested": name, "kernel_ops": ops, "expected_op": pattern, "verified": verified, "verdict": why}
+    return AttentionInfo(requested=name, kernel_ops=ops, expected_op=pattern, verified=verified, verdict=why)
 
 
 def _wraps(op: str) -> bool:
@@ -191,7 +192,7 @@ def _wraps(op: str) -> bool:
 
 
 def verify(name: str, device: str, torch, forward: Callable, cache_arg: str,
-           contexts: list[Callable[[], contextlib.AbstractContextManager]]) -> dict[str, Any]:
+           contexts: list[Callable[[], contextlib.AbstractContextManager]]) -> AttentionInfo:
     """Profile one 16-token prefill and one decode step of `forward` inside `contexts`; the verdict on `name`.
 
     Run after the case was measured. A failure is recorded in the verdict, never raised: the measurement stands."""
@@ -206,4 +207,4 @@ def verify(name: str, device: str, torch, forward: Callable, cache_arg: str,
     try:
         return verdict(name, device, profiled_ops(run))
     except Exception as exc:  # noqa: BLE001 -- recorded: which kernel ran stays unknown, the numbers stand
-        return {"requested": name, "verified": False, "verdict": f"profiling failed: {type(exc).__name__}: {exc}"}
+        return AttentionInfo(requested=name, verified=False, verdict=f"profiling failed: {type(exc).__name__}: {exc}")

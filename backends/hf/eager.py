@@ -15,6 +15,7 @@ from pydantic import Field
 from backends.base import Backend, BackendDescription, BackendOptions, TokenBatch, require
 from backends.hf import attention, kvcache
 from backends.hf.attention import Attention
+from bench.core.description import AttentionInfo, KVCacheInfo
 
 
 class HFOptions(BackendOptions):
@@ -52,7 +53,7 @@ class HFEager(Backend):
         self._attention = attention.forcing(self._kernel)
         if self._kernel == "flex":
             attention.label_flex(torch)
-        self._attention_verdict: dict | None = None
+        self._attention_verdict: AttentionInfo | None = None
         from backends.hf.quant import Loader, grad_mode, load_quantized
 
         def load(path: str, **kwargs):
@@ -116,14 +117,14 @@ class HFEager(Backend):
             self._attention_verdict = attention.verify(self._kernel, self.device, torch, self._forward, self._cache_arg,
                                                        [self._grad, self._attention])
         checkpoint = getattr(model, "bench_checkpoint", None)  # llm-compressor variants (hf/quant.py)
-        details: dict = {"attn_implementation": model.config._attn_implementation, "attention": self._attention_verdict,
+        details: dict = {"attn_implementation": model.config._attn_implementation,
                          "decode_loop": "bench greedy KV-cache loop (prefill forward, then one forward per token)"
                          if kv != "off" else "bench greedy loop without a cache: a full forward over the whole "
-                         "sequence per token (use_cache=False)",
-                         "kv_cache": {"kind": kv, "element_bits": kvcache.element_bits(
-                             kv, torch.finfo(getattr(torch, self.options.dtype)).bits), **self._kv_measured}}
+                         "sequence per token (use_cache=False)"}
+        cache = KVCacheInfo(kind=kv, element_bits=kvcache.element_bits(
+            kv, torch.finfo(getattr(torch, self.options.dtype)).bits), **self._kv_measured)
         if kv in kvcache.QUANTIZED:
-            details["kv_cache"]["residual_length"] = self.options.kv_residual_length if kv != "fp8" else 0
+            cache.residual_length = self.options.kv_residual_length if kv != "fp8" else 0
             details["perplexity_logits"] = "each window's first half as the prefill, the rest decoded one token at " \
                                            "a time through the quantized cache"
         if checkpoint is not None:
@@ -146,6 +147,8 @@ class HFEager(Backend):
             quantization=None if quantization == "none" else quantization,
             versions={"torch": torch.__version__,
                       "transformers": require("transformers", self.extra, self.name).__version__},
+            kv_cache=cache,
+            attention=self._attention_verdict,
             details=details,
         )
 

@@ -23,6 +23,7 @@ from pydantic import Field
 
 from backends.base import Backend, BackendDescription, BackendOptions, MissingDependency, TokenBatch, require
 from backends.safetensors_header import stored_tensors
+from bench.core.description import KVCacheInfo
 
 EXTRA = "openvino"
 ENV_HINT = "run it in its side env: give the variant `interpreter: env:openvino` and run: " \
@@ -120,10 +121,10 @@ class OpenVINO(Backend):
             versions={name: importlib.metadata.version(name) for name in
                       ("openvino", "optimum-intel", "nncf", "transformers", "torch")},
             **self.export.conversion(),
+            kv_cache=KVCacheInfo(kind="openvino state", **self._kv_measured),
             details={**self.export.details(), "ov_config": self.config,
                      "inference_precision": compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(),
                      "weight_elements_by_type": census,
-                     "kv_cache": {"kind": "openvino state", **self._kv_measured},
                      "decode_loop": "bench greedy loop over OVModelForCausalLM.forward (stateful: "
                                     "past_key_values=((),) continues the cache)"},
         )

@@ -338,12 +338,16 @@ class RunDir:
                 raise RunError(f"{self.cases_path}: record {n} is not a JSON object ({type(line).__name__}); repair "
                                f"or remove that line")
             try:
-                record = CaseRecord.model_validate(self._upgrade_v1(line) if version == 1 else line)
+                record = CaseRecord.model_validate(self._upgrade(line, version))
             except (ValidationError, KeyError, TypeError, AttributeError, ValueError) as exc:
                 raise RunError(f"{self.cases_path}: record {n} does not match format {version}: {exc}") from None
             out.pop(record.id, None)
             out[record.id] = record
         return list(out.values())
+
+    def _upgrade(self, line: dict, version: int) -> dict:
+        """A record line of any format as a current CaseRecord dict (bench/records/upgrade.py)."""
+        return upgrade.typed_description(self._upgrade_v1(line) if version == 1 else line)
 
     def _upgrade_v1(self, line: dict) -> dict:
         if not isinstance(line, dict):

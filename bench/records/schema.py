@@ -15,7 +15,8 @@ Format history (FORMAT_VERSION is what this code writes; `bench.records.upgrade`
   the suite file. A record nests its `case` (CaseSpec, reference included), keeps only metrics
   registered in bench/metrics.py in `metrics` (a Summary, an Estimate with its interval, or a
   number), task details in `latency` / `perplexity`, a typed `backend` description and `profile`.
-  Additive within format 2 (older readers of format 2 are unaffected, older runs load unchanged): the
+  Additive within format 2 (older runs load unchanged; a bench older than an addition does not read a record
+  that uses it, since the models forbid unknown fields): the
   `serving` task, `CaseSpec.serving` (ServingSettings), `CaseRecord.serving` (ServingInfo: one
   ServingLevel per load level) and `RawSamples.serving` (per-request stamps, one list per level).
   Also additive: `CaseRecord.machine` (Machine: the fingerprint of the machine that ran the case, with its
@@ -35,6 +36,12 @@ Format history (FORMAT_VERSION is what this code writes; `bench.records.upgrade`
   workload's latency cases of every model were measured in the same rounds) and the metrics
   `ttft_vs_reference_model` / `tpot_vs_reference_model` (the paired-round ratio to the same variant on the
   reference model); both fields are left out of a record (None) when the suite did not ask.
+  Also additive: the typed parts of `BackendDescription` (bench/core/description.py): `kv_cache` (KVCacheInfo),
+  `attention` (AttentionInfo), `attention_shape` (AttentionShape, the model's layout from its config.json, read
+  when the case ran) and `peak_memory_bandwidth_source`. Records written before kept the first, second and last
+  as keys of the free-form `details`; the loader moves them into the fields (bench/records/upgrade.py
+  `typed_description`) and reads an older latency record's attention shape from its model directory, as reports
+  did then.
 
 Settings shared by suites and records (workload, repetitions, perplexity, profile, serving) are defined here,
 so reading a run never needs the suite's backends, or even its schema, to still exist.

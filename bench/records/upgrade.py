@@ -2,11 +2,17 @@
 
 Only the loader (bench/records/rundir.py) calls these; everything else sees current records.
 Format 1 is what bench 0.1.0 wrote up to commit 3ee83e2 (see bench/records/schema.py for the history).
+`typed_description` brings a record of either format whose backend description predates the typed
+fields (KV cache, attention kernel, attention shape, peak bandwidth source) up to them: the one place
+that reads what `details` used to carry.
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
+from bench.core.description import AttentionInfo, AttentionShape, KVCacheInfo
 from bench.metrics import METRICS
 
 # format 1: the case's own fields, flattened into the record
@@ -68,7 +74,7 @@ def record_v1(line: dict[str, Any], handed_to_worker: dict[str, Any] | None = No
     peak_source = backend.pop("peak_memory_bandwidth_source", None)
     description = backend_v1(backend)
     if description is not None and peak_source is not None:
-        description["details"]["peak_memory_bandwidth_source"] = peak_source
+        description["peak_memory_bandwidth_source"] = peak_source
     return {
         "case": case_v1(line, handed_to_worker),
         "status": line["status"],
@@ -99,3 +105,55 @@ def meta_v1(meta: dict[str, Any], reference: str | None, regression: dict[str, A
 def samples_v1(raw: dict[str, Any]) -> dict[str, Any] | None:
     """Format-1 samples: a latency case's are unchanged; a perplexity case's held only its token hash."""
     return raw if "stamps_ns" in raw else None
+
+
+# Format 2 before the description's typed fields: these facts were keys of `details`, dicts of these fields
+_LIFTED: dict[str, set[str]] = {"kv_cache": set(KVCacheInfo.model_fields), "attention": set(AttentionInfo.model_fields),
+                                "peak_memory_bandwidth_source": set()}  # a string, taken as is
+
+
+def typed_description(record: dict[str, Any]) -> dict[str, Any]:
+    """`record` (a CaseRecord dict) with its backend description's typed fields filled from what older bench wrote.
+
+    - the `details` keys kv_cache, attention and peak_memory_bandwidth_source move to the fields of the same
+      names (a key inside them that those fields do not know stays in `details`, so nothing is lost);
+    - a latency record without `attention_shape` gets the one its model directory's config.json gives, which is
+      what reports read when such a run was written (none when the directory is gone).
+    A description that already has a field keeps it; a record without a description is returned as it is."""
+    described = record.get("backend")
+    if not isinstance(described, dict):
+        return record
+    described, rest = dict(described), dict(described.get("details") or {})
+    for name, known in _LIFTED.items():
+        value = rest.get(name)
+        if described.get(name) is not None or value is None:
+            continue
+        if not known:
+            described[name] = rest.pop(name)
+        elif isinstance(value, dict) and all(key in value for key in _required(name)):
+            described[name] = {k: v for k, v in value.items() if k in known}
+            unknown = {k: v for k, v in value.items() if k not in known}
+            if unknown:
+                rest[name] = unknown
+            else:
+                del rest[name]
+    if "details" in described or rest:
+        described["details"] = rest
+    case = record.get("case")
+    if "attention_shape" not in described and isinstance(case, dict) and case.get("task") == "latency":
+        described["attention_shape"] = _recorded_shape(record.get("model_path"))
+    return {**record, "backend": described}
+
+
+def _required(field: str) -> list[str]:
+    model = KVCacheInfo if field == "kv_cache" else AttentionInfo
+    return [name for name, info in model.model_fields.items() if info.is_required()]
+
+
+def _recorded_shape(model_path: Any) -> dict[str, Any] | None:
+    config = Path(model_path) / "config.json" if isinstance(model_path, str) and model_path else None
+    try:
+        shape = AttentionShape.from_config(json.loads(config.read_text())) if config and config.is_file() else None
+    except (OSError, ValueError, TypeError):  # unreadable or not a config: the shape stays unknown, as it was
+        return None
+    return shape.model_dump() if shape is not None else None

@@ -5,7 +5,8 @@ Shown only when a run has what they compare:
   operators the torch profiler saw (backends/hf/attention.py), whether they prove the kernel ran, TTFT
   and TPOT; skipped kernels with their reason.
 - **Attention shape**: latency and perplexity cases over several models: KV heads and sliding window
-  (from each model's config.json), KV-cache bytes per token computed and measured, TPOT, its ratio to
+  (each model's config.json as read when the case ran: the description's `attention_shape`; n/a for a
+  record without it), KV-cache bytes per token computed and measured, TPOT, its ratio to
   the same variant on the reference model, and perplexity at each window.
 - **Models measured in the same rounds** (a suite with `interleave: models` whose run has no attention-shape
   table): per workload and variant, each model's TTFT and TPOT and their ratios to the reference model.
@@ -23,13 +24,12 @@ measured at different times is marked † with both sides' machine state (other 
 """
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
+from bench.core.description import AttentionShape
 from bench.records.schema import CaseRecord, Estimate, RawSamples
 from bench.report.tables import (
     NA,
@@ -115,13 +115,13 @@ def attention_table(entries: list[Entry]) -> Table | None:
         r = e.record
         if r.task != "latency" or "attention" not in r.case.options:
             continue
-        seen = ((r.backend.details.get("attention") or {}) if r.backend else {})
-        ops = ", ".join(f"{name} x{calls}" for name, calls in sorted((seen.get("kernel_ops") or {}).items()))
-        verified = "yes" if seen.get("verified") else ("no" if seen else "")
+        seen = r.backend.attention if r.backend else None
+        ops = ", ".join(f"{name} x{calls}" for name, calls in sorted(seen.kernel_ops.items())) if seen else ""
+        verified = "" if seen is None else "yes" if seen.verified else "no"
         rows.append([Cell(r.model), Cell(r.variant), Cell(r.case.options["attention"]),
                      Cell(r.workload.label if r.workload else ""),
                      Cell(r.status if r.ok else f"{r.status}: {r.reason or ''}"), Cell(ops or ("" if r.ok else "n/a")),
-                     Cell(verified, detail=seen.get("verdict", "") if seen and not seen.get("verified") else ""),
+                     Cell(verified, detail=seen.verdict if seen and not seen.verified else ""),
                      *(metric_cell(r, m) if r.ok else NA for m in ("ttft_ms", "tpot_ms")),
                      paired_or_marked(r, "tpot_vs_reference", "tpot_ms",
                                       _latency_record(entries, e.run, r.model, r.case.reference or "", r))
@@ -144,11 +144,6 @@ def attention_table(entries: list[Entry]) -> Table | None:
 
 # ---------------------------------------------------------------- attention shape (GQA, sliding window)
 
-def _config(path: str | None) -> dict:
-    file = Path(path or "") / "config.json"
-    return json.loads(file.read_text()) if path and file.is_file() else {}
-
-
 def shape_table(entries: list[Entry]) -> Table | None:
     ok = [e for e in entries if e.record.ok]
     models = sorted({e.record.model for e in ok})
@@ -163,14 +158,14 @@ def shape_table(entries: list[Entry]) -> Table | None:
             latency = [e for e in mine if e.record.task == "latency"]
             if not latency:
                 continue
-            config = _config(latency[0].record.model_path)
+            first = latency[0].record.backend
+            shape = first.attention_shape if first is not None else None  # recorded when the case ran
             ppl = {e.record.case.perplexity.window: e.record for e in mine if e.record.task == "perplexity"}
             for e in latency:
                 r = e.record
                 partner = _latency_record(entries, e.run, compared_to or "", variant, r)
                 rows.append([Cell(model), Cell(variant), Cell(r.workload.label if r.workload else ""),
-                             Cell(fmt(config.get("num_attention_heads"))), Cell(fmt(config.get("num_key_value_heads"))),
-                             Cell(fmt(config.get("sliding_window")) if config.get("sliding_window") else "full"),
+                             *_shape_cells(shape),
                              metric_cell(r, "kv_cache_bytes_per_token"),
                              metric_cell(r, "kv_cache_measured_bytes_per_token"), metric_cell(r, "tpot_ms"),
                              paired_or_marked(r, "tpot_vs_reference_model", "tpot_ms", partner),
@@ -185,6 +180,14 @@ def shape_table(entries: list[Entry]) -> Table | None:
           "element, measured = what the cache held after the last generation / its tokens (a sliding-window cache "
           "holds the window only). PPL @w: perplexity with windows of w tokens (the suite's strides)."),
          _models_note(compared_to), *unpaired_notes(rows)])
+
+
+def _shape_cells(shape: AttentionShape | None) -> list[Cell]:
+    """Heads, KV heads and window of a model's recorded attention shape."""
+    if shape is None:
+        return [NA, NA, NA]
+    return [Cell(fmt(shape.attention_heads)), Cell(fmt(shape.kv_heads)),
+            Cell(fmt(shape.sliding_window) if shape.sliding_window else "full")]
 
 
 def _models_note(compared_to: str | None) -> str:

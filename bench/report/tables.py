@@ -245,8 +245,8 @@ def _method(record: CaseRecord) -> Cell:
 
 
 def _kv_kind(record: CaseRecord) -> Cell:
-    kv = record.backend.details.get("kv_cache") if record.backend is not None else None
-    return Cell(str(kv["kind"])) if isinstance(kv, dict) and kv.get("kind") else NA
+    kv = record.backend.kv_cache if record.backend is not None else None
+    return Cell(kv.kind) if kv is not None and kv.kind else NA
 
 
 QUANTIZATION_METRICS = ("kld_mean", "top1_agreement")

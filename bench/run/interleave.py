@@ -410,7 +410,7 @@ def _record(m: _Measured, partners: list[_Partner], mode: str, group_size: int,
         not_applicable.update(unknown)
         metrics["model_size_bytes"] = description.model_size_bytes
         if last.peak_bandwidth_gbs is not None and last.peak_bandwidth_source:  # for readers: where the peak is from
-            description.details["peak_memory_bandwidth_source"] = last.peak_bandwidth_source
+            description.peak_memory_bandwidth_source = last.peak_bandwidth_source
     for partner in partners:
         for metric, name in partner.names.items():
             ratio = stats.paired_ratio(_rounds_of(m, metric), _rounds_of(partner.measured, metric),
