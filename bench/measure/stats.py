@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from bench.measure.bootstrap import RowMedian, draw_counts
 from bench.records.schema import Summary
 
 
@@ -81,18 +82,15 @@ def hierarchical_median_ci(values: Sequence[float] | np.ndarray, groups: Sequenc
                            resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> tuple[float, float] | None:
     """CI of the median of values measured in several processes (`groups`): a two-stage bootstrap that draws
     processes with replacement, then values within each drawn process, so the interval widens when processes
-    disagree. With one process it is the order-statistics interval (`median_ci`)."""
+    disagree (as arrays over all resamples: bench/measure/bootstrap.py). With one process it is the
+    order-statistics interval (`median_ci`)."""
     parts = _grouped(values, groups)
     if len(parts) < 2:
         return median_ci(values, level)
     if min(len(p) for p in parts) < 2:
         return None
-    rng = np.random.default_rng(seed)
-    medians = np.empty(resamples)
-    for b in range(resamples):
-        chosen = rng.integers(0, len(parts), len(parts))
-        medians[b] = np.median(np.concatenate([parts[i][rng.integers(0, len(parts[i]), len(parts[i]))]
-                                               for i in chosen]))
+    counts = draw_counts(np.random.default_rng(seed), np.asarray(groups), resamples)
+    medians = RowMedian().of_counts(np.asarray(values, dtype=float).reshape(-1, 1), counts)
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(medians, [tail, 100 - tail])
     return float(low), float(high)
