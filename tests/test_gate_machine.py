@@ -86,6 +86,44 @@ def test_another_process_on_the_gpu_on_one_side_only():
     assert machine.reasons(state(0.1), state(0.1, gpu_other_processes=1)) == []  # not recorded on one side
 
 
+def test_run_queue_wait_shares_implying_slowdowns_5_percent_apart():
+    # both sides contended and < 0.5 CPU apart (a saturated machine: the others' load flattens), yet the measured
+    # process waited 74 % vs 86 % of its ready time: 3.85x vs 7.14x from waiting alone
+    (reason,) = machine.reasons(state(1.70, run_queue_wait_share=0.74), state(1.85, run_queue_wait_share=0.86))
+    assert reason.startswith("the measured process waited for a CPU 74.0% vs 86.0% of the time it was ready")
+    assert "3.85x vs 7.14x" in reason
+    assert machine.reasons(state(0.1, run_queue_wait_share=0.02), state(0.2, run_queue_wait_share=0.09)) != []  # 7 %
+    assert machine.reasons(state(0.1, run_queue_wait_share=0.02), state(0.2, run_queue_wait_share=0.05)) == []  # 3 %
+    assert machine.reasons(state(0.1, run_queue_wait_share=0.5), state(0.1)) == []  # not recorded on one side
+
+
+def test_the_probe_reads_the_run_queue_wait_of_a_process_sharing_its_cpu():
+    """A busy process pinned to one CPU with two busy neighbours pinned there too gets at most a third of it: it
+    waits for the CPU at least about half of its ready time, whatever else the machine does."""
+    import subprocess
+    import sys
+    import time
+
+    from bench.measure.machine import Probe
+
+    if not Path("/proc/self/task").is_dir() or not hasattr(os, "sched_setaffinity"):
+        pytest.skip("no /proc schedstat or CPU affinity on this platform")
+    cpu = min(os.sched_getaffinity(0))
+    spin = "import os, time\nos.sched_setaffinity(0, {%d})\nt = time.time()\nwhile time.time() - t < 20: pass" % cpu
+    procs = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(3)]
+    try:
+        time.sleep(1.0)
+        reading = Probe(procs[0].pid).start()
+        time.sleep(1.5)
+        share = reading.stop().run_queue_wait_share
+    finally:
+        for proc in procs:
+            proc.kill()
+    if share is None:
+        pytest.skip("the kernel keeps no schedstat for tasks")
+    assert 0.45 <= share <= 1.0
+
+
 def test_a_side_without_a_recorded_state_is_not_compared_and_said_only_when_relevant():
     assert machine.difference(None, BUSY) is None and machine.difference(QUIET, None) is None
     assert machine.missing_note(None, QUIET) == "" and machine.missing_note(None, None) == ""

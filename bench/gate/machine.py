@@ -9,6 +9,10 @@ Two sides differ materially (each reason names both sides' figures) when:
 - other processes' mean load differs by >= `LOAD_CPUS` CPUs;
 - a CPU clock (the lowest or the highest MHz seen) or the GPU's lowest SM clock differs by >= `CLOCK_SHARE`;
 - other processes held a context on the GPU on one side only;
+- the measured process's run-queue wait share (of its ready time, the share it waited for a CPU: schedstat)
+  implies a slowdown from waiting alone, 1 / (1 - share), that differs by >= `CLOCK_SHARE` between the sides:
+  the machine alone could explain a change of the gate's default threshold. It is the one figure that still
+  tells states apart on a saturated machine, where the others' load flattens near the CPU count;
 - serving: the client's own CPU differs by >= `LOAD_CPUS` CPUs (to the server, the client is another process).
 
 The thresholds come from measurements on the project's 2-core machine (benchmarks/machine_thresholds.py, the
@@ -74,6 +78,11 @@ def reasons(baseline: MachineState, current: MachineState) -> list[str]:
     if b_gpu is not None and c_gpu is not None and _share(b_gpu, c_gpu) >= CLOCK_SHARE:
         out.append(f"lowest GPU SM clock {b_gpu:.0f} vs {c_gpu:.0f} MHz (baseline vs current; differ by >= "
                    f"{CLOCK_SHARE:.0%})")
+    b_wait, c_wait = baseline.run_queue_wait_share, current.run_queue_wait_share
+    if b_wait is not None and c_wait is not None and _share(1 - c_wait, 1 - b_wait) >= CLOCK_SHARE:
+        out.append(f"the measured process waited for a CPU {b_wait:.1%} vs {c_wait:.1%} of the time it was ready "
+                   f"to run (baseline vs current): a slowdown from waiting alone of {1 / (1 - b_wait):.2f}x vs "
+                   f"{1 / (1 - c_wait):.2f}x, which differ by >= {CLOCK_SHARE:.0%}")
     b_others, c_others = baseline.gpu_other_processes, current.gpu_other_processes
     if b_others is not None and c_others is not None and (b_others > 0) != (c_others > 0):
         out.append(f"other processes on the GPU: {b_others} vs {c_others} (baseline vs current)")

@@ -25,7 +25,8 @@ Format history (FORMAT_VERSION is what this code writes; `bench.records.upgrade`
   the counters, idle baseline and phases behind the energy_* metrics, where a counter exists) and
   `RunMeta.model_override` (ModelOverride: `--model` replaced the suite's models; the snapshot suite.yaml holds
   the models run).
-  Also additive: `MachineState.gpu_other_processes` (NVML: processes other than the measured one on a GPU).
+  Also additive: `MachineState.gpu_other_processes` (NVML: processes other than the measured one on a GPU) and
+  `MachineState.run_queue_wait_share` (schedstat: the share of its ready time the measured process waited).
   Also additive: `CaseSpec.measure_memory_bandwidth` (the suite said `peak_memory_bandwidth_gbs: measured`) and
   the metrics `conversion_s` / `conversion_peak_rss_bytes` (what making a backend's converted files cost).
   Also additive: `PerplexitySettings.scoring` (which tokens perplexity scores: "all", the default and what
@@ -366,6 +367,9 @@ class MachineState(_Record):
     gpu_clock_mhz_min: float | None = None  # NVML, where there is a GPU
     gpu_utilization_max: float | None = None  # the whole GPU's, the measured process's own work included
     gpu_other_processes: int | None = None  # most processes other than the measured one seen on a GPU in a round
+    run_queue_wait_share: float | None = Field(
+        None, description="of the time the measured process's threads were ready to run, the share they waited "
+        "for a CPU (schedstat), mean over the rounds; None where the kernel keeps no schedstat")
     contended: bool = Field(description="other processes kept at least half a CPU busy on average")
 
 
