@@ -21,7 +21,7 @@ import pytest
 from bench.core.cache import build_dir_atomically, cache_dir
 from bench.models import MODELS, UnknownName, build_builtin, resolve_model, tiny_llama, training, zoo
 from bench.models import corpus as corpus_mod
-from bench.models.recipe import Registry, register
+from bench.models.recipe import register
 from tests.conftest import ROOT, run_bench
 
 UNIGRAM_PPL = 526
@@ -183,19 +183,6 @@ def test_every_builtin_keeps_its_cache_directory_and_context(monkeypatch, tmp_pa
         assert recipe.model_dir() == tmp_path / "models" / directory, name
         assert recipe.recipe_hash() == directory.rsplit("-", 1)[1] and not recipe.is_built()
         assert MODELS[name].context == recipe.context == context, name
-
-
-def test_the_registry_refuses_a_name_twice_and_lists_the_valid_ones():
-    registry: Registry[int] = Registry("widget")
-    registry.add("b", 2)
-    registry.add("a", 1)
-    assert list(registry) == ["b", "a"] and "a" in registry and registry["a"] == 1 and len(registry) == 2
-    with pytest.raises(ValueError, match="widget 'a' is registered twice"):
-        registry.add("a", 3)
-    with pytest.raises(UnknownName) as error:
-        registry["c"]
-    assert str(error.value) == "unknown widget 'c'; valid names: a, b"
-    assert registry.remove("a") == 1 and "a" not in registry
 
 
 def test_training_settings_are_the_recipes_and_the_zoo_keeps_tiny_llamas_defaults():

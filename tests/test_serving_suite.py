@@ -14,7 +14,9 @@ import time
 import psutil
 import pytest
 
+from bench.exec.tasks import TASKS
 from bench.records import load_run
+from bench.serving import run as serving_task  # noqa: F401 - registers the serving task
 from bench.suite import SuiteError, load_suite
 from tests.conftest import ROOT, run_bench, write_suite
 
@@ -145,7 +147,8 @@ def test_a_killed_worker_leaves_no_server_behind(tmp_path, tiny_llama):
     _, (case,) = load_suite(tmp_path / "long.yaml")
     (tmp_path / "case.json").write_text(case.model_dump_json())
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    worker = subprocess.Popen([sys.executable, "-m", "bench.run.worker", "case.json", "result.json", str(tmp_path)],
+    worker = subprocess.Popen([sys.executable, "-m", "bench.run.worker", TASKS.path("serving"), "case.json",
+                               "result.json", str(tmp_path)],
                               cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     log = tmp_path / "logs" / f"{case.id}.server.log"
     deadline = time.monotonic() + 60

@@ -19,6 +19,7 @@ def _execute(args, suite, cases, run, profile_source: str | None = None) -> Exit
     from bench.records.rundir import load_run
     from bench.report.markdown import terminal_table
     from bench.run import runner
+    from bench.serving import run as serving_task  # noqa: F401 - registers the serving task (bench/exec/tasks.py)
 
     print(f"run {run.run_id}: {len(cases)} cases -> {run.path}", file=sys.stderr)
     executor = _executor(args, suite)

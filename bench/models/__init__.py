@@ -1,11 +1,12 @@
 """Models the benchmarks run on: the built-in models, built offline into the cache, and resolution of model specs.
 
 Each built-in is a recipe (bench/models/recipe.py: its hash names its cache directory, built once under a
-lock) registered by name in `MODELS`: `tiny-llama` (tiny_llama.py) and its attention variants
-(tiny_variants.py), `qwen2.5-0.5b-shape` (realistic.py) and the architecture zoo (zoo.py). A model spec
-is a built-in name (built on first use), a local path, or a Hugging Face hub id (resolved to its
-snapshot directory in the HF cache, downloaded there unless HF_HUB_OFFLINE; returned unchanged when it
-cannot be had). Importing this package is cheap: torch/transformers/tokenizers are imported only when building.
+lock) registered by name in `MODELS` (a registry, bench/core/registry.py): `tiny-llama` (tiny_llama.py) and
+its attention variants (tiny_variants.py), `qwen2.5-0.5b-shape` (realistic.py) and the architecture zoo
+(zoo.py). A model spec is a built-in name (built on first use), a local path, or a Hugging Face hub id
+(resolved to its snapshot directory in the HF cache, downloaded there unless HF_HUB_OFFLINE; returned
+unchanged when it cannot be had). Importing this package is cheap: torch/transformers/tokenizers are
+imported only when building.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from bench.core.registry import UnknownName
 from bench.models import realistic, tiny_llama, tiny_variants, zoo  # noqa: F401 - each registers its built-ins
-from bench.models.recipe import MODELS, UnknownName
+from bench.models.recipe import MODELS
 
 __all__ = ["MODELS", "UnknownName", "build_builtin", "hub_snapshot", "resolve_model"]
 

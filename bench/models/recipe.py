@@ -8,9 +8,10 @@ the canonical JSON of `hash_fields()`; the model lives in `cache_dir()/models/<p
 a temp directory and renamed into place under a lock (bench/core/cache.py), and it is built once its
 `bench_model.json` (`write_record`) is there.
 
-`MODELS` maps each built-in name to its `BuiltinModel`: the recipe (made when needed, since a recipe
-trained on the corpus reads the corpus) and the context length, known without making it. Registering a
-built-in is one line, e.g. `register("tiny-llama-short", 1024, lambda: replace(default_recipe(), steps=5))`.
+`MODELS` (a `Registry`, bench/core/registry.py) maps each built-in name to its `BuiltinModel`: the recipe
+(made when needed, since a recipe trained on the corpus reads the corpus) and the context length, known
+without making it. Registering a built-in is one line, e.g.
+`register("tiny-llama-short", 1024, lambda: replace(default_recipe(), steps=5))`.
 """
 from __future__ import annotations
 
@@ -18,15 +19,14 @@ import abc
 import dataclasses
 import hashlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from bench.core.cache import build_dir_atomically, cache_dir
+from bench.core.registry import Registry
 
 MARKER = "bench_model.json"  # written last by every build: how the model was made; its presence means built
-
-T = TypeVar("T")
 
 
 def content_hash(fields: Any) -> str:
@@ -89,47 +89,6 @@ def write_record(out: Path, info: dict[str, Any]) -> None:
     (out / MARKER).write_text(json.dumps(record, indent=2) + "\n")
 
 
-class UnknownName(KeyError):
-    """A name no entry of a registry has; the message lists the valid ones."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
-class Registry(Generic[T]):
-    """Named entries of one kind, in the order they were added."""
-
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-        self._entries: dict[str, T] = {}
-
-    def add(self, name: str, entry: T) -> T:
-        if name in self._entries:
-            raise ValueError(f"{self.kind} {name!r} is registered twice")
-        self._entries[name] = entry
-        return entry
-
-    def remove(self, name: str) -> T:
-        return self._entries.pop(name)
-
-    def __getitem__(self, name: str) -> T:
-        if name not in self._entries:
-            raise UnknownName(f"unknown {self.kind} {name!r}; valid names: {', '.join(sorted(self._entries))}")
-        return self._entries[name]
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._entries
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._entries)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def items(self) -> list[tuple[str, T]]:
-        return list(self._entries.items())
-
-
 @dataclasses.dataclass(frozen=True)
 class BuiltinModel:
     """A built-in model: how to make its recipe, and the context length it is built for."""
@@ -146,4 +105,6 @@ MODELS: Registry[BuiltinModel] = Registry("built-in model")
 
 def register(name: str, context: int, recipe: Callable[[], ModelRecipe]) -> BuiltinModel:
     """Add the built-in model `name` to MODELS (a suite or `python -m bench model build` can then name it)."""
-    return MODELS.add(name, BuiltinModel(context, recipe))
+    model = BuiltinModel(context, recipe)
+    MODELS.add(name, model)
+    return model

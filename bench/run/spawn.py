@@ -1,4 +1,9 @@
-"""Starting a case's worker process: its interpreter, environment, session, and death with the runner."""
+"""Starting a case's worker process: its interpreter, environment, session, its task, and death with the runner.
+
+The worker runs the function registered for the case's task (bench/exec/tasks.py): this module registers
+the tasks of this layer's worker (latency, perplexity: bench/run/worker.py) as an import path, so the runner
+imports none of the measuring code, and starts the worker with the import path of the case's task.
+"""
 from __future__ import annotations
 
 import os
@@ -7,12 +12,15 @@ import subprocess
 from pathlib import Path
 
 from bench.core.process import die_with_parent
-from bench.exec import envs
+from bench.exec import envs, tasks
 from bench.exec.protocol import RESULT_UNWRITABLE
 from bench.records.rundir import RunDir, RunError
 from bench.records.schema import CaseSpec
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
+
+for _task in ("latency", "perplexity"):  # the tasks of this layer's worker
+    tasks.TASKS.add(_task, "bench.run.worker:run_backend_case")
 
 
 def child_env(case: CaseSpec) -> dict:
@@ -39,14 +47,16 @@ def exit_reason(returncode: int) -> str:
 
 def spawn_worker(case: CaseSpec, run: RunDir, result_file: Path, log, env: dict[str, str] | None = None,
                  pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
-    """Start `python -m bench.run.worker` for `case` under its interpreter (MissingEnv if that does not exist).
+    """Start `python -m bench.run.worker TASK CASE RESULT RUN_DIR` for `case` under its interpreter (MissingEnv if that
+    does not exist; UnknownName if no module registered the case's task), TASK the import path of its task's function.
 
     Its own session (a timeout kills its whole process group), and it dies with this process (kill -9
     included): the preexec_fn makes one prctl call through a ctypes handle made before the fork, no lock.
     Paths are absolute: the worker (another interpreter, maybe another working directory) finds the run."""
+    task = tasks.TASKS.path(case.task)
     python = envs.interpreter_path(case.interpreter)
     case_file = run.write_case(case)
-    command = [python, "-m", "bench.run.worker", str(case_file.resolve()), str(result_file.resolve()),
+    command = [python, "-m", "bench.run.worker", task, str(case_file.resolve()), str(result_file.resolve()),
                str(run.path.resolve())]
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, pass_fds=pass_fds,
                             env={**child_env(case), **(env or {})}, start_new_session=True,

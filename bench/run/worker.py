@@ -1,9 +1,12 @@
 """One case, in its own process: load the backend, run its task, write the result file.
 
-Started by the runner as `python -m bench.run.worker CASE.json RESULT.json [RUN_DIR]` (possibly
-under another interpreter). Python-level failures are written as a result with status "failed", or
-"skipped" when the case cannot apply here (a missing optional package, hardware it cannot run on);
-a crash, a kill or a timeout leaves no result file and the runner records it from the exit status.
+Started by the runner as `python -m bench.run.worker TASK CASE.json RESULT.json [RUN_DIR]` (possibly
+under another interpreter), TASK the import path "module:function" of what runs the case's task, which the
+runner looked up in bench/exec/tasks.py (`run_backend_case` here for latency and perplexity; the serving
+task's function is in bench/serving/, which this module does not import). Python-level failures are written
+as a result with status "failed", or "skipped" when the case cannot apply here (a missing optional package,
+hardware it cannot run on); a crash, a kill or a timeout leaves no result file and the runner records it
+from the exit status.
 """
 from __future__ import annotations
 
@@ -77,11 +80,6 @@ def _driven_latency(case: CaseSpec, backend, prompts: list[list[int]], clock: Cl
         stamps = [one_generation(backend, prompts, case.workload.new_tokens, clock) for _ in range(command["measure"])]
         driver.reply({"stamps": stamps, "seconds": time.monotonic() - began})
     return WorkerResult(status="ok")
-
-
-def run_case(case: CaseSpec, run_dir: Path | None = None, driver: Driver | None = None) -> WorkerResult:
-    """Run one case's task in this process (bench/exec/tasks.py says which function runs it)."""
-    return task_function(case.task)(case, run_dir, driver)
 
 
 def run_backend_case(case: CaseSpec, run_dir: Path | None = None, driver: Driver | None = None) -> WorkerResult:
@@ -166,12 +164,12 @@ def main(argv: list[str]) -> int:
         warnings.filterwarnings("error", message=".*deprecated", category=FutureWarning)
         for message in THIRD_PARTY_DEPRECATIONS:
             warnings.filterwarnings("default", message=message, category=FutureWarning)
-    case_path, result_path = Path(argv[0]), Path(argv[1])
-    run_dir = Path(argv[2]) if len(argv) > 2 else None
+    task, case_path, result_path = argv[0], Path(argv[1]), Path(argv[2])
+    run_dir = Path(argv[3]) if len(argv) > 3 else None
     case = CaseSpec.model_validate_json(case_path.read_text())
     driver = Driver(*map(int, os.environ[DRIVE_FDS].split(","))) if os.environ.get(DRIVE_FDS) else None
     try:
-        result = run_case(case, run_dir, driver)
+        result = task_function(task)(case, run_dir, driver)
     except Exception as exc:  # noqa: BLE001 - recorded, never lost: the runner goes on with the next case
         traceback.print_exc()
         result = failure(exc)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from bench.core.deps import require
 from bench.exec.protocol import Driver, WorkerResult
+from bench.exec.tasks import TASKS
 from bench.measure.memory import MemorySampler
 from bench.records import safe_files
 from bench.records.schema import (
@@ -251,3 +252,7 @@ def run_serving_case(case: CaseSpec, run_dir: Path | None = None, driver: Driver
     result = ServingCase(case, run_dir).run()
     result.worker_seconds = time.monotonic() - started
     return result
+
+
+# this module registers its task; the program's top imports it when it runs cases (bench/cli/run.py)
+TASKS.add("serving", run_serving_case)

@@ -231,10 +231,13 @@ class ServerVariant(_Runnable):
     @field_validator("server")
     @classmethod
     def _registered(cls, name):
-        from bench.serving.launch.servers import SERVERS
+        from bench.core.registry import UnknownName
+        from bench.serving.launch.servers import server_class
 
-        if name not in SERVERS:
-            raise ValueError(f"unknown server '{name}'; registered: {', '.join(sorted(SERVERS))}")
+        try:
+            server_class(name)
+        except UnknownName as exc:  # a KeyError; pydantic reports only ValueErrors as field errors
+            raise ValueError(str(exc)) from None
         return name
 
 

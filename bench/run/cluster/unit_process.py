@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from bench.exec.tasks import TASKS
 from bench.records.rundir import RunDir
 from bench.records.schema import CaseSpec
 from bench.run.plan import Unit
@@ -22,11 +23,18 @@ DONE = "bench-case-done "  # the line a finished case's id follows on stdout
 
 
 def unit_json(unit: Unit) -> str:
-    return json.dumps({"kind": unit.kind, "cases": [case.model_dump(mode="json") for case in unit.cases]})
+    """The unit, and the import path of each of its tasks' functions as registered in the driver (a node's process
+    has only its own layer's tasks registered: bench/exec/tasks.py)."""
+    task_paths = {case.task: TASKS.path(case.task) for case in unit.cases}
+    return json.dumps({"kind": unit.kind, "cases": [case.model_dump(mode="json") for case in unit.cases],
+                       "tasks": task_paths})
 
 
 def read_unit(text: str) -> Unit:
+    """The unit; the driver's tasks registered here."""
     data = json.loads(text)
+    for task, path in data.get("tasks", {}).items():
+        TASKS.add(task, path)
     return Unit(data["kind"], tuple(CaseSpec.model_validate(case) for case in data["cases"]))
 
 

@@ -1,9 +1,10 @@
 """Server kinds: how to start each OpenAI-compatible server, when it is ready, what its requests need.
 
-One small class per kind, registered in SERVERS. A kind turns (model directory, port, options) into a
-`Launch`: the command and environment, the URL to poll for readiness, and the request fields that make
-every request generate exactly `output_tokens` (its ignore-EOS / min-tokens option), plus the server's
-version and details to record. `bench.serving.launch.lifecycle` starts, watches and stops it.
+One small class per kind, registered in SERVERS (a registry: bench/core/registry.py). A kind turns
+(model directory, port, options) into a `Launch`: the command and environment, the URL to poll for
+readiness, and the request fields that make every request generate exactly `output_tokens` (its
+ignore-EOS / min-tokens option), plus the server's version and details to record.
+`bench.serving.launch.lifecycle` starts, watches and stops it.
 
 - transformers-serve: `transformers serve DIR --continuous-batching`; exact lengths through the
   request's `generation_config` (min_new_tokens = max_new_tokens; no eos_token_id, so EOS is disabled).
@@ -33,6 +34,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from bench.core.deps import MissingDependency, require
+from bench.core.registry import Registry
 
 
 class ServerOptions(BaseModel):
@@ -312,9 +314,10 @@ def _project_root() -> str:
     return str(Path(__file__).resolve().parent.parent.parent)
 
 
-SERVERS: dict[str, type[ServerKind]] = {cls.name: cls for cls in (TransformersServe, LlamaCppServer, VLLMServer,
-                                                                    Endpoint, Stub)}
+SERVERS: Registry[type[ServerKind]] = Registry("server", {cls.name: cls for cls in (
+    TransformersServe, LlamaCppServer, VLLMServer, Endpoint, Stub)}, listing="registered")
 
 
 def server_class(name: str) -> type[ServerKind]:
+    """The server kind registered as `name` (UnknownName, listing the registered ones, if none)."""
     return SERVERS[name]
