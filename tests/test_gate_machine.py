@@ -109,7 +109,7 @@ def test_the_probe_reads_the_run_queue_wait_of_a_process_sharing_its_cpu():
     if not Path("/proc/self/task").is_dir() or not hasattr(os, "sched_setaffinity"):
         pytest.skip("no /proc schedstat or CPU affinity on this platform")
     cpu = min(os.sched_getaffinity(0))
-    spin = "import os, time\nos.sched_setaffinity(0, {%d})\nt = time.time()\nwhile time.time() - t < 20: pass" % cpu
+    spin = f"import os, time\nos.sched_setaffinity(0, {{{cpu}}})\nt = time.time()\nwhile time.time() - t < 20: pass"
     procs = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(3)]
     try:
         time.sleep(1.0)
