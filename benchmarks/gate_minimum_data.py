@@ -15,6 +15,7 @@ import sys
 
 import numpy as np
 
+from bench.gate.result import Status
 from bench.gate.rule import Rule, Units, ratio_ci, verdict, widen
 from bench.metrics import METRICS
 
@@ -46,7 +47,7 @@ def false_verdicts(n: int, processes: int, within: float, between: float, trials
                 squares += float(((logs - logs.mean()) ** 2).sum())
                 dof += processes - 1
             low, high = widen(ratio, low, high, (squares / dof) ** 0.5, rule.ci_level)
-        wrong += verdict(ratio, low, high, metric, 0.05) in ("regression", "improvement")
+        wrong += verdict(ratio, low, high, metric, 0.05) in (Status.REGRESSION, Status.IMPROVEMENT)
     return wrong
 
 

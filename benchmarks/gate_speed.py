@@ -23,7 +23,6 @@ verdicts.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import statistics
@@ -39,6 +38,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.errors import ExitCode
+from bench.gate.result import Comparison, GateResult, read_result
 from bench.measure.latency import derive
 from bench.records.rundir import RunDir
 from bench.records.schema import CaseRecord, CaseSpec, LatencyInfo, MachineState, RunMeta, Workload
@@ -84,8 +85,9 @@ def write_run(root: Path, run_id: str, factors: list[float], process_sizes: list
     return run.path
 
 
-def time_compare(tree: Path, baseline: Path, current: Path, out: Path) -> tuple[float, float, dict]:
-    """(wall seconds, CPU seconds: user + system) of one `python -m bench compare` run by `tree`, and its --json."""
+def time_compare(tree: Path, baseline: Path, current: Path, out: Path) -> tuple[float, float, GateResult]:
+    """(wall seconds, CPU seconds: user + system) of one `python -m bench compare` run by `tree`, and its --json
+    (read by this tree's bench: `read_result` reads what older trees wrote)."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
@@ -94,15 +96,15 @@ def time_compare(tree: Path, baseline: Path, current: Path, out: Path) -> tuple[
     seconds = time.perf_counter() - started
     cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = cpu_after.ru_utime - cpu_before.ru_utime + cpu_after.ru_stime - cpu_before.ru_stime
-    if proc.returncode not in (0, 1, 4):
+    if proc.returncode not in (ExitCode.OK, ExitCode.REGRESSION, ExitCode.INCONCLUSIVE):
         raise SystemExit(f"bench compare exited {proc.returncode}:\n{proc.stderr}")
-    return seconds, cpu, json.loads(out.read_text())
+    return seconds, cpu, read_result(out, "--json")
 
 
-def boundary_distance(comparison: dict) -> float:
+def boundary_distance(comparison: Comparison) -> float:
     """How far the nearest end of a comparison's interval lies from a verdict boundary (change 0 or +-threshold)."""
-    threshold = comparison["threshold"]
-    return min(abs(end - 1 - boundary) for end in (comparison["ci_low"], comparison["ci_high"])
+    threshold = comparison.threshold
+    return min(abs(end - 1 - boundary) for end in (comparison.ci_low, comparison.ci_high) if end is not None
                for boundary in (-threshold, 0.0, threshold))
 
 
@@ -133,24 +135,23 @@ def main() -> None:
         seconds.append(took)
         cpu.append(used)
         print(f"  round {i + 1}: {took:.2f} s wall, {used:.2f} s CPU ({load()})", flush=True)
-    verdicts = Counter(c["status"] for c in result["comparisons"])
+    verdicts = Counter(c.status for c in result.comparisons)
     print(f"bench compare (this tree): median {statistics.median(seconds):.2f} s wall, range {min(seconds):.2f}-"
           f"{max(seconds):.2f} s; CPU median {statistics.median(cpu):.2f} s, range {min(cpu):.2f}-{max(cpu):.2f} s; "
-          f"{args.rounds} rounds; {len(result['comparisons'])} comparisons, exit {result['exit_code']}, verdicts "
-          f"{dict(verdicts)}")
+          f"{args.rounds} rounds; {len(result.comparisons)} comparisons, exit {result.exit_code:d}, verdicts "
+          f"{ {str(status): n for status, n in verdicts.items()} }")
     if args.old_tree:
         took, used, old = time_compare(args.old_tree.resolve(), baseline, current, out / "compare-old.json")
-        now = {(c["case"], c["metric"]): c for c in result["comparisons"]}
-        differ = [(c, now[(c["case"], c["metric"])]) for c in old["comparisons"]
-                  if now[(c["case"], c["metric"])]["status"] != c["status"]]
+        now = {(c.case, c.metric): c for c in result.comparisons}
+        differ = [(c, now[(c.case, c.metric)]) for c in old.comparisons if now[(c.case, c.metric)].status != c.status]
         print(f"bench compare ({args.old_tree}): {took:.2f} s wall, {used:.2f} s CPU, one round ({load()}): "
               f"{used / statistics.median(cpu):.0f}x this tree's median CPU; the same verdict in "
-              f"{len(old['comparisons']) - len(differ)} of {len(old['comparisons'])} comparisons")
+              f"{len(old.comparisons) - len(differ)} of {len(old.comparisons)} comparisons")
         if differ:
             margin = max(max(boundary_distance(c), boundary_distance(d)) for c, d in differ)
             print(f"  the {len(differ)} others: in each, both trees' intervals have an end within {100 * margin:.2f} "
                   f"percentage points of a verdict boundary (0 or +-threshold): Monte-Carlo error; "
-                  + ", ".join(f"{c['status']} -> {d['status']}" for c, d in differ))
+                  + ", ".join(f"{c.status} -> {d.status}" for c, d in differ))
     print(f"after: {load()}")
 
 

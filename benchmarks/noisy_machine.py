@@ -46,7 +46,8 @@ sys.path.insert(0, str(ROOT))
 
 from machine_thresholds import Hogs  # the sibling benchmark's CPU hogs
 
-from bench.gate.result import GateResult, read_result  # after the path: this tree's bench, and its tests
+from bench.errors import ExitCode  # after the path: this tree's bench, and its tests
+from bench.gate.result import GateResult, Status, read_result
 
 
 class BackgroundLoad:
@@ -75,16 +76,17 @@ def bench(tree: Path, cwd: Path, *args: str, check: bool = True) -> subprocess.C
     env = {**os.environ, "PYTHONPATH": str(tree)}
     proc = subprocess.run([sys.executable, "-m", "bench", *args], cwd=cwd, env=env, capture_output=True, text=True,
                           check=False)
-    if check and proc.returncode not in (0, 1, 3, 4):
+    verdicts = (ExitCode.OK, ExitCode.REGRESSION, ExitCode.CASE_FAILED, ExitCode.INCONCLUSIVE)
+    if check and proc.returncode not in verdicts:
         raise RuntimeError(f"bench {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
     return proc
 
 
-def gate(work: Path, *args: str) -> tuple[int, GateResult]:
+def gate(work: Path, *args: str) -> tuple[ExitCode, GateResult]:
     """`bench compare ARGS --json FILE`: its exit code and the comparison, read back typed."""
     out = work / f"compare-{'-'.join(a.replace('/', '_') for a in args)}.json"
     proc = bench(ROOT, work, "compare", *args, "--json", str(out))
-    return proc.returncode, read_result(out, "--json")
+    return ExitCode(proc.returncode), read_result(out, "--json")
 
 
 def a_a(work: Path, runs: int) -> dict:
@@ -96,15 +98,15 @@ def a_a(work: Path, runs: int) -> dict:
         bench(ROOT, work, "history", "record", run_id, "--db", str(db))
         ids.append(run_id)
         print(f"  A/A run {i + 1}/{runs} done", file=sys.stderr)
-    verdicts: Counter[str] = Counter()
-    exits: Counter[int] = Counter()
+    verdicts: Counter[Status] = Counter()
+    exits: Counter[ExitCode] = Counter()
     for base, cur in itertools.combinations(ids, 2):
         code, result = gate(work, base, cur, "--history-db", str(db))
         exits[code] += 1
-        verdicts.update(c.status for c in result.comparisons if c.status != "not gated")
+        verdicts.update(c.status for c in result.comparisons if c.status != Status.NOT_GATED)
     total = sum(verdicts.values())
     return {"pairs": sum(exits.values()), "comparisons": total, "verdicts": dict(verdicts),
-            "no_regression_share": 1 - verdicts["regression"] / total if total else None,
+            "no_regression_share": 1 - verdicts[Status.REGRESSION] / total if total else None,
             "exit_codes": dict(exits)}
 
 
@@ -125,7 +127,7 @@ def slowdown(work: Path, tries: int, slower_work: int = 33000, name: str = "slow
     """`tries` runs of the two-variant suite, each compared within itself; how often TPOT is a regression."""
     (work / "eval.txt").write_text("evaluation text for the known-answer backend " * 20)
     (work / f"{name}.yaml").write_text(SLOWDOWN.format(text=work / "eval.txt", work=slower_work))
-    flagged, ratios, verdicts = 0, [], Counter[str]()
+    flagged, ratios, verdicts = 0, [], Counter[Status]()
     for i in range(tries):
         run_id = f"{name}-{i}"
         bench(ROOT, work, "run", f"{name}.yaml", "--run-id", run_id)
@@ -133,7 +135,7 @@ def slowdown(work: Path, tries: int, slower_work: int = 33000, name: str = "slow
         verdicts.update(c.status for c in result.comparisons)
         tpot = next(c for c in result.comparisons if c.metric == "tpot_ms")
         assert tpot.ratio is not None  # paired rounds always have a ratio
-        flagged += tpot.status == "regression"
+        flagged += tpot.status == Status.REGRESSION
         ratios.append(tpot.ratio)
         print(f"  {name} try {i + 1}/{tries}: {tpot.status} {tpot.ratio:.4f}", file=sys.stderr)
     return {"tries": tries, "tpot_flagged_share": flagged / tries, "verdicts_ttft_and_tpot": dict(verdicts),
@@ -169,15 +171,15 @@ def machine_aware(work: Path) -> dict:
         bench(ROOT, work, "run", smoke, "--run-id", "hogged")
     code, result = gate(work, "quiet", "hogged")
     timed = [c for c in result.comparisons if c.machine is not None]
-    out = {"aa_hogs": {"exit_code": code, "target": 4, "verdict": result.verdict,
+    out = {"aa_hogs": {"exit_code": code, "target": ExitCode.INCONCLUSIVE, "verdict": result.verdict_text,
                        "verdicts": dict(Counter(c.status for c in result.comparisons)),
                        "comparisons_with_machine_reason": len(timed),
                        "reasons": sorted({f"{c.case}: {'; '.join(c.machine.reasons)}" for c in timed if c.machine})}}
     slowed = slowed_copy(work, "quiet", "quiet-slow", "hf-eager", 1, 1.10)
     code, result = gate(work, "quiet", "quiet-slow")
-    out["slow_quiet"] = {"exit_code": code, "target": 1, "slowed_case": slowed,
+    out["slow_quiet"] = {"exit_code": code, "target": ExitCode.REGRESSION, "slowed_case": slowed,
                          "regressions": sorted({f"{c.case} {c.metric} {c.ratio:.4f}"
-                                                for c in result.with_status("regression")})}
+                                                for c in result.with_status(Status.REGRESSION)})}
     return out
 
 

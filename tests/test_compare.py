@@ -341,6 +341,15 @@ def test_the_gate_result_is_versioned_and_read_back_typed_by_confirming_and_only
     assert tpot == {"case": case_id, "metric": "tpot_ms", "first": "regression", "again": "regression",
                     "confirmed": True}
     assert "#### Re-measured" in proc.stdout and "regression(s) confirmed" in again["verdict"]
+    # read back typed (bench/gate/result.py): the JSON's strings and numbers are the enums' values
+    from bench.errors import ExitCode
+    from bench.gate.result import Status, Verdict, read_result
+
+    typed = read_result(runs / "again.json", "--confirming")
+    assert typed.verdict is Verdict.REGRESSION and typed.exit_code is ExitCode.REGRESSION
+    assert typed.verdict_text == again["verdict"] and f"> {typed.verdict_text}" in proc.stdout
+    confirmed = next(c for c in typed.confirmation if c.case == case_id and c.metric == "tpot_ms")
+    assert confirmed.first is Status.REGRESSION and confirmed.again is Status.REGRESSION
     # --only-from re-measures exactly the flagged cases (with their reference): checked by validate's listing
     (runs / "newer.json").write_text(json.dumps({**first, "format_version": 99}))
     (runs / "broken.json").write_text(json.dumps({**first, "comparisons": "none"}))

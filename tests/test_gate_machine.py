@@ -17,7 +17,7 @@ import pytest
 
 from bench.gate import machine
 from bench.gate.compare import compare_runs, confirm, rule_from
-from bench.gate.result import Comparison, GateResult, read_result
+from bench.gate.result import Comparison, GateResult, Verdict, read_result
 from bench.measure.latency import derive
 from bench.records import load_run
 from bench.records.rundir import RunDir
@@ -229,14 +229,14 @@ def test_the_same_slowdown_measured_contended_is_inconclusive_with_the_reason(pa
     reason = "measured contended in the current run only: other processes kept 0.05 vs 1.40 of 2 CPUs busy"
     assert tpot.machine.reasons[0].startswith(reason)
     assert f"- machine state, `{SLOWED}`: {reason}" in proc.stdout  # under the table, both sides' figures
-    assert "because the machine's state differed" in result.verdict
+    assert "because the machine's state differed" in result.verdict_text and result.verdict is Verdict.INCONCLUSIVE
     # --ignore-machine-state: the interval alone, as before, and the output says so
     proc = run_bench("compare", "quiet", "busy-slow", "--ignore-machine-state", "--json", "ignored.json", cwd=pairs,
                      check_exit=1)
     ignored = read_result(pairs / "ignored.json", "--json")
     assert ignored.ignored_machine_state and _get(ignored, SLOWED, "tpot_ms").status == "regression"
     assert not [c for c in ignored.comparisons if c.machine is not None]
-    assert "machine state ignored (--ignore-machine-state)" in ignored.verdict and "[!NOTE]" in proc.stdout
+    assert "machine state ignored (--ignore-machine-state)" in ignored.verdict_text and "[!NOTE]" in proc.stdout
 
 
 def test_memory_and_quality_verdicts_are_unaffected_by_the_machine(pairs):
@@ -345,7 +345,7 @@ def test_ignore_machine_state_restores_the_old_verdict_on_the_recorded_pair(tmp_
                      check_exit=1)
     result = read_result(tmp_path / "c.json", "--json")
     assert result.ignored_machine_state and result.with_status("regression")
-    assert "--ignore-machine-state" in result.verdict and "`--ignore-machine-state`" in proc.stdout
+    assert "--ignore-machine-state" in result.verdict_text and "`--ignore-machine-state`" in proc.stdout
 
 
 # ---------------------------------------------------------------- bench run's last word

@@ -189,6 +189,16 @@ def test_the_overview_tiles_carry_the_gates_verdict_of_the_newest_pair(site, tmp
     assert len(tiles) == sum(r.value(m) is not None for r in ok for m in HEADLINE)
     for status, case, metric in tiles:
         assert status == statuses[(case, metric)], (case, metric)
+    # the tile's foot: the newest comparison's ratio and interval against the pair's baseline run, its colour the
+    # status's (bench/site/verdicts.py `Latest`: the typed comparison, read by attribute)
+    from bench.site.common import VERDICT_COLOURS
+
+    slowed = next(c for c in expected.comparisons if c.case == SLOWED and c.metric == "tpot_ms")
+    assert slowed.ratio is not None and slowed.ci_low is not None and slowed.ci_high is not None
+    tile = re.search(rf'<a class="tile" [^>]*data-case="{re.escape(SLOWED)}" data-metric="tpot_ms"[^>]*>.*?</a>',
+                     html, re.DOTALL).group(0)
+    assert f"x{slowed.ratio:.3f} [{slowed.ci_low:.3f}, {slowed.ci_high:.3f}] vs n5" in tile
+    assert f"border-left-color: {VERDICT_COLOURS[slowed.status]}" in tile
 
 
 def test_a_trend_page_marks_the_10_percent_step_at_its_run_and_links_reports(site):

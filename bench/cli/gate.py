@@ -81,7 +81,7 @@ def cmd_compare(args) -> ExitCode:
     message = alerts.notify(result, args.notify)
     if message:
         print(message, file=sys.stderr)
-    return ExitCode(result.exit_code)
+    return result.exit_code
 
 
 def cmd_history_record(args) -> ExitCode:

@@ -1,5 +1,8 @@
 """What `bench compare` tells people: a Markdown alert (GitHub issue body, $GITHUB_STEP_SUMMARY),
 a short plain-text line, and a Slack-compatible webhook POST ({"text": ...}) with urllib.
+
+The alert's tables are built in the reports' table model (bench/presentation/table.py: user text escaped) and its
+numbers shown by `fmt` (bench/presentation/formatting.py).
 """
 from __future__ import annotations
 
@@ -9,35 +12,55 @@ import urllib.error
 import urllib.request
 
 from bench.core import markdown as md
-from bench.gate.result import Comparison, GateResult
+from bench.errors import ExitCode
+from bench.gate.result import Comparison, Confirmation, GateResult, MetricSummary, Status
 from bench.metrics import METRICS
+from bench.presentation.formatting import NOT_AVAILABLE, fmt
+from bench.presentation.table import Cell, Column, Table
+from bench.presentation.table import markdown as table_markdown
 
 WEBHOOK_ENV = "BENCH_WEBHOOK_URL"
-ICON = {0: "✅", 1: "🔴", 3: "⚠️", 4: "❔"}
+ICON = {ExitCode.OK: "✅", ExitCode.REGRESSION: "🔴", ExitCode.CASE_FAILED: "⚠️", ExitCode.INCONCLUSIVE: "❔"}
 
 
 def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{(x - 1) * 100:+.1f} %"
+    return NOT_AVAILABLE if x is None else f"{(x - 1) * 100:+.1f} %"
 
 
-def _num(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.4g}"
-
-
-def _metric_link(name: str) -> str:
+def _metric_link(name: str) -> Cell:
     unit = METRICS[name].unit if name in METRICS else ""
-    return f"`{name}`" + (f" ({unit})" if unit else "")
+    return Cell(md.Markdown(md.code(name) + (f" ({md.text(unit)})" if unit else "")))
 
 
-def _row(c: Comparison) -> str:
-    ci = f" [{_pct(c.ci_low)}, {_pct(c.ci_high)}]" if c.ci_low is not None else ""
-    return (f"| {md.code(c.case)} | {_metric_link(c.metric)} | {_num(c.baseline)} | {_num(c.current)} | "
-            f"{_pct(c.ratio)}{ci} | {c.method} | {c.threshold * 100:g} % |")
+def _table(headers: list[str], rows: list[list[Cell]]) -> list[str]:
+    """A Markdown table (bench/presentation/table.py), as lines."""
+    return table_markdown(Table("", [Column(h) for h in headers], rows)).splitlines()
+
+
+def _comparisons(rows: list[Comparison]) -> list[str]:
+    def cells(c: Comparison) -> list[Cell]:
+        ci = f" [{_pct(c.ci_low)}, {_pct(c.ci_high)}]" if c.ci_low is not None else ""
+        return [Cell(md.code(c.case)), _metric_link(c.metric), Cell(fmt(c.baseline)), Cell(fmt(c.current)),
+                Cell(f"{_pct(c.ratio)}{ci}"), Cell(c.method), Cell(f"{c.threshold * 100:g} %")]
+    return _table(["case", "metric", "baseline", "current", "change [CI]", "method", "threshold"],
+                  [cells(c) for c in rows])
+
+
+def _confirmations(rows: list[Confirmation]) -> list[str]:
+    return _table(["case", "metric", "first", "re-measured", "confirmed"],
+                  [[Cell(md.code(c.case)), _metric_link(c.metric), Cell(c.first), Cell(c.again or "not measured"),
+                    Cell("yes" if c.confirmed else "no")] for c in rows])
+
+
+def _summary(summary: dict[str, MetricSummary]) -> list[str]:
+    return _table(["metric", "better", "geomean ratio", "cases"],
+                  [[_metric_link(m), Cell(str(s.better)), Cell(f"{s.geomean_ratio:.4f} ({_pct(s.geomean_ratio)})"),
+                    Cell(str(s.cases))] for m, s in summary.items()])
 
 
 def headline(result: GateResult) -> str:
     b, c = result.baseline.run_id, result.current.run_id
-    return f"{ICON.get(result.exit_code, '')} bench compare {b} → {c}: {result.verdict}"
+    return f"{ICON.get(result.exit_code, '')} bench compare {b} → {c}: {result.verdict_text}"
 
 
 def _machine_reasons(rows: list[Comparison]) -> list[str]:
@@ -49,37 +72,29 @@ def _machine_reasons(rows: list[Comparison]) -> list[str]:
 def markdown(result: GateResult) -> str:
     rule = result.rule
     lines = [f"### {headline(result)}", ""]
-    inconclusive = result.with_status("inconclusive")
-    groups = {"Regressions": result.with_status("regression"),
+    inconclusive = result.with_status(Status.INCONCLUSIVE)
+    groups = {"Regressions": result.with_status(Status.REGRESSION),
               "Inconclusive (the interval straddles the threshold)": [c for c in inconclusive if c.machine is None],
               "Inconclusive: the machine's state differed between the runs (whatever the interval says)":
                   [c for c in inconclusive if c.machine is not None],
-              "Improvements": result.with_status("improvement")}
-    if result.exit_code:
-        lines += ["> [!CAUTION]" if result.exit_code == 1 else "> [!WARNING]", f"> {result.verdict}", ""]
+              "Improvements": result.with_status(Status.IMPROVEMENT)}
+    if result.exit_code != ExitCode.OK:
+        lines += ["> [!CAUTION]" if result.exit_code == ExitCode.REGRESSION else "> [!WARNING]",
+                  f"> {result.verdict_text}", ""]
     if result.ignored_machine_state:
         lines += ["> [!NOTE]", ("> `--ignore-machine-state`: timings were judged by their intervals alone; the runs' "
                   "machine states (other processes' load, clocks) were not compared."), ""]
-    header = ["| case | metric | baseline | current | change [CI] | method | threshold |",
-              "|---|---|---|---|---|---|---|"]
     for title, rows in groups.items():
         if rows:
-            lines += [f"#### {title}", "", *header, *map(_row, rows), ""]
+            lines += [f"#### {title}", "", *_comparisons(rows), ""]
             notes = sorted({c.note for c in rows if c.note})  # why a verdict is what it is
             notes_and_reasons = [*(f"- {md.text(note)}" for note in notes), *_machine_reasons(rows)]
             lines += [*notes_and_reasons, ""] if notes_and_reasons else []
     if result.confirmation:
-        lines += ["#### Re-measured", "", "| case | metric | first | re-measured | confirmed |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {md.code(c.case)} | {_metric_link(c.metric)} | {c.first} | {c.again or 'not measured'} | "
-                  f"{'yes' if c.confirmed else 'no'} |" for c in result.confirmation]
-        lines.append("")
+        lines += ["#### Re-measured", "", *_confirmations(result.confirmation), ""]
     if result.summary:
         lines += ["#### Suite summary (geometric mean of current/baseline over cases)", "",
-                  "| metric | better | geomean ratio | cases |", "|---|---|---|---|"]
-        lines += [f"| {_metric_link(m)} | {s.better} | {s.geomean_ratio:.4f} ({_pct(s.geomean_ratio)}) | "
-                  f"{s.cases} |" for m, s in result.summary.items()]
-        lines.append("")
+                  *_summary(result.summary), ""]
     problems = [(f"failed in {f.run}", f.case, f.reason) for f in result.failed]
     problems += [(f"skipped in {s.run}", s.case, s.reason) for s in result.skipped]
     problems += [("not compared", n.case, f"baseline {n.baseline}; current {n.current}") for n in result.not_compared]
@@ -105,8 +120,8 @@ def markdown(result: GateResult) -> str:
 
 def webhook_text(result: GateResult, limit: int = 10) -> str:
     lines = [headline(result)]
-    for c in result.with_status("regression")[:limit]:
-        lines.append(f"• {c.case} {c.metric}: {_num(c.baseline)} → {_num(c.current)} {c.unit} ({_pct(c.ratio)})")
+    for c in result.with_status(Status.REGRESSION)[:limit]:
+        lines.append(f"• {c.case} {c.metric}: {fmt(c.baseline)} → {fmt(c.current)} {c.unit} ({_pct(c.ratio)})")
     lines += [f"• failed: {f.case} ({f.run})" for f in result.failed[:limit]]
     return "\n".join(lines)
 
@@ -122,7 +137,7 @@ def post_webhook(url: str, text: str, timeout: float = 10) -> int:
 def notify(result: GateResult, when: str = "problem") -> str | None:
     """POST to $BENCH_WEBHOOK_URL when set (always, or only when the exit code is not 0); a message."""
     url = os.environ.get(WEBHOOK_ENV)
-    if not url or (when == "problem" and result.exit_code == 0):
+    if not url or (when == "problem" and result.exit_code == ExitCode.OK):
         return None
     try:
         status = post_webhook(url, webhook_text(result))

@@ -28,6 +28,7 @@ from bench.errors import BadInput, ExitCode
 from bench.gate import machine
 from bench.gate.noise import BetweenRunNoise, Noise
 from bench.gate.result import (
+    EXIT_CODES,
     FLAGGED,
     CaseProblem,
     Comparison,
@@ -37,6 +38,9 @@ from bench.gate.result import (
     NotCompared,
     RuleInfo,
     RunRef,
+    Status,
+    Verdict,
+    judge,
 )
 from bench.gate.rule import Rule, Units, ratio_ci, rounds_shortfall, shortfall, units_of, verdict, verdict_scalar, widen
 from bench.metrics import METRICS, PAIRED
@@ -138,7 +142,7 @@ def compare_metric(case: str, cur: CaseRecord, name: str, b: float | None, c: fl
     else:
         comp.ratio = c / b if b else (1.0 if c == b else math.inf)
         if not metric.gated:
-            comp.method, comp.status = "not gated", "not gated"
+            comp.method, comp.status = "not gated", Status.NOT_GATED
             comp.note = "one timing without repetitions: shown, never a regression"
         else:
             comp.status = verdict_scalar(comp.baseline or 0.0, comp.current or 0.0, comp.ratio, metric,
@@ -154,21 +158,24 @@ def rule_from(run: Run, threshold: float | None = None, **kwargs) -> Rule:
                 metric_thresholds=section.metrics, case_thresholds=section.cases, **kwargs)
 
 
-def _outcome(comparisons: list[Comparison], failed: list, what: str) -> tuple[ExitCode, str]:
-    regressions = [c for c in comparisons if c.status == "regression"]
-    inconclusive = [c for c in comparisons if c.status == "inconclusive"]
-    if failed:
-        return ExitCode.CASE_FAILED, f"{len(failed)} failed case(s): the gate cannot vouch for these runs"
-    if not any(c.status != "not gated" for c in comparisons):
-        return ExitCode.CASE_FAILED, f"no comparable data ({what})"
-    if regressions:
-        return ExitCode.REGRESSION, f"{len(regressions)} regression(s)" + (
+def _outcome(comparisons: list[Comparison], failed: list[CaseProblem], what: str) -> tuple[ExitCode, str]:
+    """The exit code of the comparisons' verdict (bench/gate/result.py `judge`) and the verdict in words."""
+    verdict = judge(comparisons, failed)
+    regressions = [c for c in comparisons if c.status == Status.REGRESSION]
+    inconclusive = [c for c in comparisons if c.status == Status.INCONCLUSIVE]
+    if verdict is Verdict.FAILED_CASES:
+        text = f"{len(failed)} failed case(s): the gate cannot vouch for these runs"
+    elif verdict is Verdict.NO_DATA:
+        text = f"no comparable data ({what})"
+    elif verdict is Verdict.REGRESSION:
+        text = f"{len(regressions)} regression(s)" + (
             f", {len(inconclusive)} inconclusive{_by_machine(inconclusive)}" if inconclusive else "")
-    if inconclusive:
-        return ExitCode.INCONCLUSIVE, (f"{len(inconclusive)} inconclusive{_by_machine(inconclusive)}: the data cannot "
-                                       f"tell whether the change exceeds its threshold (re-measure, or measure on a "
-                                       f"quieter machine)")
-    return ExitCode.OK, "no regression"
+    elif verdict is Verdict.INCONCLUSIVE:
+        text = (f"{len(inconclusive)} inconclusive{_by_machine(inconclusive)}: the data cannot tell whether the change "
+                f"exceeds its threshold (re-measure, or measure on a quieter machine)")
+    else:
+        text = "no regression"
+    return EXIT_CODES[verdict], text
 
 
 def _by_machine(inconclusive: list[Comparison]) -> str:
@@ -178,7 +185,7 @@ def _by_machine(inconclusive: list[Comparison]) -> str:
 
 
 def _result(baseline: Run, current: Run, rule: Rule, comparisons: list[Comparison], not_compared: list[NotCompared],
-            what: str, **extra) -> GateResult:
+            what: str, ignored_machine_state: bool = False, **extra) -> GateResult:
     def problems(status: str) -> list[CaseProblem]:
         return [CaseProblem(run=run.run_id, case=r.id, reason=r.reason or "")
                 for run in {id(baseline): baseline, id(current): current}.values() for r in run.records
@@ -186,14 +193,15 @@ def _result(baseline: Run, current: Run, rule: Rule, comparisons: list[Compariso
 
     failed, skipped = problems("failed"), problems("skipped")
     exit_code, text = _outcome(comparisons, failed, what)
-    if extra.get("ignored_machine_state"):
+    if ignored_machine_state:
         text += "; machine state ignored (--ignore-machine-state)"
     return GateResult(
         baseline=_describe(baseline), current=_describe(current),
         rule=RuleInfo(**asdict(rule), ci_level=rule.ci_level),
-        exit_code=int(exit_code), verdict=text, comparisons=comparisons,
+        exit_code=exit_code, verdict_text=text, comparisons=comparisons,
         flagged=sorted({c.case.split("@")[0] for c in comparisons if c.status in FLAGGED}),
-        summary=geomean_summary(comparisons), not_compared=not_compared, failed=failed, skipped=skipped, **extra)
+        summary=geomean_summary(comparisons), not_compared=not_compared, failed=failed, skipped=skipped,
+        ignored_machine_state=ignored_machine_state, **extra)
 
 
 def compare_runs(baseline: Run, current: Run, rule: Rule, history=None,
@@ -266,12 +274,12 @@ def confirm(first: GateResult, result: GateResult) -> GateResult:
     flagged = {(c.case, c.metric): c.status for c in first.with_status(*FLAGGED)}
     again = {(c.case, c.metric): c.status for c in result.comparisons}
     confirmation = [Confirmation(case=case, metric=metric, first=status, again=again.get((case, metric)),
-                                 confirmed=status == "regression" and again.get((case, metric)) == "regression")
+                                 confirmed=status == again.get((case, metric)) == Status.REGRESSION)
                     for (case, metric), status in sorted(flagged.items())]
     confirmed = sum(c.confirmed for c in confirmation)
-    verdict_ = (f"{result.verdict}; re-measured {len(flagged)} flagged comparison(s): {confirmed} regression(s) "
-                f"confirmed")
-    return result.model_copy(update={"confirmation": confirmation, "verdict": verdict_})
+    text = (f"{result.verdict_text}; re-measured {len(flagged)} flagged comparison(s): {confirmed} regression(s) "
+            f"confirmed")
+    return result.model_copy(update={"confirmation": confirmation, "verdict_text": text})
 
 
 def _status(record: CaseRecord) -> str:

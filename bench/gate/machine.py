@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Literal
 
-from bench.gate.result import Comparison, MachineDifference
+from bench.gate.result import Comparison, MachineDifference, Status
 from bench.metrics import METRICS
 from bench.records.schema import CaseRecord, MachineState, ServingLevel
 
@@ -148,11 +148,11 @@ def case_difference(base: CaseRecord, cur: CaseRecord, mode: Mode) -> tuple[Mach
 def apply(comparison: Comparison, found: MachineDifference | None, note: str = "") -> Comparison:
     """A timing comparison whose sides differ materially becomes inconclusive (its note keeps what the interval
     alone said); memory, quality and ungated metrics are left as they are."""
-    if not is_timing(comparison.metric) or comparison.status == "not gated":
+    if not is_timing(comparison.metric) or comparison.status == Status.NOT_GATED:
         return comparison
     if found is not None:
         comparison.note = "; ".join(n for n in (f"by its interval alone: {comparison.status}", comparison.note) if n)
-        comparison.machine, comparison.status = found, "inconclusive"
+        comparison.machine, comparison.status = found, Status.INCONCLUSIVE
     elif note:
         comparison.note = "; ".join(n for n in (note, comparison.note) if n)
     return comparison

@@ -4,19 +4,62 @@ bench/gate/compare.py builds a `GateResult`; bench/gate/alerts.py renders it; `c
 and `run --only-from FILE` read a written one with `read_result`, which refuses a file that is not one
 (exit 2). Format history: 1, the first with a `format_version` (files without one, written before, have
 the same fields and are read as format 1).
+
+Typed, in Python and in the JSON alike (the JSON holds the same strings and numbers as ever):
+- `Status`: one comparison's status: a verdict of the rule (bench/gate/rule.py) or "not gated";
+- `Verdict`: the outcome of the whole comparison (`GateResult.verdict`, derived from its comparisons and failed
+  cases by `judge`), with its `ExitCode` (bench/errors.py) in `EXIT_CODES` and in `GateResult.exit_code`;
+- `GateResult.verdict_text`: that outcome in words, as alerts show it ("2 regression(s), 1 inconclusive"); the
+  JSON keeps it under its first name, "verdict".
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+from enum import Enum
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from bench.errors import BadInput
+from bench.errors import BadInput, ExitCode
 from bench.records.schema import MachineState
 
 FORMAT_VERSION = 1
-Status = str  # regression | improvement | unchanged | inconclusive | not gated (bench/gate/rule.py)
-FLAGGED: tuple[Status, ...] = ("regression", "inconclusive")  # what a re-measurement should confirm
+
+
+class Status(str, Enum):
+    """One comparison's status (its JSON value is the string): the rule's verdict (bench/gate/rule.py), or not gated
+    (a timing without repetitions: shown, never a regression)."""
+
+    REGRESSION = "regression"
+    IMPROVEMENT = "improvement"
+    UNCHANGED = "unchanged"
+    INCONCLUSIVE = "inconclusive"
+    NOT_GATED = "not gated"
+
+    def __str__(self) -> str:  # shown as its value, in f-strings and templates too
+        return self.value
+
+
+FLAGGED: tuple[Status, ...] = (Status.REGRESSION, Status.INCONCLUSIVE)  # what a re-measurement should confirm
+
+
+class Verdict(str, Enum):
+    """The outcome of a whole comparison (`judge`); its exit code is `EXIT_CODES[verdict]`."""
+
+    NO_REGRESSION = "no regression"
+    REGRESSION = "regression"
+    INCONCLUSIVE = "inconclusive"
+    FAILED_CASES = "failed cases"  # a case failed in either run: the gate cannot vouch for the runs
+    NO_DATA = "no comparable data"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+EXIT_CODES: dict[Verdict, ExitCode] = {
+    Verdict.NO_REGRESSION: ExitCode.OK, Verdict.REGRESSION: ExitCode.REGRESSION,
+    Verdict.INCONCLUSIVE: ExitCode.INCONCLUSIVE, Verdict.FAILED_CASES: ExitCode.CASE_FAILED,
+    Verdict.NO_DATA: ExitCode.CASE_FAILED}
 
 
 class _Model(BaseModel):
@@ -52,7 +95,7 @@ class Comparison(_Model):
     n_baseline: int | None = None
     n_current: int | None = None
     threshold: float = 0.0
-    status: Status = "unchanged"
+    status: Status = Status.UNCHANGED
     note: str = ""
     between_run_sigma: float | None = None  # from the history: widened the interval (cross-run only)
     machine: MachineDifference | None = None  # the sides' machine states differ: inconclusive (timing metrics)
@@ -108,12 +151,14 @@ class Confirmation(_Model):
 
 
 class GateResult(_Model):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
     format_version: int = FORMAT_VERSION
     baseline: RunRef
     current: RunRef
     rule: RuleInfo
-    exit_code: int
-    verdict: str
+    exit_code: ExitCode  # EXIT_CODES[self.verdict]
+    verdict_text: str = Field(alias="verdict")  # the verdict in words (confirmation adds what it confirmed)
     comparisons: list[Comparison]
     flagged: list[str]  # the cases (not levels) with a flagged comparison: what --only-from re-measures
     summary: dict[str, MetricSummary]
@@ -129,10 +174,29 @@ class GateResult(_Model):
     def with_status(self, *statuses: Status) -> list[Comparison]:
         return [c for c in self.comparisons if c.status in statuses]
 
+    @property
+    def verdict(self) -> Verdict:
+        return judge(self.comparisons, self.failed)
+
+
+def judge(comparisons: Sequence[Comparison], failed: Sequence[CaseProblem]) -> Verdict:
+    """The outcome of a comparison: failed cases first (the gate cannot vouch for such runs), then no comparable
+    data (nothing gated), then any regression, then any inconclusive comparison; else no regression."""
+    if failed:
+        return Verdict.FAILED_CASES
+    statuses = {c.status for c in comparisons}
+    if not statuses - {Status.NOT_GATED}:
+        return Verdict.NO_DATA
+    if Status.REGRESSION in statuses:
+        return Verdict.REGRESSION
+    if Status.INCONCLUSIVE in statuses:
+        return Verdict.INCONCLUSIVE
+    return Verdict.NO_REGRESSION
+
 
 def write_result(result: GateResult) -> str:
-    """The JSON text `compare --json` writes."""
-    return result.model_dump_json(indent=1)
+    """The JSON text `compare --json` writes (the fields under their JSON names: `verdict_text` as "verdict")."""
+    return result.model_dump_json(indent=1, by_alias=True)
 
 
 def read_result(path: Path, option: str) -> GateResult:

@@ -37,6 +37,7 @@ from statistics import NormalDist
 
 import numpy as np
 
+from bench.gate.result import Status
 from bench.measure import bootstrap
 from bench.measure.bootstrap import RatioOfSums, RowMedian, Statistic
 from bench.measure.latency import throughput_parts
@@ -202,29 +203,29 @@ def rounds_shortfall(rounds: int | None) -> str:
 
 
 def verdict(ratio: float, low: float | None, high: float | None, metric: Metric, threshold: float,
-            too_little: str = "") -> str:
+            too_little: str = "") -> Status:
     """regression, improvement, unchanged or inconclusive (see the module docstring); `too_little`: a shortfall
     (above), which makes it inconclusive."""
     change = bad_change(ratio, metric)
     if low is None or high is None or too_little:
-        return "inconclusive"
+        return Status.INCONCLUSIVE
     near, far = sorted(bad_change(x, metric) for x in (low, high))
     if near > 0 and change >= threshold:
-        return "regression"
+        return Status.REGRESSION
     if far < 0 and -change >= threshold:
-        return "improvement"
+        return Status.IMPROVEMENT
     if near > -threshold and far < threshold:
-        return "unchanged"
-    return "inconclusive"
+        return Status.UNCHANGED
+    return Status.INCONCLUSIVE
 
 
-def verdict_scalar(baseline: float, current: float, ratio: float, metric: Metric, threshold: float) -> str:
+def verdict_scalar(baseline: float, current: float, ratio: float, metric: Metric, threshold: float) -> Status:
     """A deterministic scalar (quality, memory): its change against the threshold alone."""
     change = bad_change(ratio, metric)
     if abs(current - baseline) < metric.min_change:
-        return "unchanged"
+        return Status.UNCHANGED
     if change > threshold:
-        return "regression"
+        return Status.REGRESSION
     if change < -threshold:
-        return "improvement"
-    return "unchanged"
+        return Status.IMPROVEMENT
+    return Status.UNCHANGED

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bench.presentation.table import Cell, Column, Table
 from bench.records.schema import CaseRecord
-from bench.report.tables import Cell, Column, Entry, Table
+from bench.report.tables import Entry
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import jinja2
 
 from bench.core import markdown as md
 from bench.metrics import METRICS
+from bench.presentation import table
 from bench.records import safe_files
 from bench.records.rundir import Run
 from bench.report import studies, tables
@@ -36,18 +37,18 @@ def render(run: Run, run_link: str = ".") -> str:
         return run.samples(entry.record.id) if entry.record.ok else None
     return _template("report.md.j2").render(
         meta=run.meta, reference=run.reference,
-        tables=[(t.title, tables.markdown(t)) for t in [*tables.summary_tables(entries), *tables.result_tables(entries),
+        tables=[(t.title, table.markdown(t)) for t in [*tables.summary_tables(entries), *tables.result_tables(entries),
                                                         *serving(entries), *studies.tables(entries, samples),
                                                         *tables.machine_tables(entries),
                                                         *conformance_matrix(entries)]],
         problems=[r for r in run.records if not r.ok], missing=run.missing,
-        what_ran=tables.markdown(tables.what_ran(entries)), metrics=METRICS.values(),
+        what_ran=table.markdown(tables.what_ran(entries)), metrics=METRICS.values(),
         n_ok=sum(r.ok for r in run.records), n_total=len(run.meta.case_ids),
         profiled=profiled_sections(run.records, run_link),
     )
 
 
-def serving(entries: list[tables.Entry], several_runs: bool = False) -> list[tables.Table]:
+def serving(entries: list[tables.Entry], several_runs: bool = False) -> list[table.Table]:
     """The serving tables (one per load level) and the servers table, when the runs have serving cases."""
     if not any(e.record.serving for e in entries):
         return []

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bench.metrics import METRICS, MIB
+from bench.presentation.pairing import quality_and_speed
+from bench.presentation.pareto import pareto_front
 from bench.records.schema import RawSamples
 from bench.report.tables import Entry, serving_levels
 
@@ -78,18 +80,13 @@ def pareto(entries: list[Entry], several_runs: bool) -> Plot | None:
     quality = quality_metric(entries)
     if quality is None:
         return None
-    scores = {(e.run, e.record.model, e.record.variant): e.record for e in _ok(entries)
-              if e.record.value(quality) is not None}
     points = []
-    for e in _ok(entries, "latency"):
-        r = e.record
-        q = scores.get((e.run, r.model, r.variant))
-        tok_s, score = r.value("decode_tok_s"), q.value(quality) if q else None
-        if q is None or not tok_s or score is None or r.workload is None:
-            continue
-        mem = max(filter(None, [r.value("peak_rss_bytes"), q.value("peak_rss_bytes")]), default=0.0)
-        points.append(_Point(tok_s, score, mem / MIB, r.workload.short,
-                             f"{e.run} · {r.variant}" if several_runs else r.variant))
+    for pair in quality_and_speed(((e.run, e.record) for e in entries), lambda r: r.value(quality) is not None):
+        score = pair.quality.value(quality)
+        assert score is not None  # has_quality
+        variant = pair.speed.variant
+        points.append(_Point(pair.decode_tok_s, score, (pair.peak_rss_bytes or 0.0) / MIB, pair.workload.short,
+                             f"{pair.run} · {variant}" if several_runs else variant))
     if len(points) < 2:
         return None
     plt, sns = _plt()
@@ -99,9 +96,7 @@ def pareto(entries: list[Entry], several_runs: bool) -> Plot | None:
     biggest = max(p.mem for p in points) or 1
     for wl in workloads:
         group = [p for p in points if p.workload == wl]
-        front = sorted((p for p in group if not any(o.x >= p.x and o.y <= p.y and o is not p and
-                                                    (o.x > p.x or o.y < p.y) for o in group)),
-                       key=lambda p: p.x)
+        front = pareto_front(group, lambda p: p.x, lambda p: p.y)
         ax.scatter([p.x for p in group], [p.y for p in group], s=[40 + 400 * p.mem / biggest for p in group],
                    color=colors[wl], alpha=0.55, label=f"{wl}")
         ax.plot([p.x for p in front], [p.y for p in front], "-", color=colors[wl], lw=2)
@@ -370,8 +365,7 @@ def serving_pareto(entries: list[Entry], several_runs: bool) -> Plot | None:
         ax.scatter([p[1] for p in group], [p[2] for p in group], color=colors[label], label=label, alpha=0.7)
         for p in group:
             ax.annotate(p[3], (p[1], p[2]), textcoords="offset points", xytext=(5, 4), fontsize=7)
-    front = sorted((p for p in points if not any(o[1] >= p[1] and o[2] >= p[2] and (o[1] > p[1] or o[2] > p[2])
-                                                 for o in points)), key=lambda p: p[1])
+    front = pareto_front(points, lambda p: p[1], lambda p: p[2], y_higher=True)
     ax.plot([p[1] for p in front], [p[2] for p in front], "-", color="black", lw=1.5, label="Pareto front")
     ax.set_xlabel("serve_total_tok_s (tokens/s, all users) → better")
     ax.set_ylabel("serve_tok_s_per_user (tokens/s, median user) ↑ better")

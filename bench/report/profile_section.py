@@ -5,8 +5,8 @@ from pathlib import Path
 
 from bench.core import markdown as md
 from bench.measure.profiling import CATEGORIES
+from bench.presentation.table import md_table
 from bench.records.schema import CaseRecord, ProfileSummary
-from bench.report.tables import md_table
 
 
 def _pct(share: float | None) -> str:

@@ -30,19 +30,10 @@ from collections.abc import Callable
 import numpy as np
 
 from bench.core.description import AttentionShape
+from bench.presentation.formatting import fmt
+from bench.presentation.table import NA, Cell, Column, Table
 from bench.records.schema import CaseRecord, Estimate, RawSamples
-from bench.report.tables import (
-    NA,
-    Cell,
-    Column,
-    Entry,
-    Table,
-    fmt,
-    metric_cell,
-    paired_cell,
-    ratio_cell,
-    serving_levels,
-)
+from bench.report.tables import Entry, metric_cell, paired_cell, ratio_cell, serving_levels
 
 SamplesOf = Callable[[Entry], RawSamples | None]
 

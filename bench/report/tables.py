@@ -1,6 +1,7 @@
-"""The table model every report renders: which columns a latency or perplexity table has, and the
-text of each cell. Markdown and HTML draw the same tables from here; column headers come from the
-metric registry (bench/metrics.py), so a header always names its metric and shown unit.
+"""The report's tables: which columns a latency or perplexity table has, and the text of each cell, in the
+table model (bench/presentation/table.py, which the gate's alerts share). Markdown and HTML draw the same
+tables from here; column headers come from the metric registry (bench/metrics.py), so a header always names
+its metric and shown unit.
 
 Besides the latency and perplexity tables, `summary_tables` adds per model a quantization table
 (method, bits per weight, weight bytes, perplexity, Δ PPL with its CI, KLD, top-1 agreement, decode
@@ -9,44 +10,21 @@ table (latency, memory and KV cache bytes per token at each prompt length) when 
 prompt length.
 
 A cell is a main text and an optional interval ("2.002" and "[2.001, 2.004]"): Markdown prints
-them on one line, HTML stacks them so wide tables still fit the page.
+them on one line, HTML stacks them so wide tables still fit the page. Numbers are shown by `fmt`
+(bench/presentation/formatting.py).
 """
 from __future__ import annotations
 
 import re
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.core import markdown as md
 from bench.metrics import METRICS
+from bench.presentation.formatting import fmt
+from bench.presentation.table import NA, Cell, Column, Table
 from bench.records.schema import CaseRecord, Estimate, Machine, MetricValue, ServingLevel, Summary
-
-
-@dataclass(frozen=True)
-class Cell:
-    text: str
-    interval: str = ""  # kept on one line
-    detail: str = ""  # a remark that may wrap
-
-    def inline(self) -> str:
-        return " ".join(part for part in (self.text, self.interval, f"({self.detail})" if self.detail else "")
-                        if part)
-
-
-@dataclass
-class Column:
-    header: str
-    metric: str | None = None  # the glossary entry the header links to
-    left: bool = False  # text column (left-aligned)
-
-
-@dataclass
-class Table:
-    title: str
-    columns: list[Column]
-    rows: list[list[Cell]]
-    notes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -55,17 +33,6 @@ class Entry:
 
     run: str
     record: CaseRecord
-
-
-NA = Cell("n/a")
-
-
-def fmt(value: float | None, digits: int = 4) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.{digits}g}"
-    return str(value)
 
 
 def metric_cell(record: CaseRecord | ServingLevel, name: str) -> Cell:
@@ -376,20 +343,6 @@ def what_ran(entries: list[Entry], several_runs: bool = False) -> Table:
             Cell(variant), Cell(b.mechanism), Cell(b.dtype), Cell(b.device), Cell(fmt(b.threads)),
             metric_cell(r, "model_size_bytes")] + [metric_cell(r, m) for m in converted])
     return Table("What ran", columns, rows)
-
-
-def md_table(headers: list[str], rows: list[list[str]]) -> str:
-    """A Markdown table; every header and cell is escaped (bench/core/markdown.py: HTML, `|`, backticks, line
-    breaks), except a cell that is already Markdown (md.code(...), a md.Markdown)."""
-    lines = ["| " + " | ".join(map(md.text, headers)) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(map(md.text, row)) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def markdown(table: Table) -> str:
-    """A table as Markdown, its notes below it (escaped as its cells are: they quote labels and reasons)."""
-    body = md_table([c.header for c in table.columns], [[cell.inline() for cell in row] for row in table.rows])
-    return "\n\n".join([body, *map(md.text, table.notes)])
 
 
 # ---------------------------------------------------------------- serving (bench/serving)

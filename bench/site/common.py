@@ -1,13 +1,17 @@
-"""What the views share: page file names, shown values and units (bench/metrics.py), the Pareto front."""
+"""What the views share: page file names, shown values and units (bench/metrics.py), the verdicts' colours.
+
+Numbers are shown by `fmt` and fronts found by `pareto_front` (bench/presentation/), as in the reports."""
 from __future__ import annotations
 
 import hashlib
 import re
 
+from bench.gate.result import Status
 from bench.metrics import METRICS
 
-VERDICT_COLOURS = {"regression": "#cf222e", "improvement": "#1a7f37", "unchanged": "#0969da",
-                   "inconclusive": "#9a6700", "not gated": "#6e7781", None: "#8c959f"}
+VERDICT_COLOURS: dict[Status | None, str] = {
+    Status.REGRESSION: "#cf222e", Status.IMPROVEMENT: "#1a7f37", Status.UNCHANGED: "#0969da",
+    Status.INCONCLUSIVE: "#9a6700", Status.NOT_GATED: "#6e7781", None: "#8c959f"}  # None: no verdict
 
 
 def trend_file(suite: str, case_id: str) -> str:
@@ -26,17 +30,6 @@ def axis_title(metric: str) -> str:
     unit = m.display_unit
     arrow = {"lower": " ↓ better", "higher": " ↑ better"}.get(m.better or "", "")
     return f"{m.label}" + (f" ({unit})" if unit else "") + arrow
-
-
-def fmt(value: float | None, digits: int = 4) -> str:
-    return "n/a" if value is None else f"{value:.{digits}g}"
-
-
-def pareto_front(points: list[dict], x: str, y: str) -> list[dict]:
-    """Points no other point beats on both axes: `x` higher is better, `y` lower is better; sorted by x."""
-    def beaten(p):
-        return any(o is not p and o[x] >= p[x] and o[y] <= p[y] and (o[x] > p[x] or o[y] < p[y]) for o in points)
-    return sorted((p for p in points if not beaten(p)), key=lambda p: p[x])
 
 
 def machine_label(record) -> str:

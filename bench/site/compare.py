@@ -7,7 +7,8 @@ from datetime import datetime, timezone
 
 from bench.gate.result import Comparison, MachineDifference
 from bench.metrics import METRICS
-from bench.site.common import VERDICT_COLOURS, fmt, shown
+from bench.presentation.formatting import fmt
+from bench.site.common import VERDICT_COLOURS, shown
 from bench.site.gather import RunInfo
 from bench.site.verdicts import Pair
 
@@ -26,7 +27,7 @@ def _row(c: Comparison) -> dict:
             "current": fmt(shown(c.metric, c.current)) if c.current is not None else "n/a",
             "ratio": fmt(c.ratio) if c.ratio is not None else "n/a",
             "ci": f"[{c.ci_low:.4g}, {c.ci_high:.4g}]" if c.ci_low is not None and c.ci_high is not None else "",
-            "status": c.status, "colour": VERDICT_COLOURS.get(c.status, "#8c959f"), "note": c.note,
+            "status": c.status, "colour": VERDICT_COLOURS[c.status], "note": c.note,
             "machine": machine_note(c.machine)}
 
 
@@ -37,7 +38,7 @@ def context(runs: list[RunInfo], pairs: list[Pair], links: dict[str, str]) -> di
                   "when": datetime.fromtimestamp(r.created_at, timezone.utc).strftime("%Y-%m-%d %H:%M"),
                   "report": links.get(r.run_id)} for r in runs],
         "env": {r.run_id: r.environment for r in runs},
-        "pairs": {p.key: {"verdict": p.result.verdict, "exit_code": p.result.exit_code,
+        "pairs": {p.key: {"verdict": p.result.verdict_text, "exit_code": p.result.exit_code,
                           "ignored_machine_state": p.result.ignored_machine_state,
                           "rows": [_row(c) for c in p.result.comparisons],
                           "not_compared": [n.model_dump() for n in p.result.not_compared]} for p in pairs},

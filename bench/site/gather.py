@@ -26,9 +26,10 @@ from pathlib import Path
 from bench.errors import BadInput
 from bench.gate import history
 from bench.metrics import METRICS
+from bench.presentation.formatting import fmt
 from bench.records import safe_files
 from bench.records.rundir import Run, RunDir, load_run
-from bench.site.common import fmt, machine_label
+from bench.site.common import machine_label
 from bench.site.store import Store
 
 # the metrics a case's trend page plots (when the case has them), in this order

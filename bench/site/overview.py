@@ -2,11 +2,12 @@
 the newest pair of runs (bench/site/verdicts.py), filterable by machine, suite, backend and model."""
 from __future__ import annotations
 
-from bench.gate.result import MachineDifference
 from bench.metrics import METRICS
-from bench.site.common import VERDICT_COLOURS, fmt, shown, trend_file
+from bench.presentation.formatting import fmt
+from bench.site.common import VERDICT_COLOURS, shown, trend_file
 from bench.site.compare import machine_note
 from bench.site.gather import SiteData
+from bench.site.verdicts import Latest
 
 HEADLINE = ("ttft_ms", "tpot_ms", "decode_tok_s", "peak_rss_bytes", "perplexity", "kld_mean",
             "energy_decode_j_per_token")
@@ -28,7 +29,7 @@ def sparkline(values: list[float | None], colour: str) -> dict:
                        "paper_bgcolor": "rgba(0,0,0,0)", "plot_bgcolor": "rgba(0,0,0,0)"}}
 
 
-def tiles(data: SiteData, verdicts: dict) -> tuple[list[dict], dict[str, dict]]:
+def tiles(data: SiteData, verdicts: dict[tuple[str, str, str], Latest]) -> tuple[list[dict], dict[str, dict]]:
     """The tiles (sorted by suite, model, case, metric) and their sparkline figures, by figure id."""
     out: list[dict] = []
     figures: dict[str, dict] = {}
@@ -36,18 +37,18 @@ def tiles(data: SiteData, verdicts: dict) -> tuple[list[dict], dict[str, dict]]:
         if s.metric not in HEADLINE or not s.points:
             continue
         case = data.case_info(s.suite, s.case_id)
-        verdict = verdicts.get((s.suite, s.case_id, s.metric))
-        status = verdict["status"] if verdict else None
+        latest_verdict = verdicts.get((s.suite, s.case_id, s.metric))
+        verdict = latest_verdict.comparison if latest_verdict else None
+        status = verdict.status if verdict else None
         latest = s.points[-1]
         fig_id = f"spark-{len(figures)}"
         figures[fig_id] = sparkline([shown(s.metric, p.value) for p in s.points], VERDICT_COLOURS[status])
         ratio = ""
-        if verdict and verdict.get("ratio") is not None:
-            ci = (f" [{verdict['ci_low']:.3f}, {verdict['ci_high']:.3f}]" if verdict.get("ci_low") is not None
-                  else "")
-            ratio = f"x{verdict['ratio']:.3f}{ci} vs {verdict['baseline_run']}"
-        machine = verdict.get("machine") if verdict else None
-        note = machine_note(MachineDifference.model_validate(machine) if isinstance(machine, dict) else machine)
+        if latest_verdict and verdict and verdict.ratio is not None:
+            ci = (f" [{verdict.ci_low:.3f}, {verdict.ci_high:.3f}]"
+                  if verdict.ci_low is not None and verdict.ci_high is not None else "")
+            ratio = f"x{verdict.ratio:.3f}{ci} vs {latest_verdict.baseline_run}"
+        note = machine_note(verdict.machine if verdict else None)
         out.append({
             "suite": s.suite, "machine": s.machine,
             "machine_label": case.machine if case is not None and case.machine != "?" else s.machine,
@@ -62,7 +63,7 @@ def tiles(data: SiteData, verdicts: dict) -> tuple[list[dict], dict[str, dict]]:
     return out, figures
 
 
-def context(data: SiteData, verdicts: dict) -> dict:
+def context(data: SiteData, verdicts: dict[tuple[str, str, str], Latest]) -> dict:
     found, figures = tiles(data, verdicts)
     filters = {name: sorted({t[name] for t in found}) for name in ("machine", "suite", "backend", "model")}
     counts: dict[str, int] = {}

@@ -7,25 +7,25 @@ from __future__ import annotations
 from typing import Any
 
 from bench.metrics import MIB
+from bench.presentation.formatting import fmt
+from bench.presentation.pairing import quality_and_speed
+from bench.presentation.pareto import pareto_front
 from bench.records.rundir import Run
-from bench.site.common import axis_title, fmt, pareto_front
+from bench.site.common import axis_title
 from bench.site.gather import KeptRun, newest_with
 
 QUALITY = ("kld_mean", "delta_ppl")
 
 
 def variants(run: Run) -> list[dict]:
-    """Per (model, workload, variant): quality from the perplexity case, speed and memory from the latency case."""
-    quality = {(r.model, r.variant): r for r in run.records if r.ok and r.task == "perplexity"
-               and any(r.value(m) is not None for m in QUALITY)}
+    """Per (model, workload, variant): quality from the perplexity case, speed and memory from the latency case
+    (bench/presentation/pairing.py)."""
     out = []
-    for r in run.records:
-        q = quality.get((r.model, r.variant))
-        if not r.ok or r.task != "latency" or q is None or r.workload is None or not r.value("decode_tok_s"):
-            continue
-        memory = max(filter(None, [r.value("peak_rss_bytes"), q.value("peak_rss_bytes")]), default=None)
-        out.append({"model": r.model, "workload": r.workload.short, "variant": r.variant,
-                    "decode_tok_s": r.value("decode_tok_s"), "kld_mean": q.value("kld_mean"),
+    for pair in quality_and_speed(((run.run_id, r) for r in run.records),
+                                  lambda q: any(q.value(m) is not None for m in QUALITY)):
+        r, q, memory = pair.speed, pair.quality, pair.peak_rss_bytes
+        out.append({"model": r.model, "workload": pair.workload.short, "variant": r.variant,
+                    "decode_tok_s": pair.decode_tok_s, "kld_mean": q.value("kld_mean"),
                     "delta_ppl": q.value("delta_ppl"), "perplexity": q.value("perplexity"),
                     "memory_mib": memory / MIB if memory else None,
                     "weights_mib": (r.value("model_size_bytes") or 0) / MIB or None,
@@ -33,8 +33,14 @@ def variants(run: Run) -> list[dict]:
     return out
 
 
+def _front(points: list[dict], quality: str) -> list[dict]:
+    """The variants no other is both faster than and closer to the reference on `quality`."""
+    return pareto_front([p for p in points if p[quality] is not None], lambda p: p["decode_tok_s"],
+                        lambda p: p[quality])
+
+
 def figure(points: list[dict], before: dict, quality: str) -> dict:
-    front = pareto_front([p for p in points if p[quality] is not None], "decode_tok_s", quality)
+    front = _front(points, quality)
     biggest = max((p["memory_mib"] or 0 for p in points), default=0) or 1
     traces = [{"type": "scatter", "mode": "markers+text", "name": "variants (size: peak memory)",
                "x": [p["decode_tok_s"] for p in points], "y": [p[quality] for p in points],
@@ -83,8 +89,7 @@ def context(runs_by_suite: dict[str, list[KeptRun]]) -> dict:
                     fig_id = f"quant-{len(figures)}"
                     figures[fig_id] = figure(points, before, quality)
                     section["figures"].append({"id": fig_id, "quality": quality})
-            fronts = {q: {p["variant"] for p in pareto_front([p for p in points if p[q] is not None],
-                                                              "decode_tok_s", q)} for q in QUALITY}
+            fronts = {q: {p["variant"] for p in _front(points, q)} for q in QUALITY}
             for p in sorted(points, key=lambda p: -p["decode_tok_s"]):
                 b = before.get(p["variant"])
                 section["rows"].append({

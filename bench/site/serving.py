@@ -8,8 +8,9 @@ import math
 from typing import Any
 
 from bench.metrics import METRICS
+from bench.presentation.formatting import fmt
 from bench.records.schema import Summary
-from bench.site.common import axis_title, fmt
+from bench.site.common import axis_title
 from bench.site.gather import KeptRun, newest_with
 
 PANELS = (("serve_ttft_ms", "ttft_ms"), ("serve_tpot_ms", "tpot_ms"), ("serve_e2e_ms", "e2e_ms"))

@@ -15,7 +15,8 @@ from datetime import datetime, timezone
 
 from bench.gate.changepoints import change_points
 from bench.metrics import METRICS
-from bench.site.common import axis_title, fmt, trend_file
+from bench.presentation.formatting import fmt
+from bench.site.common import axis_title, trend_file
 from bench.site.gather import Series, SiteData
 
 PALETTE = ("#0969da", "#bc4c00", "#1a7f37", "#8250df", "#cf222e", "#6e7781")

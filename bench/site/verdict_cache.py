@@ -114,4 +114,4 @@ class VerdictCache:
     def put(self, key: str, result: GateResult, asked: Asked) -> None:
         self.store.stats.misses += 1
         self.store.write(key, {"baseline": result.baseline.run_id, "current": result.current.run_id,
-                               "asked": asked.as_json(), "result": result.model_dump(mode="json")})
+                               "asked": asked.as_json(), "result": result.model_dump(mode="json", by_alias=True)})

@@ -3,7 +3,8 @@ suite's thresholds via `rule_from`, the history's between-run noise) and kept in
 (bench/site/verdict_cache.py), so a pair is computed once while neither run, the gate nor the history changes.
 
 For every suite, each loaded run is compared with the run before it (the newest `max_pairs` such pairs):
-the overview colours a tile by the newest pair's verdict and the compare view shows any computed pair.
+the overview colours a tile by the newest pair's verdict (`Latest`: the typed comparison and its pair's run ids)
+and the compare view shows any computed pair.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 
 from bench.gate.compare import compare_runs, rule_from
 from bench.gate.history import MemoryHistory
-from bench.gate.result import GateResult
+from bench.gate.result import Comparison, GateResult, Status
 from bench.records.rundir import Run
 from bench.records.schema import CaseRecord
 from bench.site.gather import KeptRun, SiteData
@@ -31,7 +32,7 @@ class Pair:
     def key(self) -> str:
         return f"{self.baseline}..{self.current}"
 
-    def status(self, case_id: str, metric: str) -> str | None:
+    def status(self, case_id: str, metric: str) -> Status | None:
         for c in self.result.comparisons:
             if c.case == case_id and c.metric == metric:
                 return c.status
@@ -78,12 +79,20 @@ def consecutive_pairs(data: SiteData, max_pairs: int = MAX_PAIRS, cache: Verdict
     return pairs
 
 
-def latest_verdicts(pairs: list[Pair]) -> dict[tuple[str, str, str], dict]:
+@dataclass(frozen=True)
+class Latest:
+    """The newest comparison of a case's metric, and the runs of its pair."""
+
+    comparison: Comparison
+    baseline_run: str
+    current_run: str
+
+
+def latest_verdicts(pairs: list[Pair]) -> dict[tuple[str, str, str], Latest]:
     """(suite, case, metric) -> the newest comparison of it (with the pair's run ids), from consecutive pairs."""
-    out: dict[tuple[str, str, str], dict] = {}
+    out: dict[tuple[str, str, str], Latest] = {}
     for pair in pairs:  # oldest first within a suite: a newer pair overwrites
         suite = pair.result.current.suite
         for c in pair.result.comparisons:
-            out[(suite or "", c.case, c.metric)] = {**c.model_dump(), "baseline_run": pair.baseline,
-                                                    "current_run": pair.current}
+            out[(suite or "", c.case, c.metric)] = Latest(c, pair.baseline, pair.current)
     return out
