@@ -197,15 +197,22 @@ def test_webhook_posts_a_slack_payload_to_a_real_server(runs):
 
 
 def test_history_records_runs_and_last_branch_is_a_baseline(runs):
+    """Which run `last:BRANCH` names, told by known answers the machine cannot flip: `main` records run a,
+    `feature` a copy of it with one case twice as slow; compared at a 30 % threshold, a copy of a is no regression
+    against last:main (ratio exactly 1) and the slow copy is one (ratio 2). Two fresh runs would not do: the
+    machine's drift between them can put an interval across the threshold (exit 4)."""
+    slowed_copy(runs, "a", "a-same", "slow", 2, 1.0)
+    slowed_copy(runs, "a", "a-twice-slow", "slow", 2, 2.0)
     db = runs / "hist.sqlite"
     out = run_bench("history", "record", "a", "--db", str(db), "--branch", "main", cwd=runs).stdout
     assert "recorded a (branch main" in out
-    run_bench("history", "record", "a-slow", "--db", str(db), "--branch", "feature", cwd=runs)
+    run_bench("history", "record", "a-twice-slow", "--db", str(db), "--branch", "feature", cwd=runs)
     listing = run_bench("history", "list", "--db", str(db), cwd=runs).stdout
     assert "main" in listing and "feature" in listing
-    run_bench("compare", "last:main", "b", "--history-db", str(db), cwd=runs, check_exit=0)
-    run_bench("compare", "--baseline", "last:main", "a-slow", "--history-db", str(db), cwd=runs, check_exit=1)
-    run_bench("compare", "last:nobranch", "b", "--history-db", str(db), cwd=runs, check_exit=2)
+    run_bench("compare", "last:main", "a-same", "--threshold", "0.3", "--history-db", str(db), cwd=runs, check_exit=0)
+    run_bench("compare", "--baseline", "last:main", "a-twice-slow", "--threshold", "0.3", "--history-db", str(db),
+              cwd=runs, check_exit=1)
+    run_bench("compare", "last:nobranch", "a-same", "--history-db", str(db), cwd=runs, check_exit=2)
 
 
 def test_pytest_benchmark_compare_reads_the_export(runs):
