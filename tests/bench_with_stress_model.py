@@ -1,11 +1,13 @@
 """`python -m tests.bench_with_stress_model ARGS`: `python -m bench ARGS` with one more built-in model, `stress-model`.
 
 A run of a suite that names it starts with a build of a few seconds that does what a real model build does
-(tests/test_kill_resume.py interrupts such runs at random moments): torch imported, a BPE tokenizer trained in
-native code that does not look at signals for a second or so, a few torch training steps, files written into a
-temp dir under the cache lock and renamed into place (bench/core/cache.py). It exists only in this process and
-in what it forks (the run's preparation child): a worker that resolves it gets the name back unchanged, which the
-known-answer backend ignores.
+(tests/test_kill_resume.py interrupts such runs at random moments): a BPE tokenizer trained in native code that
+does not look at signals for a second or so, a few training steps in numpy, files written into a temp dir under
+the cache lock and renamed into place (bench/core/cache.py). No torch: its import alone would double the cost of
+the test's fifty runs, and what the runner does on Ctrl-C does not depend on what its preparation child runs.
+
+The model exists only in this process and in what it forks (the run's preparation child): a worker that resolves
+it gets the name back unchanged, which the known-answer backend ignores.
 
 Prints `bench-guarded` on stderr when bench's entry point starts importing `bench.cli`: from then on Ctrl-C is
 bench's to handle (before it, Python itself is still starting, and no program can keep it from printing a
@@ -39,7 +41,7 @@ def _text() -> str:
 
 
 def _fill(out: Path, log: Callable[[str], None]) -> None:
-    import torch
+    import numpy as np
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     log(f"building {NAME} ({STEPS} steps)")
@@ -47,22 +49,24 @@ def _fill(out: Path, log: Callable[[str], None]) -> None:
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     text = _text()
     tokenizer.train_from_iterator([text], trainers.BpeTrainer(vocab_size=1024, show_progress=False))
-    ids = torch.tensor(tokenizer.encode(text).ids)
+    ids = np.array(tokenizer.encode(text).ids)
     log(f"tokenizer: {tokenizer.get_vocab_size()} tokens, {len(ids)} training tokens")
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Embedding(1024, 64), torch.nn.Linear(64, 1024))
-    for _ in range(STEPS):  # plain SGD: torch.optim would import torch._dynamo, seconds for nothing here
-        starts = torch.randint(0, len(ids) - 65, (8,))
-        window = ids[starts[:, None] + torch.arange(65)]
-        loss = torch.nn.functional.cross_entropy(model(window[:, :-1]).transpose(1, 2), window[:, 1:])
-        model.zero_grad()
-        loss.backward()
-        with torch.no_grad():
-            for parameter in model.parameters():
-                parameter -= 0.5 * parameter.grad
-    log(f"step {STEPS}/{STEPS}  loss {loss.item():.3f}")
+    rng = np.random.default_rng(0)
+    embed, out_proj = rng.normal(0, 0.02, (1024, 64)), rng.normal(0, 0.02, (64, 1024))
+    for _ in range(STEPS):  # a bigram model, softmax cross-entropy, plain SGD: native numpy work between bytecodes
+        rows = rng.integers(0, len(ids) - 1, 512)
+        hidden = embed[ids[rows]]
+        logits = hidden @ out_proj
+        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs /= probs.sum(axis=1, keepdims=True)
+        loss = -np.log(probs[np.arange(len(rows)), ids[rows + 1]]).mean()
+        probs[np.arange(len(rows)), ids[rows + 1]] -= 1
+        grad_out, grad_hidden = hidden.T @ probs / len(rows), probs @ out_proj.T / len(rows)
+        out_proj -= 0.5 * grad_out
+        np.add.at(embed, ids[rows], -0.5 * grad_hidden)
+    log(f"step {STEPS}/{STEPS}  loss {loss:.3f}")
     tokenizer.save(str(out / "tokenizer.json"))
-    torch.save(model.state_dict(), out / "model.pt")
+    np.savez(out / "model.npz", embed=embed, out_proj=out_proj)
     (out / "bench_model.json").write_text(json.dumps({"name": NAME, "steps": STEPS}))
     log(f"built {NAME}")
 
