@@ -1,10 +1,11 @@
 """`python -m tests.bench_with_stress_model ARGS`: `python -m bench ARGS` with one more built-in model, `stress-model`.
 
 A run of a suite that names it starts with a build of a few seconds that does what a real model build does
-(tests/test_kill_resume.py interrupts such runs at random moments): a BPE tokenizer trained in native code that
-does not look at signals for a second or so, a few training steps in numpy, files written into a temp dir under
-the cache lock and renamed into place (bench/core/cache.py). No torch: its import alone would double the cost of
-the test's fifty runs, and what the runner does on Ctrl-C does not depend on what its preparation child runs.
+(tests/test_kill_resume.py interrupts such runs at random moments): a BPE tokenizer trained and applied in native
+code that looks at no signal for a few tenths of a second (longer than the runner gives its preparation child to
+stop, 0.3 s), a few training steps in numpy, files written into a temp dir under the cache lock and renamed into
+place (bench/core/cache.py). No torch: its import alone would double the cost of the test's fifty runs, and what
+the runner does on Ctrl-C does not depend on what its preparation child runs.
 
 The model exists only in this process and in what it forks (the run's preparation child): a worker that resolves
 it gets the name back unchanged, which the known-answer backend ignores.
@@ -30,12 +31,12 @@ STEPS = 20
 
 
 def _text() -> str:
-    """~400 kB of the standard library's sources, in a fixed order: the tokenizer's training text."""
+    """~200 kB of the standard library's sources, in a fixed order: the tokenizer's training text."""
     root = Path(json.__file__).parent.parent
     parts: list[str] = []
     for path in sorted(root.glob("*.py")):
         parts.append(path.read_text(errors="replace"))
-        if sum(map(len, parts)) > 400_000:
+        if sum(map(len, parts)) > 200_000:
             break
     return "".join(parts)
 
