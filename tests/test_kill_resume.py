@@ -205,7 +205,7 @@ perplexity: {{text: eval.txt}}
 """
 # what a run prints as it goes, in order (tests/bench_with_stress_model.py prints the first): the phases of a run
 PHASES = {"starting": "bench-guarded", "creating the run": "run r: ", "building the model": "building stress-model",
-          "running cases": "built stress-model", "recording": r"^\[1/1\]", "writing reports": "^report: "}
+          "running cases": "built stress-model", "recording and reporting": r"^\[1/1\]"}
 INTERRUPTS = 50
 RESUMED = ("creating the run", "building the model", "running cases")  # nothing built; half built; none measured
 EXIT_DEADLINE_S = 2.0  # the product's promise: Ctrl-C at any moment exits within 2 s ...
