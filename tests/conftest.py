@@ -1,10 +1,13 @@
 """Shared fixtures: offline mode, the built-in model, and a helper to run the CLI as a user does."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import textwrap
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -65,3 +68,42 @@ def record_lines(run_dir: Path) -> list:
     from bench.records.schema import CaseRecord
 
     return [CaseRecord.model_validate_json(line) for line in (Path(run_dir) / "cases.jsonl").read_text().splitlines()]
+
+
+CONTENDED_CPUS = 0.5  # what the runner calls contended (bench/measure/machine.py): others kept half a CPU busy
+
+
+@contextlib.contextmanager
+def others_load() -> Iterator[list[float]]:
+    """The CPUs kept busy by processes outside this test's process tree while the block ran (mean over its wall
+    time; the list holds it once the block is over). Counts this process and every descendant it (or they) waited
+    for. For a test whose timing check no figure can pass under a competing load: it skips, naming the load."""
+    import psutil
+
+    def busy() -> float:
+        times = psutil.cpu_times()
+        return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+    def mine() -> float:
+        t = psutil.Process().cpu_times()
+        return t.user + t.system + t.children_user + t.children_system
+
+    measured: list[float] = []
+    began, busy0, mine0 = time.monotonic(), busy(), mine()
+    yield measured
+    measured.append(max(0.0, (busy() - busy0 - (mine() - mine0)) / max(time.monotonic() - began, 1e-9)))
+
+
+def skip_if_contended(load: float, what: str) -> None:
+    """Skip the rest of a test whose `what` a competing load can flip, naming the load that was measured."""
+    import pytest
+
+    if load >= CONTENDED_CPUS:
+        pytest.skip(f"other processes kept {load:.1f} CPUs busy while it was measured: {what} needs a quieter machine")
+
+
+def recorded_load(records) -> float:
+    """The busiest load by other processes that the runner measured around any of `records`' latency cases
+    (bench/measure/machine.py), in CPUs; 0 when none was measured."""
+    return max((r.latency.machine.other_cpu_load_mean for r in records if r.latency and r.latency.machine),
+               default=0.0)

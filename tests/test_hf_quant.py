@@ -180,7 +180,7 @@ def test_a_variant_this_hardware_cannot_run_is_skipped_and_the_run_exits_0(tiny_
         reference: fp32
         workloads: [{batch_size: 1, prompt_tokens: 16, new_tokens: 4}]
         tasks: [latency]
-        repetitions: {warmup: 0, min: 3, max: 3}
+        repetitions: {warmup: 0, min: 3, max: 3, processes: 1}
         timeout_s: 300
     """)
     proc = run_bench("run", "s.yaml", "--run-id", "q", cwd=tmp_path, check_exit=0)

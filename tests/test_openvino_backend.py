@@ -14,6 +14,7 @@ from bench.suite import load_suite
 from tests.conftest import ROOT, load_records, run_bench, write_suite
 from tests.side_envs import side_env_python
 
+# processes: 1: one export and compile per case (nothing here needs the spread between processes)
 SUITE = """
     name: openvino-vs-hf
     models: [tiny-llama]
@@ -25,7 +26,7 @@ SUITE = """
     reference: hf-fp32
     workloads: [{batch_size: 2, prompt_tokens: 48, new_tokens: 8}]
     tasks: [latency, perplexity]
-    repetitions: {warmup: 1, min: 3, max: 3, max_time_s: 5}
+    repetitions: {warmup: 1, min: 3, max: 3, max_time_s: 5, processes: 1}
     perplexity: {window: 128, stride: 64, max_tokens: 1024}
     timeout_s: 600
 """

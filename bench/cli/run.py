@@ -1,12 +1,13 @@
 """`run`, `profile` and `validate`: suites in, results and reports out."""
 from __future__ import annotations
 
-import contextlib
 import os
+import shutil
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bench.errors import BadInput, ExitCode
 
@@ -23,15 +24,10 @@ def _execute(args, suite, cases, run, profile_source: str | None = None) -> Exit
 
     print(f"run {run.run_id}: {len(cases)} cases -> {run.path}", file=sys.stderr)
     executor = _executor(args, suite)
-    with run.writer(), _sigterm_interrupts() as terminated:
-        try:
-            if executor is None:  # build models and conversions once, here, rather than inside a timed case
-                _prepare_here(cases)
-            records = runner.run_cases(cases, run, retry_failed=args.retry_failed, executor=executor)
-        except KeyboardInterrupt:
-            print(f"\n{'terminated' if terminated else 'interrupted'}: finished cases are kept in {run.path}; "
-                  f"resume with: python -m bench run --resume {run.run_id}", file=sys.stderr)
-            return ExitCode.TERMINATED if terminated else ExitCode.INTERRUPTED
+    with run.writer():
+        if executor is None:  # build models and conversions once, here, rather than inside a timed case
+            _prepare_here(cases)
+        records = runner.run_cases(cases, run, retry_failed=args.retry_failed, executor=executor)
     loaded = load_run(run)
     print(terminal_table(loaded))
     write_reports(args, [loaded])
@@ -54,21 +50,67 @@ def _say_contended(records) -> None:
                                   if contended else ""), file=sys.stderr)
 
 
-@contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[list[int]]:
-    """While running cases, SIGTERM stops the run as Ctrl-C does (workers killed, finished cases kept, the resume
-    hint printed); the list it yields is non-empty once SIGTERM came (exit code 143 instead of 130)."""
+def _stoppable(command: Callable[[Any, list], ExitCode], args) -> ExitCode:
+    """`command(args, started)` where Ctrl-C or SIGTERM at any moment stops it with exit code 130 or 143 and says
+    what is left: once the run exists, where its finished cases are and how to resume it; a run directory
+    interrupted while it was being made (no run.json yet: nothing measured) is removed. `command` appends its
+    RunDir to `started` just before it creates it (or once --resume has found it).
+
+    Nothing here waits on native code (the preparation runs in a child: bench/run/prepare.py), so the interrupt
+    is raised at once. Python drops a KeyboardInterrupt raised inside a finalizer (a `__del__`, a weakref callback)
+    with an "Exception ignored" line: in case that happened, it is raised again every AGAIN_S until the command
+    has stopped. Once the command is over, a signal has nothing left to stop: it is ignored, and when the process
+    exits next (`args.exiting`, set by `python -m bench`) it stays ignored while Python finalizes (which would
+    otherwise die of it, exit -2, after the last line was written)."""
+    started: list = []
     came: list[int] = []
+    over: list[bool] = []
 
     def stop(signum, frame):
+        if over:
+            return
+        if not came:
+            signal.setitimer(signal.ITIMER_REAL, AGAIN_S, AGAIN_S)
         came.append(signum)
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    def again(signum, frame):
+        if not over:
+            raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, handler) for sig, handler in
+                ((signal.SIGINT, stop), (signal.SIGTERM, stop), (signal.SIGALRM, again))}
     try:
-        yield came
+        return command(args, started)
+    except KeyboardInterrupt:
+        over.append(True)
+        return _interrupted(started[-1] if started else None, terminated=signal.SIGTERM in came)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        over.append(True)  # from here on `stop` ignores signals, until they are handed back below
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        exiting = getattr(args, "exiting", False)
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_IGN if exiting and sig != signal.SIGALRM else handler)
+
+
+AGAIN_S = 1.0
+
+
+def _interrupted(run, terminated: bool) -> ExitCode:
+    from bench.core.process import forget_unhandled_interrupt
+
+    forget_unhandled_interrupt()  # our exit code stands (see bench/core/process.py)
+    word = "terminated" if terminated else "interrupted"
+    if run is not None and run.exists():
+        print(f"\n{word}: finished cases are kept in {run.path}; resume with: python -m bench run --resume "
+              f"{run.run_id}", file=sys.stderr)
+    elif run is not None and run.half_made():
+        shutil.rmtree(run.path, ignore_errors=True)
+        print(f"\n{word} while run {run.run_id} was being created: nothing was measured, its directory is removed",
+              file=sys.stderr)
+    else:
+        print(f"\n{word} before the run started: nothing was written", file=sys.stderr)
+    return ExitCode.TERMINATED if terminated else ExitCode.INTERRUPTED
 
 
 def _selected(cases, args):
@@ -92,9 +134,9 @@ def _selected(cases, args):
 
 
 def _prepare_here(cases) -> None:
-    from bench.run.prepare import prepare
+    from bench.run.prepare import prepare_here
 
-    for note in prepare(cases, log=lambda line: print(line, file=sys.stderr)):
+    for note in prepare_here(cases, log=lambda line: print(line, file=sys.stderr)):
         print(f"note: {note}", file=sys.stderr)
 
 
@@ -126,7 +168,7 @@ def check_writable(directory: Path, what: str) -> None:
         raise BadInput(f"{what} {directory}: cannot write under {existing}")
 
 
-def _new_run(args, suite_path: Path, profile: dict | None):
+def _new_run(args, suite_path: Path, profile: dict | None, started: list):
     from bench.records import outputs
     from bench.records.rundir import RunDir, check_plain_name, new_run_id
     from bench.run import runner
@@ -149,6 +191,7 @@ def _new_run(args, suite_path: Path, profile: dict | None):
     # what --resume and report read: the suite as it runs (profiling forced on by `bench profile`, --model's models)
     snapshot = suite_path.read_bytes() if profile is None and not models else \
         _forced_snapshot(suite, str(suite_path), profile is not None, models)
+    started.append(run)
     runner.start_run(suite_path, snapshot, suite.name, cases, run, suite.regression, shard,
                      _model_override(suite_path, models))
     return suite, cases, run
@@ -166,6 +209,10 @@ def _model_override(suite_path: Path, models: list[str] | None):
 
 
 def cmd_run(args) -> ExitCode:
+    return _stoppable(_run_command, args)
+
+
+def _run_command(args, started: list) -> ExitCode:
     from bench.records import outputs
     from bench.records.rundir import RunDir, check_plain_name
     from bench.suite import load_suite
@@ -178,6 +225,7 @@ def cmd_run(args) -> ExitCode:
         if args.models:
             raise BadInput("--model with --resume: a resumed run keeps the models it started with")
         run = RunDir(args.results_dir, check_plain_name(args.resume, "--resume")).require("--resume")
+        started.append(run)
         _check_unedited(run, args.allow_edited_suite)
         meta = run.meta()
         planned = len(meta.shard.suite_case_ids) if meta.shard is not None else len(meta.case_ids)
@@ -193,7 +241,7 @@ def cmd_run(args) -> ExitCode:
         return _execute(args, suite, cases, run)
     if not args.suite:
         raise BadInput("run: give a suite file, or --resume RUN_ID")
-    return _execute(args, *_new_run(args, Path(args.suite), None))
+    return _execute(args, *_new_run(args, Path(args.suite), None, started))
 
 
 def _check_unedited(run, allowed: bool) -> None:
@@ -219,6 +267,10 @@ def _forced_snapshot(suite, source: str, profiled: bool, models: list[str] | Non
 
 def cmd_profile(args) -> ExitCode:
     """`run` with profiling on for every latency case; SUITE_OR_RUN may name a run, whose suite is rerun."""
+    return _stoppable(_profile_command, args)
+
+
+def _profile_command(args, started: list) -> ExitCode:
     from bench.records.rundir import RunDir
 
     source = Path(args.suite)
@@ -227,7 +279,7 @@ def cmd_profile(args) -> ExitCode:
         source = previous.suite_snapshot
     profile = {k: getattr(args, k) for k in PROFILE_FLAGS if getattr(args, k) is not None}
     args.retry_failed, args.allow_edited_suite = False, False
-    suite, cases, run = _new_run(args, source, profile)
+    suite, cases, run = _new_run(args, source, profile, started)
     return _execute(args, suite, cases, run, profile_source=str(source))
 
 

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -107,12 +109,14 @@ def build_dir_atomically(
     """Make `target` by calling `fill(tmp)` on a temp dir next to it, then renaming.
 
     Holds a lock next to `target` so a second process waits for the first and
-    then finds the directory complete. Returns `target`.
+    then finds the directory complete. Returns `target`. A build that was killed (Ctrl-C during native code,
+    kill -9) leaves its temp dir behind: the next build of `target` removes it.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(lock_path(target)):
         if is_complete(target) and not force:
             return target
+        _remove_leftovers(target)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
         try:
@@ -125,6 +129,16 @@ def build_dir_atomically(
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _remove_leftovers(target: Path) -> None:
+    """Temp dirs of earlier builds of `target` that were killed: only a holder of its lock makes them, and the
+    caller holds it now."""
+    # the names build_dir_atomically gives them: mkdtemp's 8 random characters, or a replaced entry's ".old-PID"
+    made_here = re.compile(rf"\.{re.escape(target.name)}\.(?:[a-z0-9_]{{8}}|old-\d+)")
+    for leftover in target.parent.glob(f".{glob.escape(target.name)}.*"):
+        if made_here.fullmatch(leftover.name) and leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- size-limited sections (least recently used goes)

@@ -7,12 +7,16 @@ its `prepare` hook (backends/base.py), and with `create_envs` the side environme
 prepared, still build each thing once per cache. A local run prepares its machine here; the Ray executor
 runs this once on every node (bench/run/cluster/node.py) before its units. A step that fails is noted, not
 raised: the case that needs it fails (or is skipped) with its own reason, as it would without preparation.
+
+A local run prepares in a child process (`prepare_here`), so that Ctrl-C stops the run at once even while a
+model trains or a conversion runs in native code (bench/core/process.py `call_in_child`).
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from backends import backend_class
+from bench.core.process import ChildError, call_in_child
 from bench.exec import envs
 from bench.models import resolve_model
 from bench.records.schema import CaseSpec
@@ -38,3 +42,12 @@ def prepare(cases: list[CaseSpec], log: Callable[[str], None], create_envs: bool
             notes.append(f"side environment {name} is missing here: its cases are skipped "
                          f"({envs.create_command(name)})")
     return notes
+
+
+def prepare_here(cases: list[CaseSpec], log: Callable[[str], None]) -> list[str]:
+    """`prepare` in a child process of this one, stopped with it on Ctrl-C or SIGTERM (the exception goes on here);
+    a child that dies (the out-of-memory killer, say) is a note: each case then builds what it needs itself."""
+    try:
+        return call_in_child(prepare, cases, log)
+    except ChildError as exc:
+        return [f"preparation did not finish: {exc}"]
