@@ -16,14 +16,15 @@ traceback).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import runpy
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.core.cache import build_dir_atomically, cache_dir
-from bench.models import BUILTIN_CONTEXT, BUILTIN_MODELS
+from bench.models.recipe import MARKER as BUILT
+from bench.models.recipe import ModelRecipe, register
 
 NAME = "stress-model"
 MARKER = "bench-guarded"
@@ -68,14 +69,20 @@ def _fill(out: Path, log: Callable[[str], None]) -> None:
     log(f"step {STEPS}/{STEPS}  loss {loss:.3f}")
     tokenizer.save(str(out / "tokenizer.json"))
     np.savez(out / "model.npz", embed=embed, out_proj=out_proj)
-    (out / "bench_model.json").write_text(json.dumps({"name": NAME, "steps": STEPS}))
+    (out / BUILT).write_text(json.dumps({"name": NAME, "steps": STEPS}))  # no torch: not recipe.write_record
     log(f"built {NAME}")
 
 
-def build(force: bool = False, log: Callable[[str], None] = print) -> Path:
-    target = cache_dir() / "models" / NAME
-    return build_dir_atomically(target, lambda tmp: _fill(tmp, log), lambda p: (p / "bench_model.json").is_file(),
-                                force)
+@dataclasses.dataclass(frozen=True)
+class StressRecipe(ModelRecipe):
+    """The test-only built-in, declared as every built-in is (bench/models/recipe.py): hash, directory, build."""
+
+    steps: int = STEPS
+    prefix: str = NAME
+    context: int = 1024
+
+    def build_into(self, out: Path, log: Callable[[str], None]) -> None:
+        _fill(out, log)
 
 
 def _mark(event: str, args: tuple) -> None:
@@ -87,8 +94,7 @@ def _mark(event: str, args: tuple) -> None:
 _marked: list[str] = []
 
 if __name__ == "__main__":
-    BUILTIN_MODELS[NAME] = build
-    BUILTIN_CONTEXT[NAME] = 1024
+    register(NAME, StressRecipe.context, StressRecipe)
     sys.addaudithook(_mark)
     sys.argv[0] = "bench"
     runpy.run_module("bench", run_name="__main__", alter_sys=True)
