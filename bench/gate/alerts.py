@@ -9,6 +9,7 @@ import urllib.error
 import urllib.request
 
 from bench.core import markdown as md
+from bench.gate import attribution
 from bench.gate.result import Comparison, GateResult
 from bench.metrics import METRICS
 
@@ -68,6 +69,7 @@ def markdown(result: GateResult) -> str:
             notes = sorted({c.note for c in rows if c.note})  # why a verdict is what it is
             notes_and_reasons = [*(f"- {md.text(note)}" for note in notes), *_machine_reasons(rows)]
             lines += [*notes_and_reasons, ""] if notes_and_reasons else []
+    lines += attribution.markdown(result)  # what changed around the flagged cases, which operators moved
     if result.confirmation:
         lines += ["#### Re-measured", "", "| case | metric | first | re-measured | confirmed |",
                   "|---|---|---|---|---|"]
