@@ -21,7 +21,7 @@ from bench.gate.result import read_result
 from bench.records import load_run
 from bench.records.schema import CaseRecord, ProfileSummary, RunMeta
 from bench.run import environment
-from tests.conftest import record_lines, run_bench, write_suite
+from tests.conftest import KNOWN_ANSWER, ROOT, record_lines, run_bench, write_suite
 
 TORCH = metadata.version("torch")
 OLDER_TORCH = "2.12.1+cpu"
@@ -307,3 +307,40 @@ def test_the_compare_page_shows_both_parts_for_the_pair(pair, tmp_path):
     assert '<h3 class="attribution">What changed between the runs</h3>' in dom
     table = dom.split('<h3 class="attribution">Which operators moved</h3>', 1)[1]
     assert re.search(r"<td[^>]*>aten::sort</td>", table.split("</table>", 1)[0])
+
+
+def test_bench_profile_re_measures_only_the_chosen_cases_with_their_profile(tmp_path):
+    """The nightly's confirm job re-measures what it flagged with `bench profile --only-from`: the selection options
+    work there as for `run` (here --only, the same selection), and every chosen latency case is profiled."""
+    write_suite(tmp_path / "s.yaml", f"""
+        name: chosen
+        models: [none]
+        backends:
+          - {{backend: "{KNOWN_ANSWER}", label: kept, options: {{token_delay_s: 0.001}}}}
+          - {{backend: "{KNOWN_ANSWER}", label: left-out, options: {{token_delay_s: 0.001}}}}
+        workloads: [{{batch_size: 1, prompt_tokens: 8, new_tokens: 4}}]
+        tasks: [latency]
+        repetitions: {{warmup: 0, min: 3, max: 3, processes: 1}}
+        """)
+    run_bench("profile", "s.yaml", "--only", "kept", "--run-id", "p", cwd=tmp_path)
+    (record,) = load_run(tmp_path / "results" / "p").records
+    assert record.variant == "kept" and record.profile is not None  # profiled (this backend has no profiler)
+    assert record.profile.profiler == "none" and "no profiler hook" in (record.profile.reason or "")
+
+
+def test_the_nightly_profiles_both_sides_of_what_it_confirms():
+    """The confirm job's re-measurement is `bench profile --only-from`; its baseline is a nightly of
+    suites/nightly.yaml, which profiles every latency case: a confirmed regression's alert has both profiles."""
+    import yaml
+
+    from bench.suite import load_suite
+
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "nightly.yml").read_text())
+    (step,) = [s for s in workflow["jobs"]["confirm"]["steps"] if s.get("id") == "compare"]
+    assert re.search(r"python -m bench profile suites/nightly\.yaml .*--only-from first\.json", step["run"])
+    suite_runs = re.findall(r"python -m bench run (\S+)", "\n".join(s.get("run", "") for s in
+                                                                   workflow["jobs"]["gpu-suite"]["steps"]))
+    assert suite_runs == ["suites/nightly.yaml"]
+    _, cases = load_suite(ROOT / "suites" / "nightly.yaml")
+    latency = [c for c in cases if c.task == "latency"]
+    assert latency and all(c.profile is not None and c.profile.enabled for c in latency)

@@ -95,8 +95,10 @@ def _figures(b: ProfileSide, c: ProfileSide) -> list[list[str]]:
 
     def row(what: str, before: float | None, after: float | None, of: tuple[float | None, float | None] = (None, None)):
         def cell(x: float | None, total: float | None) -> str:
-            return _ms(x) + (f" ({x / total * 100:.0f} %)" if x is not None and total else "")
+            return _ms(x) + (f" ({x / total * 100:.2g} %)" if x is not None and total else "")
 
+        if before is None and after is None:
+            return  # the profiler does not give it (llama.cpp: no operators; ONNX Runtime: no wall time)
         change = after - before if before is not None and after is not None else None
         rows.append([what, cell(before, of[0]), cell(after, of[1]), _ms(change, sign=True)])
 
@@ -123,11 +125,11 @@ def operator_tables(diffs: list[OperatorDiff]) -> list[Table]:
         if d.profiled != "both":
             continue
         assert d.baseline is not None and d.current is not None
-        lead = (f"{d.backend}: {d.current.profiler}, self time on the {d.clock.upper()} in ms per profiled "
-                f"generation ({d.current.scope}); {d.baseline.generations} vs {d.current.generations} generations "
-                f"profiled")
-        tables.append(Table(d.case, ["operator", "kind", "baseline ms", "current ms", "change ms",
-                                     "calls per generation"],
+        what = f"self time on the {d.clock.upper()} in ms" if d.operators else "ms"
+        lead = (f"{d.backend}: {d.current.profiler}, {what} per profiled generation ({d.current.scope}); "
+                f"{d.baseline.generations} vs {d.current.generations} generations profiled")
+        headers = ["operator", "kind", "baseline ms", "current ms", "change ms", "calls per generation"]
+        tables.append(Table(d.case, headers if d.operators else [],
                             [[o.name, o.category, _ms(o.baseline_ms), _ms(o.current_ms), _ms(o.change_ms, True),
                               _calls(o.baseline_calls, o.current_calls)] for o in d.operators],
                             lead, d.notes, code=[0], level=5))
