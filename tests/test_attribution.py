@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.gate.envdiff import model_identity
 from bench.gate.opdiff import diff
 from bench.gate.result import read_result
 from bench.records import load_run
@@ -147,18 +148,26 @@ def test_the_backends_own_packages_come_first_then_hardware_threads_model_other_
         assert r.machine is not None and r.backend is not None
         r.backend.versions["transformers"] = "4.0.0"
         r.machine.hostname, r.machine.gpu_driver = "another-host", "550.1"
-        r.model_path = "/elsewhere/tiny-llama"
+        r.model_path = "/elsewhere/tiny-llama-0123456789ab"  # another recipe hash
 
     rewrite(pair, "a", "a-many", meta, record)
     result = read_result(_compare_json(pair, "a-many", "b"), "--json")
     names = [c.name for c in result.environment_changes if c.kind != "machine state"]
-    assert names == ["torch", "transformers", "GPU driver", "$OMP_NUM_THREADS", "model path", "aaa-added-later",
+    assert names == ["torch", "transformers", "GPU driver", "$OMP_NUM_THREADS", "model", "aaa-added-later",
                      "PyYAML", "host"]
     kinds = [c.kind for c in result.environment_changes if c.kind != "machine state"]
     assert kinds == ["backend package", "backend package", "hardware and driver", "threads", "model and conversion",
                      "package", "package", "other"]
     added = next(c for c in result.environment_changes if c.name == "aaa-added-later")
     assert (added.baseline, added.current) == ("0.1", None)
+
+
+def test_a_model_is_named_by_its_files_not_by_where_a_runner_keeps_them():
+    snapshot = "models--Qwen--Qwen2.5-0.5B/snapshots/060db6499f32faf8b98477b0a26969ef7d8b9987"
+    one, other = (model_identity(f"/home/{runner}/.cache/huggingface/hub/{snapshot}") for runner in ("a", "b"))
+    assert one == other == "Qwen/Qwen2.5-0.5B@060db6499f32faf8b98477b0a26969ef7d8b9987"
+    assert model_identity(f"/home/a/.cache/huggingface/hub/{snapshot[:-3]}000") != one  # another revision
+    assert model_identity("/root/.cache/bench/models/tiny-llama-459cdaacc9d3") == "tiny-llama-459cdaacc9d3"
 
 
 def _compare_json(root: Path, baseline: str, current: str, *args: str) -> Path:

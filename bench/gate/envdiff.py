@@ -13,8 +13,9 @@ joins the flagged cases' changes (one row per change, naming the cases it concer
 3. machine state: what the machine did while each side was measured, where the gate finds it materially different
    (other processes' load, CPU and GPU clocks: bench/gate/machine.py);
 4. threads: the suite's threads, the threads the runtime used, thread variables, CPUs the process may use;
-5. model and conversion: the model's path (a built-in's recipe hash, a Hub snapshot's revision), weight bytes,
-   parameters, dtype, quantization (the converter's version is its backend's package: gguf's convert, ONNX's builder);
+5. model and conversion: the model's files (a built-in's recipe hash, a Hub snapshot's repository and revision,
+   a local directory's name: `model_identity`), weight bytes, parameters, dtype, quantization (the converter's
+   version is its backend's package: gguf's convert, ONNX's builder);
 6. what ran: the backend's mechanism, device, attention kernel seen, KV cache;
 7. package: every other installed distribution (added or removed ones only where both runs recorded them all);
 8. other: Python, host, bench's commit.
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
+from pathlib import PurePath
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -98,6 +100,18 @@ def _env_gpu(env: Environment, key: str) -> str | None:
     return str(gpus[0][key]) if gpus and gpus[0].get(key) is not None else None
 
 
+def model_identity(path: str | None) -> str | None:
+    """What names a model's files wherever they are cached: a Hub snapshot's repository and revision
+    (`models--Org--Name/snapshots/<revision>`), else the directory's name (a built-in's `<name>-<recipe hash>`), so
+    two runners with different home directories do not differ."""
+    if not path:
+        return None
+    found = PurePath(path)
+    if found.parent.name == "snapshots" and found.parent.parent.name.startswith("models--"):
+        return f"{found.parent.parent.name.removeprefix('models--').replace('--', '/')}@{found.name}"
+    return found.name or path
+
+
 def _text(value: Any) -> str | None:
     return None if value is None or value == "" else str(value)
 
@@ -121,7 +135,7 @@ _FIELDS: dict[str, list[tuple[str, Field]]] = {
         ("CPUs the process may use", lambda r, e: e.cpu_affinity),
     ],
     "model and conversion": [
-        ("model path", lambda r, e: r.model_path),
+        ("model", lambda r, e: model_identity(r.model_path)),
         ("weight bytes", lambda r, e: r.backend.model_size_bytes if r.backend else None),
         ("parameters", lambda r, e: r.backend.n_parameters if r.backend else None),
         ("dtype", lambda r, e: r.backend.dtype if r.backend else None),
@@ -182,8 +196,9 @@ def case_changes(case: str, base: CaseRecord, cur: CaseRecord, base_env: Environ
     with the two `states`; none: the states are alike (or not both recorded)."""
     out = _package_changes(case, base, cur, base_env, cur_env) + _field_changes(case, base, cur, base_env, cur_env)
     if machine_reasons:
-        out.append(EnvironmentChange(kind="machine state", name="while measured", baseline=_state(states[0]),
-                                     current=_state(states[1]), cases=[case], note="; ".join(machine_reasons)))
+        out.append(EnvironmentChange(kind="machine state", name="while measured",
+                                     baseline=_state(states[0]) or "see the note", current=_state(states[1]) or
+                                     "see the note", cases=[case], note="; ".join(machine_reasons)))
     return out
 
 
