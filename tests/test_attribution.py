@@ -162,6 +162,23 @@ def test_the_backends_own_packages_come_first_then_hardware_threads_model_other_
     assert (added.baseline, added.current) == ("0.1", None)
 
 
+def test_a_long_list_of_other_packages_is_cut_in_the_table_and_kept_whole_in_the_result():
+    """After an unpinned install many packages move: the table lists the first PACKAGE_ROWS of them, never cuts the
+    more relevant kinds, and says how many more the --json file has."""
+    from bench.gate.attribution import PACKAGE_ROWS, environment_table
+    from bench.gate.envdiff import EnvironmentChange
+
+    def change(kind: str, name: str) -> EnvironmentChange:
+        return EnvironmentChange(kind=kind, name=name, baseline="1", current="2", cases=["c"])
+
+    changes = [change("backend package", "torch"), *(change("package", f"p{i:02d}") for i in range(PACKAGE_ROWS + 5)),
+               change("other", "host")]
+    table = environment_table(changes, flagged=1)
+    assert table is not None
+    assert [row[1] for row in table.rows] == ["torch", *(f"p{i:02d}" for i in range(PACKAGE_ROWS)), "host"]
+    assert table.notes == ["5 more packages differ (the --json file lists them all)"]
+
+
 def test_a_model_is_named_by_its_files_not_by_where_a_runner_keeps_them():
     snapshot = "models--Qwen--Qwen2.5-0.5B/snapshots/060db6499f32faf8b98477b0a26969ef7d8b9987"
     one, other = (model_identity(f"/home/{runner}/.cache/huggingface/hub/{snapshot}") for runner in ("a", "b"))

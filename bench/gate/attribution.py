@@ -68,13 +68,13 @@ def environment_table(changes: list[EnvironmentChange], flagged: int) -> Table |
     """The environment's changes, most relevant first; None when nothing recorded differs."""
     if not changes:
         return None
-    packages = [c for c in changes if c.kind == "package"]
-    shown = [c for c in changes if c.kind != "package" or packages.index(c) < PACKAGE_ROWS]
+    package_rows = [i for i, c in enumerate(changes) if c.kind == "package"]
+    shown = [c for i, c in enumerate(changes) if c.kind != "package" or i in package_rows[:PACKAGE_ROWS]]
     rows = [[c.kind + (f" ({', '.join(c.backends)})" if c.backends else ""), c.name, c.baseline or "(none)",
              c.current or "(none)", _cases(c.cases, flagged)] for c in shown]
     notes = [f"machine state, {_cases(c.cases, flagged)}: {c.note}" for c in changes if c.note]
-    if len(packages) > PACKAGE_ROWS:
-        notes.append(f"{len(packages) - PACKAGE_ROWS} more packages differ (the --json file lists them all)")
+    if len(package_rows) > PACKAGE_ROWS:
+        notes.append(f"{len(package_rows) - PACKAGE_ROWS} more packages differ (the --json file lists them all)")
     return Table(ENVIRONMENT, ["kind", "what", "baseline", "current", "flagged case"], rows,
                  "Recorded differences between the two sides of the flagged cases, most relevant first: the case's "
                  "backend's own packages, hardware and driver, machine state, threads, model, what ran, other "
