@@ -332,6 +332,13 @@ def cmd_validate(args) -> ExitCode:
     return ExitCode.OK
 
 
+def _add_selection_arguments(parser) -> None:
+    parser.add_argument("--only", action="append", metavar="CASE_OR_LABEL",
+                        help="run only these cases (case ids or variant labels; repeatable), with their references")
+    parser.add_argument("--only-from", metavar="COMPARE_JSON",
+                        help="run only the cases a comparison flagged (its --json file): the nightly's re-measurement")
+
+
 def _add_model_argument(parser) -> None:
     parser.add_argument("--model", action="append", dest="models", metavar="PATH_OR_HUB_ID",
                         help="run this model instead of the suite's models (repeatable: each one replaces the "
@@ -346,10 +353,7 @@ def add_commands(sub) -> list:
     run.add_argument("--retry-failed", action="store_true", help="with --resume: run failed cases again")
     run.add_argument("--allow-edited-suite", action="store_true",
                      help="with --resume: accept a suite.yaml edited since the run started")
-    run.add_argument("--only", action="append", metavar="CASE_OR_LABEL",
-                     help="run only these cases (case ids or variant labels; repeatable), with their references")
-    run.add_argument("--only-from", metavar="COMPARE_JSON",
-                     help="run only the cases a comparison flagged (its --json file): the nightly's re-measurement")
+    _add_selection_arguments(run)
     run.add_argument("--run-id", help="name of the new run (default: <suite>-<UTC time>)")
     run.add_argument("--executor", choices=("local", "ray"), default="local",
                      help="local: units one after another here (default); ray: each unit a task on a Ray cluster "
@@ -376,6 +380,8 @@ def add_commands(sub) -> list:
     profile.add_argument("--top", type=int, help="operators listed in the report (default: suite's, else 10)")
     for flag in ("record-shapes", "profile-memory", "with-stack"):
         profile.add_argument(f"--{flag}", action="store_true", default=None, help="torch.profiler option")
+    _add_selection_arguments(profile)  # the nightly re-measures what it flagged with its profile (bench/gate/opdiff.py)
+    _add_model_argument(profile)
     profile.set_defaults(func=cmd_profile)
 
     validate = sub.add_parser("validate", help="check a suite and list the cases it expands to")

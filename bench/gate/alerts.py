@@ -13,6 +13,7 @@ import urllib.request
 
 from bench.core import markdown as md
 from bench.errors import ExitCode
+from bench.gate import attribution
 from bench.gate.result import Comparison, Confirmation, GateResult, MetricSummary, Status
 from bench.metrics import METRICS
 from bench.presentation.formatting import NOT_AVAILABLE, fmt
@@ -90,6 +91,7 @@ def markdown(result: GateResult) -> str:
             notes = sorted({c.note for c in rows if c.note})  # why a verdict is what it is
             notes_and_reasons = [*(f"- {md.text(note)}" for note in notes), *_machine_reasons(rows)]
             lines += [*notes_and_reasons, ""] if notes_and_reasons else []
+    lines += attribution.markdown(result)  # what changed around the flagged cases, which operators moved
     if result.confirmation:
         lines += ["#### Re-measured", "", *_confirmations(result.confirmation), ""]
     if result.summary:

@@ -15,6 +15,8 @@ states (contended on one side only, other processes' load, clocks, another proce
 client CPU: bench/gate/machine.py) is inconclusive whatever its interval says, unless `--ignore-machine-state`.
 Within one run the variants' rounds are interleaved: whatever the machine did, it did to both sides of each paired
 ratio, so the paired comparison does not read the machine state.
+Between two runs, every flagged case (regression or inconclusive) is attributed (bench/gate/attribution.py): what
+changed around its runs and, where both profiled it, which of its operators moved.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from dataclasses import asdict
 import numpy as np
 
 from bench.errors import BadInput, ExitCode
-from bench.gate import machine
+from bench.gate import attribution, machine
 from bench.gate.noise import BetweenRunNoise, Noise
 from bench.gate.result import (
     EXIT_CODES,
@@ -235,7 +237,8 @@ def compare_runs(baseline: Run, current: Run, rule: Rule, history=None,
     return _result(baseline, current, rule, comparisons, not_compared,
                    "no case finished ok in both runs on the same machine",
                    only_in_baseline=sorted(set(base) - set(cur)), only_in_current=sorted(set(cur) - set(base)),
-                   ignored_machine_state=machine_mode == "ignore")
+                   ignored_machine_state=machine_mode == "ignore",
+                   **attribution.attribute(baseline, current, comparisons))  # why the flagged cases moved
 
 
 

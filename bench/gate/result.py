@@ -3,7 +3,10 @@
 bench/gate/compare.py builds a `GateResult`; bench/gate/alerts.py renders it; `compare --confirming FILE`
 and `run --only-from FILE` read a written one with `read_result`, which refuses a file that is not one
 (exit 2). Format history: 1, the first with a `format_version` (files without one, written before, have
-the same fields and are read as format 1).
+the same fields and are read as format 1). Additive within format 1 (a file written before reads unchanged; a
+bench older than an addition refuses a file that has it, since the models forbid unknown fields):
+`environment_changes` and `operator_diffs`, what changed around the flagged cases' runs and which of their
+operators moved (bench/gate/attribution.py).
 
 Typed, in Python and in the JSON alike (the JSON holds the same strings and numbers as ever):
 - `Status`: one comparison's status: a verdict of the rule (bench/gate/rule.py) or "not gated";
@@ -21,6 +24,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bench.errors import BadInput, ExitCode
+from bench.gate.envdiff import EnvironmentChange
+from bench.gate.opdiff import OperatorDiff
 from bench.records.schema import MachineState
 
 FORMAT_VERSION = 1
@@ -170,6 +175,8 @@ class GateResult(_Model):
     within: bool = False  # one run: each variant against its reference
     confirmation: list[Confirmation] = []
     ignored_machine_state: bool = False  # --ignore-machine-state: verdicts did not look at the machine state
+    environment_changes: list[EnvironmentChange] = []  # around the flagged cases, most relevant first (envdiff)
+    operator_diffs: list[OperatorDiff] = []  # per flagged case: its profiles' operators on both sides (opdiff)
 
     def with_status(self, *statuses: Status) -> list[Comparison]:
         return [c for c in self.comparisons if c.status in statuses]

@@ -16,7 +16,8 @@ stay within `max_trace_mb` (a trace that would pass it is dropped, and the summa
   (ONNX Runtime's JSON profile, llama.cpp's perf counters); the default is none.
 
 The summary lists the top operators by self time (time inside the operator, not in operators it
-called) on the CPU and, where traced, on the device, and splits operator self time into
+called) on the CPU and, where traced, on the device, keeps every operator's totals (`ops`: what the
+operator diff between two runs reads, bench/gate/opdiff.py), and splits operator self time into
 attention / matmul / other by operator name (see `category`).
 """
 from __future__ import annotations
@@ -86,7 +87,9 @@ def summarize_ops(ops: list[dict], top: int) -> dict:
             by_category[category(op["name"])] += op.get(key) or 0
         out.setdefault("shares", {})[kind] = {c: by_category[c] / total for c in CATEGORIES}
     rank = "self_device_us" if out["ops_self_device_us"] else "self_cpu_us"
-    rows = sorted(ops, key=lambda op: op.get(rank) or 0, reverse=True)[:top]
+    ranked = sorted(ops, key=lambda op: op.get(rank) or 0, reverse=True)
+    out["ops"] = [{key: op.get(key) for key in ("name", "calls", "self_cpu_us", "self_device_us")} for op in ranked]
+    rows = ranked[:top]
     out["top_ops"] = [{
         "name": op["name"], "category": category(op["name"]), "calls": op["calls"],
         "self_cpu_us": op.get("self_cpu_us"),

@@ -43,6 +43,10 @@ Format history (FORMAT_VERSION is what this code writes; `bench.records.upgrade`
   as keys of the free-form `details`; the loader moves them into the fields (bench/records/upgrade.py
   `typed_description`) and reads an older latency record's attention shape from its model directory, as reports
   did then.
+  Also additive: `Environment.distributions` (every installed distribution and its version, which `bench compare`
+  diffs: bench/gate/envdiff.py; a run from before has only the few `libraries`) and `ProfileSummary.ops` (every
+  profiled operator's totals, OperatorTotal, which the operator diff between two runs reads: bench/gate/opdiff.py;
+  a profile from before has only its `top_ops`).
 
 Settings shared by suites and records (workload, repetitions, perplexity, profile, serving) are defined here,
 so reading a run never needs the suite's backends, or even its schema, to still exist.
@@ -399,6 +403,15 @@ class PerplexityInfo(_Record):
     reference_recomputed: bool | None = None  # True: the entry had left the cache and this case computed it again
 
 
+class OperatorTotal(_Record):
+    """One operator's totals over a profile's generations (bench/measure/profiling.py `summarize_ops`)."""
+
+    name: str
+    calls: int
+    self_cpu_us: float | None = None  # time inside the operator, not in operators it called, on the CPU
+    self_device_us: float | None = None  # the same on the device, where traced
+
+
 class ProfileSummary(_Record):
     """'Where the time goes' of a profiled latency case (bench/measure/profiling.py)."""
 
@@ -420,6 +433,7 @@ class ProfileSummary(_Record):
     ops_self_device_us: float | None = None
     shares: dict[str, dict[str, float] | None] | None = None
     top_ops: list[dict[str, Any]] | None = None
+    ops: list[OperatorTotal] | None = None  # every operator, ranked as top_ops (None: a profile from before)
     generations_in_totals: int | None = None
     counters: dict[str, Any] | None = None
     files: list[str] = Field(default_factory=list)
@@ -628,6 +642,9 @@ class Environment(_Record):
     git_branch: str | None = None
     git_dirty: bool | None = None
     hostname: str | None = None
+    distributions: dict[str, str] | None = Field(
+        None, description="every installed distribution, name -> version (None: a run from before bench recorded "
+        "them; `libraries` then holds the few bench names)")
 
     @property
     def machine_id(self) -> str:

@@ -1,8 +1,11 @@
 """Environment fingerprint recorded with every run, and the machine fingerprint recorded with every case.
 
-Library versions are read from package metadata (nothing heavy is imported); the GPU, when there is
-one, is described through NVML. `machine()` is what each case's record carries (`CaseRecord.machine`):
-a run whose units ran on several machines (bench/run/cluster) says, case by case, where.
+Library versions are read from package metadata (nothing heavy is imported): the libraries bench names
+(`LIBRARIES`, also in each case's machine fingerprint) and, in the run's environment, every installed
+distribution (`distributions`, what `bench compare` diffs between two runs: bench/gate/envdiff.py). The GPU,
+when there is one, is described through NVML (name, memory, driver and the CUDA version the driver supports).
+`machine()` is what each case's record carries (`CaseRecord.machine`): a run whose units ran on several machines
+(bench/run/cluster) says, case by case, where.
 """
 from __future__ import annotations
 
@@ -36,6 +39,17 @@ def _versions() -> dict:
     return found
 
 
+def distributions() -> dict[str, str]:
+    """Every distribution installed for this interpreter, name -> version, from package metadata (tens of ms): where
+    two are installed under one name, the one importlib finds first (the one `import` gets)."""
+    found: dict[str, str] = {}
+    for dist in metadata.distributions():
+        name = dist.metadata["Name"]
+        if name and name not in found:
+            found[name] = dist.version
+    return dict(sorted(found.items(), key=lambda item: item[0].lower()))
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -63,14 +77,25 @@ def _gpus() -> list[dict] | str:
     try:
         pynvml.nvmlInit()
         driver = pynvml.nvmlSystemGetDriverVersion()
+        cuda = _cuda_driver_version(pynvml)
         gpus = []
         for i in range(pynvml.nvmlDeviceGetCount()):
             handle = pynvml.nvmlDeviceGetHandleByIndex(i)
             gpus.append({"index": i, "name": pynvml.nvmlDeviceGetName(handle), "driver": driver,
-                         "memory_total_bytes": pynvml.nvmlDeviceGetMemoryInfo(handle).total})
+                         "memory_total_bytes": pynvml.nvmlDeviceGetMemoryInfo(handle).total,
+                         **({"cuda_driver": cuda} if cuda else {})})
         return gpus
     except pynvml.NVMLError as exc:
         return f"no GPU ({exc.__class__.__name__})"
+
+
+def _cuda_driver_version(pynvml) -> str | None:
+    """The newest CUDA version the driver supports ("12.8"), or None where NVML does not say."""
+    try:
+        version = pynvml.nvmlSystemGetCudaDriverVersion_v2()
+    except (AttributeError, pynvml.NVMLError):
+        return None
+    return f"{version // 1000}.{version % 1000 // 10}"
 
 
 def fingerprint() -> Environment:
@@ -85,6 +110,7 @@ def fingerprint() -> Environment:
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "gpus": _gpus(),
         "libraries": _versions(),
+        "distributions": distributions(),
         "thread_env": {k: os.environ[k] for k in THREAD_VARIABLES if k in os.environ},
         "git_sha": sha,
         "git_branch": _git("rev-parse", "--abbrev-ref", "HEAD"),  # "HEAD" when detached

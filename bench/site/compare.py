@@ -1,10 +1,12 @@
 """Compare view: any two runs side by side. The environment diff (library versions, driver, CPU/GPU, thread
 settings, git sha: each run's entries from bench/site/gather.py `environment`) is shown for any pair; the gate's
-verdicts for the pairs bench/site/verdicts.py compared (each run against the one before it)."""
+verdicts for the pairs bench/site/verdicts.py compared (each run against the one before it), with, for the cases they
+flag, what changed around them and which of their operators moved (bench/gate/attribution.py)."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
 
+from bench.gate import attribution
 from bench.gate.result import Comparison, MachineDifference
 from bench.metrics import METRICS
 from bench.presentation.formatting import fmt
@@ -41,6 +43,7 @@ def context(runs: list[RunInfo], pairs: list[Pair], links: dict[str, str]) -> di
         "pairs": {p.key: {"verdict": p.result.verdict_text, "exit_code": p.result.exit_code,
                           "ignored_machine_state": p.result.ignored_machine_state,
                           "rows": [_row(c) for c in p.result.comparisons],
+                          "attribution": attribution.site_tables(p.result),  # what changed, which operators moved
                           "not_compared": [n.model_dump() for n in p.result.not_compared]} for p in pairs},
         "default": [pairs[-1].baseline, pairs[-1].current] if pairs else
                    [r.run_id for r in runs[-2:]] if len(runs) >= 2 else [],

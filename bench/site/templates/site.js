@@ -107,6 +107,20 @@
         v.appendChild(tr);
       });
       out.appendChild(v);
+      (pair.attribution || []).forEach(function (t) {  // bench/gate/attribution.py: why the flagged cases moved
+        var h = document.createElement(t.level > 4 ? "h4" : "h3");
+        h.className = "attribution";
+        h.textContent = t.title;
+        out.appendChild(h);
+        var para = function (text) { var p = document.createElement("p"); p.textContent = text; out.appendChild(p); };
+        if (t.lead) { para(t.lead); }
+        if (t.headers.length) {
+          var tab = table(t.headers);
+          t.rows.forEach(function (row) { var tr = document.createElement("tr"); row.forEach(function (x) { cell(tr, x, "l"); }); tab.appendChild(tr); });
+          out.appendChild(tab);
+        }
+        t.notes.forEach(para);
+      });
     };
     [base, cur, showAll].forEach(function (el) { el.addEventListener("change", render); });
     render();
