@@ -113,8 +113,9 @@ def summarize(runs: list[Run]) -> dict:
                 failed_in[o.test].append((run.index, o.seconds, o.message))
     slowest = sorted(((max(t), test) for test, t in times.items()), reverse=True)[:15]
     return {
-        "runs": [{"index": r.index, "hogs": r.hogs, "wall_seconds": round(r.wall_seconds, 1), "exit_code": r.exit_code,
-                  **{s: r.count(s) for s in ("passed", "failed", "error", "skipped")}} for r in runs],
+        "runs": [{"index": r.index, "hogs": r.hogs, "wall_seconds": round(r.wall_seconds, 1),
+                  "pytest_exit": r.exit_code, **{s: r.count(s) for s in ("passed", "failed", "error", "skipped")}}
+                 for r in runs],
         "failed_at_least_once": {test: [{"run": i, "seconds": round(s, 2), "message": m} for i, s, m in found]
                                  for test, found in sorted(failed_in.items())},
         "slowest": [{"test": test, "max_seconds": round(seconds, 2)} for seconds, test in slowest],
@@ -124,7 +125,7 @@ def summarize(runs: list[Run]) -> dict:
 def print_summary(summary: dict) -> None:
     print("\nruns:")
     for r in summary["runs"]:
-        print(f"  run {r['index']} ({r['hogs']} hog(s)): {r['wall_seconds'] / 60:.1f} min, exit {r['exit_code']}: "
+        print(f"  run {r['index']} ({r['hogs']} hog(s)): {r['wall_seconds'] / 60:.1f} min, exit {r['pytest_exit']}: "
               f"{r['passed']} passed, {r['failed']} failed, {r['error']} errors, {r['skipped']} skipped")
     failed = summary["failed_at_least_once"]
     print(f"\nfailed at least once: {len(failed)}")

@@ -143,7 +143,8 @@ FORMAT_1 = {  # the fields of a format-1 comparison file and their JSON types, a
     "format_version": int, "baseline": dict, "current": dict, "rule": dict, "exit_code": int, "verdict": str,
     "comparisons": list, "flagged": list, "summary": dict, "not_compared": list, "failed": list, "skipped": list,
     "only_in_baseline": list, "only_in_current": list, "within": bool, "confirmation": list,
-    "ignored_machine_state": bool}
+    "ignored_machine_state": bool,
+    "environment_changes": list, "operator_diffs": list}  # additive within format 1 (bench/gate/result.py)
 COMPARISON_1 = {"case", "variant", "metric", "unit", "better", "method", "baseline", "current", "ratio", "ci_low",
                 "ci_high", "p_value", "n_baseline", "n_current", "threshold", "status", "note", "between_run_sigma",
                 "machine"}
