@@ -31,7 +31,7 @@ class Engine(KnownAnswerBackend):
         super().load(model_path)
 '''
 
-ALTERNATING = '''"""Every other process of this tree waits 1.3 x per token, the others 0.8 x: no number of rounds settles it."""
+ALTERNATING = '''"""Every other process of this tree waits 1.3 x per token, the others 0.8 x: rounds cannot settle it"""
 from pathlib import Path
 
 from tests.known_answer_backend import KnownAnswerBackend
