@@ -173,8 +173,8 @@ def _measure(bench: Bench, bisect: BisectDir, header: Header, position: int) -> 
 def _show(step: Step, number: int, most: int, n: int, note: str) -> None:
     after = {"regression": "the change is at or before it", "unchanged": "the change is after it",
              "improvement": "not slower: the change is after it", "inconclusive": "cannot tell"}[step.verdict]
-    which = "BAD (endpoints)" if step.endpoints else f"{step.position} of {n}"
-    print(f"step {number}/{most}: {step.commit[:12]} ({which}) {step.subject!r}: {_figures(step)}: {step.verdict}"
+    which = "BAD" if step.endpoints else f"commit {step.position} of {n},"
+    print(f"step {number}/{most}: {which} {step.commit[:12]} {step.subject!r}: {_figures(step)}: {step.verdict}"
           f"{'' if step.endpoints else ' -> ' + after}{f' ({note})' if note else ''}", flush=True)
 
 
@@ -186,7 +186,7 @@ def _interval(ratio: float | None, low: float | None, high: float | None) -> str
 
 def _figures(step: Step) -> str:
     return (f"{step.metric} ratio {_interval(step.ratio, step.ci_low, step.ci_high)} (candidate / GOOD, "
-            f"{step.ci_level:.0%} CI) over {len(step.rounds)} rounds, threshold {_percent(step.threshold)}")
+            f"{_percent(step.ci_level)} CI) over {len(step.rounds)} rounds, threshold {_percent(step.threshold)}")
 
 
 def _finish(bisect: BisectDir, bench: Bench, outcome: Outcome, code: ExitCode) -> ExitCode:
