@@ -187,6 +187,28 @@ def test_a_step_that_cannot_decide_stops_inconclusive(tmp_path):
     assert result(results, "unsure")["outcome"] == "inconclusive"
 
 
+@pytest.mark.slow
+def test_a_commit_that_cannot_run_the_case_stops_the_bisect_with_exit_3(tmp_path):
+    repo, results = tmp_path / "repo", tmp_path / "results"
+    make_repo(repo, commits=0, slow_at=None)
+    _git(repo, "rm", "-q", "suites/bisect.yaml")  # commit 1 of 2 loses the suite, commit 2 (BAD) has it again
+    _git(repo, "commit", "-q", "-m", "no suite")
+    (repo / "suites").mkdir(exist_ok=True)
+    (repo / "suites" / "bisect.yaml").write_text(SUITE)
+    (repo / "slowpkg" / "engine.py").write_text(ENGINE.format(delay=SLOW))
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "the suite again, and a slower engine")
+    shas = _git(repo, "rev-list", "--reverse", "HEAD").split()
+    proc = bisect(repo, results, shas[0], shas[2], "--suite", "suites/bisect.yaml", "--case", case_id(repo), "--id",
+                  "broken", "--repetitions", "3", check_exit=3)
+    assert f"commit {shas[1][:12]} has no suites/bisect.yaml" in proc.stdout
+    assert result(results, "broken")["outcome"] == "failed"
+    assert [s["commit"] for s in steps(results, "broken")] == [shas[2]]  # the endpoints, kept
+    again = bisect(repo, results, "--resume", "broken", check_exit=3)  # a failed bisect may resume once fixed
+    assert "resuming: 1 finished step(s) kept" in again.stdout and len(steps(results, "broken")) == 1
+    assert _git(repo, "worktree", "list").count("\n") == 0
+
+
 def test_bad_input_exits_2_with_a_clear_message_and_measures_nothing(tmp_path):
     repo, results = tmp_path / "repo", tmp_path / "results"
     make_repo(repo, commits=2, slow_at=None)

@@ -22,6 +22,7 @@ import random
 import shutil
 import subprocess
 import sys
+import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,7 +144,7 @@ class Bench:
     def _bench(self, args: list[str], tree: Path, log: Path) -> subprocess.CompletedProcess:
         """`python -m bench ARGS` in the tree (its own bench first, else this one), output copied to `log`."""
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tree), str(BENCH_ROOT), env.get("PYTHONPATH")]))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tree), *_this_bench(), env.get("PYTHONPATH")]))
         done = subprocess.run([sys.executable, "-m", "bench", *args], cwd=tree, env=env, capture_output=True,
                               text=True, check=False, preexec_fn=die_with_parent())
         if done.returncode in (130, 143):  # Ctrl-C or SIGTERM reached the run as well: stop here too
@@ -206,8 +207,17 @@ def judge(rounds: list[Round], metric: str, threshold: float) -> tuple[float | N
         return None, None, None, "inconclusive", "no round finished"
     ratio, low, high, pairs = estimate
     too_little = rounds_shortfall(pairs) or ("" if low is not None else
-                                             f"too few rounds ({pairs}) for a {LEVEL:.0%} interval of their median")
+                                             f"too few rounds ({pairs}) for a {100 * LEVEL:g} % interval of their "
+                                             f"median")
     return ratio, low, high, verdict(ratio, low, high, METRICS[metric], threshold, too_little), too_little
+
+
+def _this_bench() -> list[str]:
+    """What PYTHONPATH needs after a tree for `python -m bench` to be this bench where the tree holds none: its
+    source checkout (an editable install may point elsewhere); nothing for one installed in site-packages, which
+    is found anyway (and must not come before the standard library)."""
+    installed = {Path(sysconfig.get_paths()[key]).resolve() for key in ("purelib", "platlib")}
+    return [] if BENCH_ROOT in installed else [str(BENCH_ROOT)]
 
 
 def _last_line(text: str) -> str:

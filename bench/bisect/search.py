@@ -75,7 +75,10 @@ def resume(results_dir: Path, bisect_id: str) -> tuple[Repo, BisectDir]:
     bisect = BisectDir(results_dir, bisect_id)
     header = bisect.header()
     if bisect.result_path.exists():
-        raise BadInput(f"bisect {bisect_id} has finished: {bisect.result_path}")
+        outcome = Outcome.model_validate_json(bisect.result_path.read_bytes())
+        if outcome.outcome != "failed":  # a commit that could not measure may measure once its cause is fixed
+            raise BadInput(f"bisect {bisect_id} has finished ({outcome.outcome}): {bisect.result_path}")
+        bisect.result_path.unlink()
     return Repo(Path(header.repo)), bisect
 
 
@@ -97,7 +100,7 @@ def search(repo: Repo, bisect: BisectDir) -> ExitCode:
         commit = header.commits[position]
         if commit in known:
             done = known[commit]
-            _show(done, len(steps) + 1, most, n, "finished before")
+            _show(done, len(steps) + 1, most, n, "measured before the resume")
         else:
             done = _measure(bench, bisect, header, position)
             _show(done, len(steps) + 1, most, n, "")
