@@ -18,7 +18,7 @@ from bench.errors import BadInput, ExitCode
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bench.cli import gate, report, run, site, tools
+    from bench.cli import bisect, gate, report, run, site, tools
 
     parser = argparse.ArgumentParser(prog="python -m bench", description="bench: an LLM inference benchmark and "
                                      "profiling harness (latency, throughput, memory, quality).")
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     with_dirs = run.add_commands(sub) + report.add_commands(sub) + gate.add_commands(sub)
     tools.add_commands(sub)
     site.add_commands(sub)
+    bisect.add_commands(sub)
     for p in with_dirs:
         p.add_argument("--results-dir", type=Path, default=Path("results"), help="default: ./results")
         p.add_argument("--reports-dir", type=Path, default=Path("reports"), help="default: ./reports")

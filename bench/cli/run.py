@@ -1,11 +1,12 @@
 """`run`, `profile` and `validate`: suites in, results and reports out."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,16 +55,27 @@ def _stoppable(command: Callable[[Any, list], ExitCode], args) -> ExitCode:
     """`command(args, started)` where Ctrl-C or SIGTERM at any moment stops it with exit code 130 or 143 and says
     what is left: once the run exists, where its finished cases are and how to resume it; a run directory
     interrupted while it was being made (no run.json yet: nothing measured) is removed. `command` appends its
-    RunDir to `started` just before it creates it (or once --resume has found it).
-
-    Nothing here waits on native code (the preparation runs in a child: bench/run/prepare.py), so the interrupt
-    is raised at once. Python drops a KeyboardInterrupt raised inside a finalizer (a `__del__`, a weakref callback)
-    with an "Exception ignored" line: in case that happened, it is raised again every AGAIN_S until the command
-    has stopped. Once the command is over, a signal has nothing left to stop: it is ignored, and when the process
-    exits next (`args.exiting`, set by `python -m bench`) it stays ignored while Python finalizes (which would
-    otherwise die of it, exit -2, after the last line was written)."""
+    RunDir to `started` just before it creates it (or once --resume has found it)."""
     started: list = []
     came: list[int] = []
+    try:
+        with stop_on_signals(args, came):
+            return command(args, started)
+    except KeyboardInterrupt:
+        return _interrupted(started[-1] if started else None, terminated=signal.SIGTERM in came)
+
+
+@contextlib.contextmanager
+def stop_on_signals(args, came: list[int]) -> Iterator[None]:
+    """While in the block, Ctrl-C or SIGTERM at any moment raises KeyboardInterrupt (`came` gets the signal: 143
+    rather than 130 for SIGTERM); the caller catches it and says what is left.
+
+    Nothing bench runs in the block waits on native code (the preparation runs in a child: bench/run/prepare.py), so
+    the interrupt is raised at once. Python drops a KeyboardInterrupt raised inside a finalizer (a `__del__`, a
+    weakref callback) with an "Exception ignored" line: in case that happened, it is raised again every AGAIN_S
+    until the block is left. Once it is left, a signal has nothing left to stop: it is ignored, and when the process
+    exits next (`args.exiting`, set by `python -m bench`) it stays ignored while Python finalizes (which would
+    otherwise die of it, exit -2, after the last line was written)."""
     over: list[bool] = []
 
     def stop(signum, frame):
@@ -81,10 +93,7 @@ def _stoppable(command: Callable[[Any, list], ExitCode], args) -> ExitCode:
     previous = {sig: signal.signal(sig, handler) for sig, handler in
                 ((signal.SIGINT, stop), (signal.SIGTERM, stop), (signal.SIGALRM, again))}
     try:
-        return command(args, started)
-    except KeyboardInterrupt:
-        over.append(True)
-        return _interrupted(started[-1] if started else None, terminated=signal.SIGTERM in came)
+        yield
     finally:
         over.append(True)  # from here on `stop` ignores signals, until they are handed back below
         signal.setitimer(signal.ITIMER_REAL, 0)
