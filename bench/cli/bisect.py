@@ -8,7 +8,6 @@ finished steps are kept: --resume).
 from __future__ import annotations
 
 import argparse
-import signal
 from pathlib import Path
 
 from bench.errors import BadInput, ExitCode
@@ -16,7 +15,7 @@ from bench.errors import BadInput, ExitCode
 
 def cmd_bisect(args) -> ExitCode:
     from bench.bisect import search
-    from bench.cli.run import check_writable, stop_on_signals
+    from bench.cli.run import check_writable, stoppable
 
     if args.resume is not None:
         given = [flag for flag, value in (("GOOD", args.good), ("BAD", args.bad), ("--suite", args.suite),
@@ -34,12 +33,9 @@ def cmd_bisect(args) -> ExitCode:
         repo, bisect = search.start(args.results_dir, args.suite, args.good, args.bad, args.case, args.metric,
                                     args.threshold, args.rounds, args.extra_rounds, args.repetitions, args.seed,
                                     args.id)
-    came: list[int] = []
-    try:
-        with bisect.locked(), stop_on_signals(args, came):
-            return search.search(repo, bisect)
-    except KeyboardInterrupt:
-        return ExitCode.TERMINATED if signal.SIGTERM in came else ExitCode.INTERRUPTED
+    with bisect.locked():
+        return stoppable(args, lambda: search.search(repo, bisect),
+                         lambda terminated: ExitCode.TERMINATED if terminated else ExitCode.INTERRUPTED)
 
 
 def _count(low: int):

@@ -1,12 +1,11 @@
 """`run`, `profile` and `validate`: suites in, results and reports out."""
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,25 +56,21 @@ def _stoppable(command: Callable[[Any, list], ExitCode], args) -> ExitCode:
     interrupted while it was being made (no run.json yet: nothing measured) is removed. `command` appends its
     RunDir to `started` just before it creates it (or once --resume has found it)."""
     started: list = []
-    came: list[int] = []
-    try:
-        with stop_on_signals(args, came):
-            return command(args, started)
-    except KeyboardInterrupt:
-        return _interrupted(started[-1] if started else None, terminated=signal.SIGTERM in came)
+    return stoppable(args, lambda: command(args, started),
+                     lambda terminated: _interrupted(started[-1] if started else None, terminated))
 
 
-@contextlib.contextmanager
-def stop_on_signals(args, came: list[int]) -> Iterator[None]:
-    """While in the block, Ctrl-C or SIGTERM at any moment raises KeyboardInterrupt (`came` gets the signal: 143
-    rather than 130 for SIGTERM); the caller catches it and says what is left.
+def stoppable(args, body: Callable[[], ExitCode], stopped: Callable[[bool], ExitCode]) -> ExitCode:
+    """`body()`, where Ctrl-C or SIGTERM at any moment raises KeyboardInterrupt; then `stopped(terminated)` says
+    what is left and gives the exit code (143 rather than 130 for SIGTERM), with any further signal ignored.
 
-    Nothing bench runs in the block waits on native code (the preparation runs in a child: bench/run/prepare.py), so
+    Nothing bench runs in `body` waits on native code (the preparation runs in a child: bench/run/prepare.py), so
     the interrupt is raised at once. Python drops a KeyboardInterrupt raised inside a finalizer (a `__del__`, a
     weakref callback) with an "Exception ignored" line: in case that happened, it is raised again every AGAIN_S
-    until the block is left. Once it is left, a signal has nothing left to stop: it is ignored, and when the process
+    until `body` has stopped. Once it has, a signal has nothing left to stop: it is ignored, and when the process
     exits next (`args.exiting`, set by `python -m bench`) it stays ignored while Python finalizes (which would
     otherwise die of it, exit -2, after the last line was written)."""
+    came: list[int] = []
     over: list[bool] = []
 
     def stop(signum, frame):
@@ -93,7 +88,10 @@ def stop_on_signals(args, came: list[int]) -> Iterator[None]:
     previous = {sig: signal.signal(sig, handler) for sig, handler in
                 ((signal.SIGINT, stop), (signal.SIGTERM, stop), (signal.SIGALRM, again))}
     try:
-        yield
+        return body()
+    except KeyboardInterrupt:
+        over.append(True)
+        return stopped(signal.SIGTERM in came)
     finally:
         over.append(True)  # from here on `stop` ignores signals, until they are handed back below
         signal.setitimer(signal.ITIMER_REAL, 0)
