@@ -10,18 +10,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from bench.exec.protocol import (
-    Driver,
-    Failed,
-    Finish,
-    Measure,
-    Measured,
-    Ready,
-    WorkerResult,
-    decode_command,
-    decode_reply,
-    encode,
-)
+from bench.exec import protocol
+from bench.exec.protocol import Driver, Failed, Finish, Measure, Measured, Ready, WorkerResult
 from bench.measure import machine
 from bench.measure.latency import per_repetition
 from bench.metrics import PAIRED, PAIRED_MODEL
@@ -58,14 +48,15 @@ def _stamps(ttft_ms: float, tpot_ms: float, tokens: int = 4) -> list[int]:
 def test_every_message_goes_through_its_line_and_back_and_a_wrong_one_is_refused():
     failed = WorkerResult(status="failed", reason="RuntimeError: boom")
     for command in (Measure(repetitions=3), Finish(profile=True)):
-        assert decode_command(encode(command)) == command
+        assert protocol.decode_command(protocol.encode(command)) == command
     for reply in (Ready(), Measured(stamps=[[1, 2], [3, 4]], seconds=0.5), Failed(result=failed)):
-        assert decode_reply(encode(reply)) == reply
-    assert encode(Measure(repetitions=2)).endswith("\n") and encode(Measure(repetitions=2)).count("\n") == 1
+        assert protocol.decode_reply(protocol.encode(reply)) == reply
+    line = protocol.encode(Measure(repetitions=2))
+    assert line.endswith("\n") and line.count("\n") == 1  # one line per message
     with pytest.raises(ValidationError):
-        decode_command(encode(Ready()))  # a reply is no command
+        protocol.decode_command(protocol.encode(Ready()))  # a reply is no command
     with pytest.raises(ValidationError):
-        decode_reply('{"kind": "measured", "stamps": [[1]]}')  # seconds missing
+        protocol.decode_reply('{"kind": "measured", "stamps": [[1]]}')  # seconds missing
     with pytest.raises(ValidationError):
         Measure(repetitions=0)
 
@@ -74,14 +65,15 @@ def test_the_workers_end_reads_commands_until_finish_and_answers_on_its_pipe():
     commands_r, commands_w = os.pipe()
     replies_r, replies_w = os.pipe()
     with os.fdopen(commands_w, "w") as commands:
-        commands.write(encode(Measure(repetitions=2)) + encode(Measure(repetitions=1)) + encode(Finish(profile=True)))
+        for command in (Measure(repetitions=2), Measure(repetitions=1), Finish(profile=True)):
+            commands.write(protocol.encode(command))
     driver = Driver(commands_r, replies_w)
     assert [c.repetitions for c in driver.measure_commands()] == [2, 1]
     assert driver.profile is True
     driver.send(Measured(stamps=[[5]], seconds=0.25))
     driver.replies.close()
     with os.fdopen(replies_r) as replies:
-        assert decode_reply(replies.readline()) == Measured(stamps=[[5]], seconds=0.25)
+        assert protocol.decode_reply(replies.readline()) == Measured(stamps=[[5]], seconds=0.25)
 
 
 # ---------------------------------------------------------------- the handle, on real known-answer workers
@@ -119,30 +111,21 @@ def test_the_handle_paces_a_real_worker_and_reads_its_result(tmp_path):
     assert malformed.reason.startswith("the worker's result file is malformed")
 
 
-def test_a_worker_that_does_not_answer_in_time_is_killed_with_the_one_timeout_message(tmp_path):
-    (case,) = _cases(tmp_path, f'[{{backend: "{KNOWN_ANSWER}", options: {{fail: hang}}}}]',
+@pytest.mark.parametrize("fail, budget_s, reason, exit_code", [
+    ("hang", 1.5, "timeout: still running after 1.5 s without answering; killed", -9),  # killed, by its budget
+    ("raise", 120, "RuntimeError: injected failure", 0),  # it said so, wrote its result and exited
+])
+def test_a_worker_that_cannot_answer_is_gone_with_its_reason(tmp_path, fail, budget_s, reason, exit_code):
+    (case,) = _cases(tmp_path, f'[{{backend: "{KNOWN_ANSWER}", options: {{fail: {fail}}}}}]',
                      "{warmup: 0, min: 3, max: 3}")
-    run = _run(tmp_path)
-    worker = _start(case, run, Budget(1.5))
+    worker = _start(case, _run(tmp_path), Budget(budget_s))
     with pytest.raises(WorkerGone) as gone:
         worker.receive(Ready)
-    assert gone.value.result.status == "failed"
-    assert gone.value.result.reason == "timeout: still running after 1.5 s without answering; killed"
-    assert worker.proc.returncode is not None  # dead and reaped
-    assert Budget(10, used_s=4).timeout("finishing", 6) == (
+    assert gone.value.result.status == "failed" and gone.value.result.reason == reason
+    assert worker.proc.returncode == exit_code  # dead and reaped
+    assert Budget(10, used_s=4).timeout("finishing", 6) == (  # the message once a case used up its timeout_s
         "timeout: still finishing when the case had used its timeout_s (10 s, counted over every process set); "
         "killed")
-
-
-def test_a_worker_whose_task_raises_says_so_and_the_handle_gives_its_reason(tmp_path):
-    (case,) = _cases(tmp_path, f'[{{backend: "{KNOWN_ANSWER}", options: {{fail: raise}}}}]',
-                     "{warmup: 0, min: 3, max: 3}")
-    run = _run(tmp_path)
-    worker = _start(case, run, Budget(120))
-    with pytest.raises(WorkerGone) as gone:
-        worker.receive(Ready)
-    assert gone.value.result.reason == "RuntimeError: injected failure"
-    assert worker.proc.returncode == 0  # it wrote its result and exited
 
 
 # ---------------------------------------------------------------- the schedule, with scripted workers
