@@ -188,3 +188,22 @@ def test_timeout_bounds_the_whole_case_and_sets_with_nothing_left_are_not_starte
     # timed, so a busy machine cannot flip it
     long_log = (tmp_path / "results" / "sets" / "logs" / f"{records['long'].id}.log").read_text()
     assert long_log.count("=== process") <= 3, f"{long_log.count('=== process')} sets started in {wall:.0f} s"
+
+
+def test_cases_run_one_process_each_record_their_failures_through_the_same_handle(tmp_path):
+    """Perplexity cases run one worker process per case (bench/run/runner.py `run_case_process`): a crash, a raised
+    error, a hang past timeout_s and a missing package are recorded with the reasons the interleaved runner gives,
+    the timeout in the one message, and the others finish."""
+    (tmp_path / "eval.txt").write_text("some evaluation text " * 20)
+    write_suite(tmp_path / "suite.yaml", FAILURES_SUITE.replace("tasks: [latency]", "tasks: [perplexity]")
+                .replace("timeout_s: 15", "timeout_s: 8"))
+    run_bench("run", "suite.yaml", "--run-id", "p", cwd=tmp_path, check_exit=3)
+    by_label = {r.variant: r for r in record_lines(tmp_path / "results" / "p")}
+    assert by_label["fine"].status == by_label["fine-too"].status == "ok"
+    assert by_label["fine"].value("perplexity") > 1
+    assert by_label["aborts"].status == "failed" and by_label["aborts"].reason == "worker killed by SIGABRT"
+    assert by_label["raises"].reason == "RuntimeError: injected failure"
+    assert "injected failure" in by_label["raises"].output_tail
+    assert by_label["hangs"].reason == "timeout: still running after 8 s; killed"
+    assert by_label["no-memory"].reason.startswith("out of memory")
+    assert by_label["no-package"].status == "skipped" and by_label["no-package"].output_tail is not None

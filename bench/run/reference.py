@@ -22,10 +22,9 @@ from pathlib import Path
 from bench.exec.protocol import WorkerResult
 from bench.measure import refcache
 from bench.measure.quality import ReferenceLookup, reference_record
-from bench.records import safe_files
 from bench.records.rundir import RunDir
 from bench.records.schema import CaseRecord, CaseSpec, shown_value
-from bench.run.spawn import exit_reason, spawn_worker
+from bench.run.handle import Budget, WorkerGone, WorkerProcess
 
 SAME_PERPLEXITY = 1e-6  # relative: a run recorded without an entry key is checked by the perplexity it recorded
 
@@ -33,15 +32,14 @@ SAME_PERPLEXITY = 1e-6  # relative: a run recorded without an entry key is check
 def _recompute(reference: CaseSpec, run_dir: Path) -> WorkerResult:
     """The reference's perplexity case run again in a worker process (its output goes to this process's log)."""
     run = RunDir(run_dir.parent, run_dir.name)
-    result_file = run_dir / "tmp" / f"{reference.id}.recomputed.json"
-    safe_files.makedirs(result_file.parent, run.root)
-    result_file.unlink(missing_ok=True)
     sys.stdout.flush()
-    returncode = spawn_worker(reference, run, result_file, sys.stdout).wait()
-    if not result_file.exists():
-        return WorkerResult(status="failed", reason=exit_reason(returncode))
-    result = WorkerResult.model_validate_json(safe_files.read_bytes(result_file, run_dir))
-    result_file.unlink()
+    worker = WorkerProcess.start(reference, run, run_dir / "tmp" / f"{reference.id}.recomputed.json", sys.stdout,
+                                 Budget(math.inf))  # bounded by this case's own timeout
+    try:
+        result = worker.finish()
+    except WorkerGone as gone:
+        result = gone.result
+    worker.result_file.unlink(missing_ok=True)
     return result
 
 

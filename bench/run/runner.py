@@ -8,21 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
-from pydantic import ValidationError
 from tqdm import tqdm
 
 from bench.core.process import log_tail
 from bench.exec import envs
-from bench.exec.protocol import WorkerResult
-from bench.records import safe_files
 from bench.records.rundir import RunDir, RunError
 from bench.records.schema import (
     CaseRecord,
@@ -34,8 +29,8 @@ from bench.records.schema import (
     ShardInfo,
 )
 from bench.run import environment
+from bench.run.handle import Budget, WorkerGone, WorkerProcess
 from bench.run.plan import Unit, plan
-from bench.run.spawn import exit_reason, spawn_worker
 
 
 def _record(case: CaseSpec, started: float, **fields) -> CaseRecord:
@@ -44,45 +39,22 @@ def _record(case: CaseSpec, started: float, **fields) -> CaseRecord:
 
 def run_case_process(case: CaseSpec, run: RunDir) -> tuple[CaseRecord, RawSamples | None]:
     """Run one case in a child process; return (its record for cases.jsonl, its raw samples or None)."""
-    result_file, log_file = run.path / "tmp" / f"{case.id}.json", run.log_path(case.id)
-    safe_files.makedirs(result_file.parent, run.root)  # the worker writes its result there: no link on the way
-    result_file.unlink(missing_ok=True)
+    log_file = run.log_path(case.id)
     started = time.time()
     with run.open_log(log_file, "wb") as log:
         progress = os.dup(sys.stderr.fileno())  # a serving case prints one line per load level here
         try:
-            child = spawn_worker(case, run, result_file, log, {"BENCH_PROGRESS_FD": str(progress)}, (progress,))
+            worker = WorkerProcess.start(case, run, run.path / "tmp" / f"{case.id}.json", log, Budget(case.timeout_s),
+                                         env={"BENCH_PROGRESS_FD": str(progress)}, pass_fds=(progress,))
         except envs.MissingEnv as exc:  # recorded as skipped, with the command that creates the env
             return _record(case, started, status="skipped", reason=str(exc)), None
         finally:
             os.close(progress)
         try:
-            returncode = child.wait(timeout=case.timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(child.pid, signal.SIGKILL)
-            child.wait()
-            returncode = None
-        except BaseException:  # Ctrl-C: take the child down with us, record nothing for it
-            os.killpg(child.pid, signal.SIGKILL)
-            child.wait()
-            raise
-    if returncode is None:
-        return _record(case, started, status="failed", output_tail=log_tail(log_file),
-                       reason=f"timeout: still running after {case.timeout_s:g} s; killed"), None
-    if not result_file.exists():
-        return _record(case, started, status="failed", reason=exit_reason(returncode),
-                       output_tail=log_tail(log_file)), None
-    try:
-        result = WorkerResult.model_validate_json(safe_files.read_bytes(result_file, run.path))
-    except ValidationError as exc:
-        return _record(case, started, status="failed", output_tail=log_tail(log_file),
-                       reason=f"the worker's result file is malformed: {exc}"), None
-    samples = result.samples
-    record = _record(case, started, **result.outcome())
-    if record.ok:
-        return record, samples
-    record.output_tail = log_tail(log_file)
-    return record, None
+            result = worker.finish()
+        except WorkerGone as gone:  # crashed, killed, timed out, failed or skipped: the record says why
+            return _record(case, started, **gone.result.outcome(), output_tail=log_tail(log_file)), None
+    return _record(case, started, **result.outcome()), result.samples
 
 
 def run_unit(unit: Unit, run: RunDir) -> Iterator[tuple[CaseRecord, RawSamples | None]]:

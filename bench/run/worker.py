@@ -22,7 +22,7 @@ from pathlib import Path
 from backends import backend_class
 from bench.core.deps import MissingDependency, NotSupportedHere
 from bench.core.timing import Clock, make_clock
-from bench.exec.protocol import DRIVE_FDS, RESULT_UNWRITABLE, Driver, WorkerResult
+from bench.exec.protocol import DRIVE_FDS, RESULT_UNWRITABLE, Driver, Failed, Measured, Ready, WorkerResult
 from bench.exec.tasks import task_function
 from bench.measure import bandwidth, energy, kvcache
 from bench.measure.evaltext import eval_text
@@ -74,11 +74,11 @@ def _driven_latency(case: CaseSpec, backend, prompts: list[list[int]], clock: Cl
     assert case.workload is not None
     for _ in range(case.repetitions.warmup):
         backend.generate(prompts, case.workload.new_tokens, lambda: None)
-    driver.reply({"ready": True})
-    for command in driver.commands_until_finish():
+    driver.send(Ready())
+    for command in driver.measure_commands():
         began = time.monotonic()
-        stamps = [one_generation(backend, prompts, case.workload.new_tokens, clock) for _ in range(command["measure"])]
-        driver.reply({"stamps": stamps, "seconds": time.monotonic() - began})
+        stamps = [one_generation(backend, prompts, case.workload.new_tokens, clock) for _ in range(command.repetitions)]
+        driver.send(Measured(stamps=stamps, seconds=time.monotonic() - began))
     return WorkerResult(status="ok")
 
 
@@ -157,8 +157,6 @@ THIRD_PARTY_DEPRECATIONS = [
 ]
 
 
-
-
 def main(argv: list[str]) -> int:
     if os.environ.get(DEPRECATIONS_AS_ERRORS):  # a developer switch (the tests set it): fail on deprecated APIs
         warnings.filterwarnings("error", message=".*deprecated", category=FutureWarning)
@@ -167,14 +165,14 @@ def main(argv: list[str]) -> int:
     task, case_path, result_path = argv[0], Path(argv[1]), Path(argv[2])
     run_dir = Path(argv[3]) if len(argv) > 3 else None
     case = CaseSpec.model_validate_json(case_path.read_text())
-    driver = Driver(*map(int, os.environ[DRIVE_FDS].split(","))) if os.environ.get(DRIVE_FDS) else None
+    driver = Driver.from_environment()
     try:
         result = task_function(task)(case, run_dir, driver)
     except Exception as exc:  # noqa: BLE001 - recorded, never lost: the runner goes on with the next case
         traceback.print_exc()
         result = failure(exc)
         if driver is not None:  # the runner may be waiting for a reply: tell it, rather than make it time out
-            driver.reply({"failed": result.model_dump(mode="json")})
+            driver.send(Failed(result=result))
     try:
         safe_files.write_json(result_path, result_path.parent, result.model_dump(mode="json"))
     except OSError as exc:  # the harness's own I/O (a full or read-only disk): the runner stops, no case fails
