@@ -62,12 +62,14 @@ name: resume
 models: [synthetic]
 backends:
   - backend: "{KNOWN_ANSWER}"
-    options: {{token_delay_s: [0.0101, 0.0102, 0.0103, 0.0104]}}
-workloads: [{{batch_size: 1, prompt_tokens: 8, new_tokens: 10}}]
+    options: {{token_delay_s: 0.0101}}
+workloads: [{{batch_size: 1, prompt_tokens: 8, new_tokens: [10, 11, 12, 13]}}]
 tasks: [latency]
 repetitions: {{warmup: 0, min: 6, max: 6}}
 perplexity: {{text: eval.txt}}
 """
+# four workloads: four units (bench/run/plan.py), each recorded when it ends, a worker start (~1 s) apart: a kill
+# after the second record lands between units (variants of one workload are one unit, recorded together)
 
 
 def test_a_killed_run_resumes_without_redoing_or_losing_finished_cases(tmp_path):
