@@ -51,7 +51,7 @@ SUITE = """name: bisect-demo
 models: [synthetic]
 backends:
   - {backend: "slowpkg.engine:Engine", label: engine}
-workloads: [{batch_size: 1, prompt_tokens: 8, new_tokens: 8}]
+workloads: [{batch_size: 1, prompt_tokens: 8, new_tokens: 5}]
 tasks: [latency]
 repetitions: {warmup: 1}
 regression: {threshold: 0.10}
@@ -225,7 +225,7 @@ def test_bad_input_exits_2_with_a_clear_message_and_measures_nothing(tmp_path):
     missing = refused("HEAD~2", "HEAD", "--suite", "suites/bisect.yaml", "--case", "engine.synthetic.b1-p9-n8.00000000",
                       "--results-dir", str(results))
     assert "case engine.synthetic.b1-p9-n8.00000000 is not in suites/bisect.yaml at commit" in missing
-    assert "engine.synthetic.b1-p8-n8.*" in missing  # the cases it has
+    assert "engine.synthetic.b1-p8-n5.*" in missing  # the cases it has
     assert "--metric ppl" in refused("HEAD~2", "HEAD", *common, "--metric", "ppl")
     assert "--rounds 3: at least 6" in refused("HEAD~2", "HEAD", *common, "--rounds", "3")
     assert "not the id of a latency case" in refused("HEAD~2", "HEAD", "--suite", "suites/bisect.yaml", "--case",

@@ -117,5 +117,8 @@ def test_every_nightly_run_measures_the_repository_variables_model_else_tiny_lla
     path = ROOT / ".github" / "workflows" / "nightly.yml"
     assert yaml.safe_load(path.read_text())["env"]["BENCH_MODEL"] == \
         "${{ vars.BENCH_NIGHTLY_MODEL || 'tiny-llama' }}"
-    runs = [c for c in workflow_commands(path) if c.startswith("python -m bench run suites/nightly.yaml")]
+    runs = [c for c in workflow_commands(path)
+            if c.startswith(("python -m bench run suites/nightly.yaml", "python -m bench profile suites/nightly.yaml"))]
+    # the shards' run, and the confirm job's re-measurement (a profiled one: bench profile)
     assert len(runs) == 2 and all(c.endswith('--model "$BENCH_MODEL"') for c in runs)
+    assert any("--only-from first.json" in c for c in runs)

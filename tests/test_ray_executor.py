@@ -135,19 +135,25 @@ def test_a_suite_runs_across_two_nodes_with_the_local_executors_answers(tmp_path
 def test_a_node_killed_mid_unit_fails_only_that_units_cases_then_resume_finishes_locally(tmp_path, cluster):
     """Latency units only: each waits 2 x 30 x 10 x 10 ms = 6 s in its injected delays alone, so the victim's unit is
     still measuring when the node dies a second after it started, however fast the machine (a perplexity unit
-    could finish there first on a quiet one, and nothing would be lost)."""
+    could finish there first on a quiet one, and nothing would be lost). Three workloads, three units (both
+    variants of a workload are one interleaved unit), three 1-CPU nodes: one unit always lands on the victim
+    (with two units Ray could leave it idle, and the run finished without it)."""
     victim = cluster.add_node(num_cpus=1, resources={"victim": 1}, node_ip_address=LOOPBACK)
     cluster.wait_for_nodes()
     _suite(tmp_path / "suite.yaml", delays=(0.01, 0.01), tokens=10, reps=30)
     suite = tmp_path / "suite.yaml"
-    suite.write_text(suite.read_text().replace("tasks: [latency, perplexity]", "tasks: [latency]"))
+    suite.write_text(suite.read_text().replace("tasks: [latency, perplexity]", "tasks: [latency]").replace(
+        "{batch_size: 2, prompt_tokens: 8, new_tokens: 10}]",
+        "{batch_size: 2, prompt_tokens: 8, new_tokens: 10}, {batch_size: 3, prompt_tokens: 8, new_tokens: 10}]"))
     proc, stderr = _start_ray_run(tmp_path, cluster, "suite.yaml", "--run-id", "r")
-    _wait_until_started_on(victim.node_id, proc, stderr)
-    time.sleep(1.0)  # its case workers are measuring
-    cluster.remove_node(victim, allow_graceful=False)
+    try:
+        _wait_until_started_on(victim.node_id, proc, stderr)
+        time.sleep(1.0)  # its case workers are measuring
+    finally:  # a victim left alive would offer its resource to the next test's victim-bound units
+        cluster.remove_node(victim, allow_graceful=False)
     assert proc.wait(timeout=240) == 3, stderr.read_text()
     records = record_lines(tmp_path / "results" / "r")
-    assert len(records) == len({r.id for r in records}) == 4  # nothing lost, nothing recorded twice
+    assert len(records) == len({r.id for r in records}) == 6  # nothing lost, nothing recorded twice
     lost = [r for r in records if r.status == "failed"]
     assert lost and all(r.reason.startswith("node lost") and victim.node_id[:12] in r.reason for r in lost)
     assert all(r.machine.node == victim.node_id for r in lost)
@@ -156,9 +162,9 @@ def test_a_node_killed_mid_unit_fails_only_that_units_cases_then_resume_finishes
     assert not _unit_processes()  # the lost unit's processes died with their node
     # the failed cases run again with the local executor: a run is resumable whichever executor ran it
     resumed = run_bench("run", "--resume", "r", "--retry-failed", cwd=tmp_path)
-    assert f"{4 - len(lost)} of 4 cases already finished" in resumed.stderr
+    assert f"{6 - len(lost)} of 6 cases already finished" in resumed.stderr
     final = {r.id: r for r in record_lines(tmp_path / "results" / "r")}
-    assert len(final) == 4 and all(r.ok for r in final.values())
+    assert len(final) == 6 and all(r.ok for r in final.values())
 
 
 def test_units_waiting_for_a_node_that_died_fail_instead_of_waiting_forever(tmp_path, cluster):
@@ -166,8 +172,10 @@ def test_units_waiting_for_a_node_that_died_fail_instead_of_waiting_forever(tmp_
     cluster.wait_for_nodes()
     _suite(tmp_path / "suite.yaml", "cluster: {resources: {victim: 1}}", delays=(0.01, 0.01), tokens=10, reps=30)
     proc, stderr = _start_ray_run(tmp_path, cluster, "suite.yaml", "--run-id", "r")
-    _wait_until_started_on(victim.node_id, proc, stderr)
-    cluster.remove_node(victim, allow_graceful=False)  # the only node the units fit on; two are still queued
+    try:
+        _wait_until_started_on(victim.node_id, proc, stderr)
+    finally:  # the only node the units fit on; two are still queued
+        cluster.remove_node(victim, allow_graceful=False)
     assert proc.wait(timeout=120) == 3, stderr.read_text()
     records = record_lines(tmp_path / "results" / "r")
     assert len(records) == len({r.id for r in records}) == 6 and not any(r.ok for r in records)

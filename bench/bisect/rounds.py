@@ -58,6 +58,7 @@ class Tree:
     path: Path
     suite: Path
     case_id: str
+    report_args: list[str]  # what keeps its runs from writing reports (older bench commits lack --no-report)
 
 
 @dataclass
@@ -91,7 +92,8 @@ class Bench:
             path = self.repo.add_tree(commit, self.bisect.where("trees", commit[:12]))
             try:
                 suite = self._suite(commit, path)
-                self.trees[commit] = Tree(commit, path, suite, self._case_id(commit, path, suite))
+                self.trees[commit] = Tree(commit, path, suite, self._case_id(commit, path, suite),
+                                          self._report_args(commit, path))
             except Unmeasurable:
                 self.repo.remove_tree(path)
                 raise
@@ -141,6 +143,16 @@ class Bench:
                                f"(its cases: {', '.join(case_key(i) + '.*' for i in ids) or 'none'})")
         return matches[0]
 
+    def _report_args(self, commit: str, tree: Path) -> list[str]:
+        """`--no-report` (a round's report would be thrown away: 40 % of a short run's time) where the tree's
+        `bench run` has it: this bench's, or a bench commit's own since it was added; else reports go to a
+        directory that is removed after each run."""
+        if (tree / "bench" / "__main__.py").exists():
+            done = self._bench(["run", "--help"], tree, self.bisect.where("logs", f"{commit[:12]}-run-help.log"))
+            if "--no-report" not in done.stdout:
+                return ["--reports-dir", str(self.bisect.where("reports"))]
+        return ["--no-report"]
+
     def _bench(self, args: list[str], tree: Path, log: Path) -> subprocess.CompletedProcess:
         """`python -m bench ARGS` in the tree (its own bench first, else this one), output copied to `log`."""
         env = dict(os.environ)
@@ -156,7 +168,7 @@ class Bench:
         """Run the case once in `tree` into `runs/run_id`; the metric's statistic from its raw samples."""
         log = self.bisect.where("logs", f"{runs.name}-{run_id}.log")
         done = self._bench(["run", str(tree.suite), "--only", tree.case_id, "--run-id", run_id, "--results-dir",
-                            str(runs), "--reports-dir", str(self.bisect.where("reports"))], tree.path, log)
+                            str(runs), *tree.report_args], tree.path, log)
         shutil.rmtree(self.bisect.where("reports"), ignore_errors=True)  # derived from the run, which is kept
         where = f"commit {tree.commit[:12]}"
         if not RunDir(runs, run_id).exists():

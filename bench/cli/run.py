@@ -30,7 +30,10 @@ def _execute(args, suite, cases, run, profile_source: str | None = None) -> Exit
         records = runner.run_cases(cases, run, retry_failed=args.retry_failed, executor=executor)
     loaded = load_run(run)
     print(terminal_table(loaded))
-    write_reports(args, [loaded])
+    if getattr(args, "no_report", False):
+        print(f"no report written (--no-report): python -m bench report {run.run_id}", file=sys.stderr)
+    else:
+        write_reports(args, [loaded])
     if profile_source is not None:
         traces = run.path / "traces"
         print(f"traces: {traces} (view: tensorboard --logdir {traces}, PyTorch Profiler tab)")
@@ -371,6 +374,8 @@ def add_commands(sub) -> list:
                      "partition, for CI matrices; combine the shards with bench merge)")
     _add_model_argument(run)
     _add_max_cases_argument(run)
+    run.add_argument("--no-report", action="store_true", help="record only, write no Markdown or HTML report "
+                     "(later: python -m bench report RUN_ID); bench bisect's rounds run this way")
     run.set_defaults(func=cmd_run)
 
     merge = sub.add_parser("merge", help="merge runs of one suite (the shards of run --shard) into a new run")

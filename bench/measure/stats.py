@@ -17,7 +17,7 @@ from bench.records.schema import Summary
 
 def median_ci(samples: Sequence[float] | np.ndarray, level: float = 0.95) -> tuple[float, float] | None:
     """Distribution-free CI of the median, or None when n is too small for `level` (n < 6 at 95 %)."""
-    from scipy import stats as _scipy_stats  # imported here: 0.5 s, and `bench compare` never calls this function
+    from scipy.special import bdtr  # the Binomial CDF; scipy.special, not scipy.stats (0.35 s more to import)
 
     x = np.sort(np.asarray(samples, dtype=float))
     n = len(x)
@@ -25,9 +25,8 @@ def median_ci(samples: Sequence[float] | np.ndarray, level: float = 0.95) -> tup
         return None
     alpha = 1 - level
     # Largest l (1-based) with P(B <= l-1) <= alpha/2, B ~ Binomial(n, 1/2); u = n + 1 - l by symmetry.
-    l = int(_scipy_stats.binom.ppf(alpha / 2, n, 0.5))
-    if l < 1 or _scipy_stats.binom.cdf(l - 1, n, 0.5) > alpha / 2:
-        l -= 1
+    # The CDF rises with k, so l is the count of k in 0..n with P(B <= k) <= alpha/2.
+    l = int(np.count_nonzero(bdtr(np.arange(n + 1), n, 0.5) <= alpha / 2))
     if l < 1:
         return None
     return float(x[l - 1]), float(x[n - l])

@@ -40,14 +40,31 @@ def _versions() -> dict:
 
 
 def distributions() -> dict[str, str]:
-    """Every distribution installed for this interpreter, name -> version, from package metadata (tens of ms): where
-    two are installed under one name, the one importlib finds first (the one `import` gets)."""
+    """Every distribution installed for this interpreter, name -> version, from package metadata: where two are
+    installed under one name, the one importlib finds first (the one `import` gets). Only the metadata's header
+    is read (Name, Version): parsing whole files, long descriptions included, took 0.2 s of every `bench run`."""
     found: dict[str, str] = {}
     for dist in metadata.distributions():
-        name = dist.metadata["Name"]
-        if name and name not in found:
-            found[name] = dist.version
+        name, version = _name_and_version(dist)
+        if name and version and name not in found:
+            found[name] = version
     return dict(sorted(found.items(), key=lambda item: item[0].lower()))
+
+
+def _name_and_version(dist: metadata.Distribution) -> tuple[str | None, str | None]:
+    """A distribution's Name and Version from the header of its METADATA (or PKG-INFO), which ends at the first
+    blank line (the core metadata format); no parse of the body."""
+    text = dist.read_text("METADATA") or dist.read_text("PKG-INFO") or ""
+    name = version = None
+    for line in text.splitlines():
+        if not line.strip():
+            break
+        key, _, value = line.partition(":")
+        if key == "Name":
+            name = value.strip()
+        elif key == "Version":
+            version = value.strip()
+    return name, version
 
 
 def _cpu_model() -> str:

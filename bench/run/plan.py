@@ -18,7 +18,6 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Literal
 
-from bench.measure.quality import reference_first
 from bench.records.schema import CaseSpec
 
 UnitKind = Literal["interleaved", "sequential", "single"]
@@ -51,5 +50,7 @@ def plan(cases: list[CaseSpec]) -> list[Unit]:
         else:
             key = ("single", case.id)
         groups[key].append(case)
+    if any(key[0] == "sequential" for key in groups):  # the quality code (and scipy) only where perplexity runs
+        from bench.measure.quality import reference_first
     return [Unit(key[0], tuple(reference_first(members) if key[0] == "sequential" else members))
             for key, members in groups.items()]

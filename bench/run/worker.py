@@ -10,8 +10,6 @@ from the exit status.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import sys
 import time
@@ -28,45 +26,8 @@ from bench.measure import bandwidth, energy, kvcache
 from bench.measure.evaltext import eval_text
 from bench.measure.latency import one_generation, prompt_batch
 from bench.measure.memory import MemorySampler
-from bench.measure.perplexity import perplexity
-from bench.measure.quality import QualitySession, ReferenceLookup, reference_parts
 from bench.records import safe_files
 from bench.records.schema import CaseSpec
-from bench.run.reference import ensure_reference
-
-
-def _sha(ids: list[int]) -> str:
-    return hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16]
-
-
-def _quality_session(case: CaseSpec, backend, model_path: str, ids_sha: str, run_dir: Path | None,
-                     lookup: ReferenceLookup | None) -> QualitySession:
-    """The reference stores its log-probabilities (keyed by what decides them), another case compares with them."""
-    if case.reference is None or run_dir is None:
-        return QualitySession(case, ids_sha, reason="no reference variant or run directory (case run outside "
-                                                    "`bench run`)")
-    if case.variant == case.reference:
-        return QualitySession(case, ids_sha, parts=reference_parts(case, model_path, backend.describe(), ids_sha))
-    return QualitySession(case, ids_sha, lookup=lookup)
-
-
-def _perplexity_task(case: CaseSpec, backend, ids: list[int], clock: Clock, run_dir: Path | None, model_path: str,
-                     lookup: ReferenceLookup | None) -> WorkerResult:
-    settings = case.perplexity
-    ids = ids[: settings.max_tokens] if settings.max_tokens else ids
-    quality = _quality_session(case, backend, model_path, _sha(ids), run_dir, lookup)
-    try:
-        result = perplexity(backend.token_logits, ids, settings.window, settings.stride, clock,
-                            on_rows=quality.on_rows, scoring=settings.scoring)
-        scores, why_not = quality.finish()
-    finally:
-        quality.close()
-    info = result.info().model_copy(update={
-        "eval_token_ids_sha256": _sha(ids), "n_eval_tokens": len(ids),
-        "quality_reference": case.reference if scores else None, "quality_tokens": scores.tokens if scores else None,
-        "reference_logprobs": quality.key, "reference_recomputed": quality.recomputed or None})
-    return WorkerResult(status="ok", metrics={**result.metrics(), **(scores.metrics() if scores else {})},
-                        perplexity=info, not_applicable={"quality": why_not} if why_not else {})
 
 
 def _driven_latency(case: CaseSpec, backend, prompts: list[list[int]], clock: Clock, driver: Driver) -> WorkerResult:
@@ -89,8 +50,12 @@ def run_backend_case(case: CaseSpec, run_dir: Path | None = None, driver: Driver
     from bench.models import resolve_model
 
     started = time.monotonic()
-    # before anything is measured: a reference's log-probabilities that left the cache are computed again, apart
-    lookup = ensure_reference(case, run_dir) if case.task == "perplexity" else None
+    lookup = None
+    if case.task == "perplexity":  # imported only here: scipy and the quality code are no latency worker's start-up
+        from bench.run.perplexity_task import ensure_reference, perplexity_task
+
+        # before anything is measured: a reference's log-probabilities that left the cache are computed again, apart
+        lookup = ensure_reference(case, run_dir)
     sampler = MemorySampler().start()
     cls = backend_class(case.backend)
     backend = cls(cls.Options(**case.options), threads=case.threads)
@@ -101,7 +66,7 @@ def run_backend_case(case: CaseSpec, run_dir: Path | None = None, driver: Driver
         ids = backend.tokenize(eval_text(case.perplexity.text))
         prompts = None
         if case.task == "perplexity":
-            result = _perplexity_task(case, backend, ids, clock, run_dir, model_path, lookup)
+            result = perplexity_task(case, backend, ids, clock, run_dir, model_path, lookup)
         else:
             assert case.workload is not None
             prompts = prompt_batch(ids, case.workload.batch_size, case.workload.prompt_tokens)

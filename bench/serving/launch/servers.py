@@ -309,9 +309,11 @@ class Stub(ServerKind):
 
 
 def _project_root() -> str:
-    from pathlib import Path
+    """The repository (not bench/: a directory on PYTHONPATH whose packages shadow the standard library's, e.g.
+    bench/bisect for `bisect`, breaks every server's imports)."""
+    from bench.exec.envs import PROJECT_ROOT
 
-    return str(Path(__file__).resolve().parent.parent.parent)
+    return str(PROJECT_ROOT)
 
 
 SERVERS: Registry[type[ServerKind]] = Registry("server", {cls.name: cls for cls in (

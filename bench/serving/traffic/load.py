@@ -27,6 +27,8 @@ from bench.records.schema import LoadLevel, RunawayLimits, SweepSettings
 from bench.serving.traffic.client import Outcome, Target, send
 from bench.serving.traffic.prompts import Prompt
 
+SERVER_GONE = ("connect", "disconnected")  # error kinds a server that died mid-level causes
+EXIT_GRACE_S = 1.0  # how long a runaway of such errors waits for the server's exit code before it is called one
 WATCH_S = 0.1  # how often the server's process is checked during a level
 
 
@@ -67,7 +69,16 @@ class _Level:
             self.run.stopped = reason
         self.stop.set()
 
-    def _check_runaway(self) -> None:
+    async def _exit_code_soon(self) -> int | None:
+        """The server's exit code, waiting up to EXIT_GRACE_S for it: a killed server closes its socket (refused
+        connections, dropped streams) a few milliseconds before its exit can be read, and a crash must be named
+        as one, not as a runaway."""
+        deadline = time.monotonic() + EXIT_GRACE_S
+        while (code := self.server_exit()) is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return code
+
+    async def _check_runaway(self) -> None:
         code = self.server_exit()
         if code is not None:  # failures caused by a dead server: say so, not "runaway"
             self.halt(f"server exited with code {code} during the level")
@@ -77,6 +88,9 @@ class _Level:
             return
         failed = sum(o.error_kind is not None for o in done)
         if failed / len(done) >= self.limits.error_rate:
+            if any(o.error_kind in SERVER_GONE for o in done) and (code := await self._exit_code_soon()) is not None:
+                self.halt(f"server exited with code {code} during the level")
+                return
             self.halt(f"runaway: {failed} of {len(done)} finished requests failed "
                       f"(limit {self.limits.error_rate:.0%})")
             return
@@ -95,7 +109,7 @@ class _Level:
         self.run.outcomes.append(out)
         await send(self.http, self.target, prompt.text, prompt.output_tokens, out)
         self.finished.append(out)
-        self._check_runaway()
+        await self._check_runaway()
 
     async def _closed_user(self, indices) -> None:
         for index in indices:
