@@ -76,7 +76,8 @@ def slowed_copy(root, source: str, name: str, variant: str, batch: int, factor: 
 def test_a_a_runs_never_get_a_regression_verdict(runs):
     """Two runs of the same code: the gate says 'no regression', or 'inconclusive' when the machine's drift
     between them is too large to tell (exit 4, never 1); how often each happens is measured by
-    benchmarks/gate_noise.py on recorded rounds."""
+    benchmarks/noisy_machine.py (real A/A runs under a competing load) and benchmarks/gate_minimum_data.py
+    (simulated)."""
     proc = run_bench("compare", "a", "b", "--json", "aa.json", cwd=runs, check_exit=None)
     result = json.loads((runs / "aa.json").read_text())
     assert result["exit_code"] == proc.returncode, proc.stdout

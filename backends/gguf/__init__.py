@@ -1,1 +1,2 @@
-"""llama.cpp backends: GGUF files written by bench (convert.py), run through llama-cpp-python."""
+"""llama.cpp backends: GGUF files made by llama.cpp's own converter and quantizer (convert.py), run through
+llama-cpp-python (llama_cpp.py)."""

@@ -37,7 +37,7 @@ class HFEager(Backend):
     Options = HFOptions
     options: HFOptions
     attn_implementation = "eager"
-    profiles_with_torch = True  # bench.profiling traces it with torch.profiler
+    profiles_with_torch = True  # bench.measure.profiling traces it with torch.profiler
 
     def mechanism(self) -> str:
         return "transformers attn_implementation='eager' (explicit matmul + softmax attention)"

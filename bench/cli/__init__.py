@@ -1,5 +1,5 @@
 """Command-line interface: `python -m bench COMMAND`. Parsing and dispatch only; each family of
-commands is one module (`run`, `report`, `gate`, `tools`) whose handlers import their work lazily,
+commands is one module (`run`, `report`, `gate`, `tools`, `site`, `bisect`) whose handlers import their work lazily,
 so `python -m bench --help` stays fast.
 
 Every handler returns an `ExitCode` (bench/errors.py) or raises `BadInput`, which is printed as one

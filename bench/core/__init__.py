@@ -8,4 +8,8 @@ another part of `bench` (tests/test_architecture.py checks both). Keep it small 
 - `timing`: the one timing primitive (`Clock`, CUDA events on a GPU).
 - `cache`: the on-disk cache (`cache_dir`), atomic builds behind a cross-process lock, file digests.
 - `description`: `BackendDescription`, the typed answer of `Backend.describe()`.
+- `sideenv`: where the managed side environments live and whether one is complete (bench/exec/envs.py builds them).
+- `process`: child processes that die with their parent, work run in a child so Ctrl-C stops it at once.
+- `markdown`: user text escaped for Markdown (reports and the gate's alerts).
+- `registry`: the one registry mechanism (backends, tasks, built-in models, server kinds).
 """

@@ -82,7 +82,7 @@ def peak_bandwidth(device: str, stated_gbs: float | None) -> tuple[float | None,
             return None, "the GPU's name could not be read"
         peak = gpu_peak_gbs(name)
         if peak is None:
-            return None, f"GPU '{name}' is not in bench/bandwidth.py's table; set peak_memory_bandwidth_gbs"
+            return None, f"GPU '{name}' is not in bench/measure/bandwidth.py's table; set peak_memory_bandwidth_gbs"
         return peak, f"spec sheet of {name}"
     return None, f"peak memory bandwidth of device '{device}' is not known; set peak_memory_bandwidth_gbs in the suite"
 

@@ -1,4 +1,9 @@
-"""Summary statistics derived from raw samples, and the rule that decides when to stop repeating.
+"""Summary statistics derived from raw samples: the median's confidence interval, throughput as a ratio of sums,
+and the paired ratio of two variants measured in the same rounds.
+
+With one process the median's interval is the order-statistics one below; with several, a two-stage bootstrap
+over processes, then repetitions (`hierarchical_median_ci`, as arrays: bench/measure/bootstrap.py). The stop rule
+that reads these intervals' half-widths is bench/measure/policy.py.
 
 The confidence interval of the median is distribution-free: the order statistics x(l), x(u) whose
 ranks come from the Binomial(n, 1/2) distribution, so that P(x(l) <= median <= x(u)) >= level.

@@ -1,12 +1,13 @@
 """Models the benchmarks run on: the built-in models, built offline into the cache, and resolution of model specs.
 
-Each built-in is a recipe (bench/models/recipe.py: its hash names its cache directory, built once under a
-lock) registered by name in `MODELS` (a registry, bench/core/registry.py): `tiny-llama` (tiny_llama.py) and
-its attention variants (tiny_variants.py), `qwen2.5-0.5b-shape` (realistic.py) and the architecture zoo
-(zoo.py). A model spec is a built-in name (built on first use), a local path, or a Hugging Face hub id
-(resolved to its snapshot directory in the HF cache, downloaded there unless HF_HUB_OFFLINE; returned
-unchanged when it cannot be had). Importing this package is cheap: torch/transformers/tokenizers are
-imported only when building.
+Each built-in is a recipe (bench/models/recipe.py: its hash names its cache directory, built once under a lock)
+registered by name in `MODELS` (a registry, bench/core/registry.py): `tiny-llama` (tiny_llama.py) and its attention
+variants (tiny_variants.py), `qwen2.5-0.5b-shape` (realistic.py) and the architecture zoo (zoo.py); the trained
+ones (tiny-llama, its variants, the zoo) share one training loop (training.py) on the stdlib docstring corpus
+(corpus.py), and tokenizers come from tokenizer.py; calibration.py cuts the quantizers' calibration sets from that
+corpus. A model spec is a built-in name (built on first use), a local path, or a Hugging Face hub id (resolved to
+its snapshot directory in the HF cache, downloaded there unless HF_HUB_OFFLINE; returned unchanged when it cannot
+be had). Importing this package is cheap: torch/transformers/tokenizers are imported only when building.
 """
 
 from __future__ import annotations

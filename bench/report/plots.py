@@ -238,7 +238,7 @@ def trend(rows: list[dict], metric: str, change_points: dict[str, list[int]]) ->
     n_cp = sum(len(v) for v in change_points.values())
     return Plot(f"trend-{metric}", f"Trend of {metric}", f"Did {metric} shift over the recorded runs?",
                 f"One line per case, oldest run first; dashed lines: {n_cp} detected change point(s) (binary "
-                f"segmentation on per-run medians, minimum effect 5 %, see bench/changepoints.py).", _png(fig),
+                f"segmentation on per-run medians, minimum effect 5 %, see bench/gate/changepoints.py).", _png(fig),
                 (metric,))
 
 

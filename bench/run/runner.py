@@ -1,4 +1,5 @@
-"""Runs a suite's cases, each in a fresh child process, and records every outcome.
+"""Runs a suite's cases in fresh child processes (one per case, or one per variant and process set of an
+interleaved unit), and records every outcome.
 
 A case that crashes, is killed (e.g. by the OOM killer) or outlives its timeout is recorded as
 failed with the reason and the tail of its output, and the run goes on. Ctrl-C stops the child,

@@ -1,6 +1,7 @@
 """Declarative YAML suites: `load_suite` reads, validates and expands one into cases.
 
-- `reader`: YAML with line numbers, `FILE:LINE: field: message` errors (`SuiteError`);
+- YAML with the line of every field and `FILE:LINE: field: message` errors (`SuiteError`) are read by
+  bench/records/yaml_lines.py (a run's loader reads a format-1 suite snapshot with it too);
 - `schema`: what a suite may say (pydantic);
 - `expand`: the matrix of cases (`CaseSpec`, bench/records/schema.py) with stable ids;
 - `checks`: what the schema cannot see (models, texts, contexts, threads, labels), with file:line errors.
