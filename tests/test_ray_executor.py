@@ -187,7 +187,7 @@ def test_a_lost_unit_runs_again_elsewhere_when_the_suite_allows_it(tmp_path, clu
     """Every unit needs `spare` (variant b asks for it), which only the victim offers when the run starts; every
     worker hangs at load until the file `go` exists. So the victim's unit cannot finish whatever the machine's
     speed (a fixed sleep before the kill let a quick perplexity unit finish there first on a quiet machine); the
-    test then creates `go`, adds a node with `spare`, and kills the victim: the lost unit's cases and the waiting
+    test then adds a node with `spare`, kills the victim, and creates `go`: the lost unit's cases and the waiting
     units run on the new node, each case recorded once, none from the victim."""
     victim = cluster.add_node(num_cpus=1, resources={"victim": 1, "spare": 1}, node_ip_address=LOOPBACK)
     cluster.wait_for_nodes()
@@ -202,10 +202,10 @@ def test_a_lost_unit_runs_again_elsewhere_when_the_suite_allows_it(tmp_path, clu
     spare = None
     try:
         _wait_until_started_on(victim.node_id, proc, stderr)
-        go.touch()
         spare = cluster.add_node(num_cpus=1, resources={"spare": 1}, node_ip_address=LOOPBACK)
         cluster.wait_for_nodes()
         cluster.remove_node(victim, allow_graceful=False)
+        go.touch()  # only now: `go` before the kill let the victim's unit finish first on a quiet machine
         assert proc.wait(timeout=240) == 0, stderr.read_text()
     finally:
         if proc.poll() is None:

@@ -441,7 +441,7 @@ def test_the_shape_table_marks_models_measured_apart_and_shows_paired_intervals(
 
 
 @pytest.mark.slow
-def test_a_real_tiny_llama_aa_pair_in_the_same_rounds_gives_a_tpot_ratio_interval_containing_1(tmp_path, tiny_llama):
+def test_a_real_tiny_llama_aa_pair_in_the_same_rounds_gives_a_tpot_ratio_interval_near_1(tmp_path, tiny_llama):
     """tiny-llama-kv2 is tiny-llama's recipe, so the same cached build under another name: an A/A study."""
     from tests.conftest import record_lines, run_bench, write_suite
 
@@ -458,7 +458,11 @@ def test_a_real_tiny_llama_aa_pair_in_the_same_rounds_gives_a_tpot_ratio_interva
     records = {r.model: r for r in record_lines(tmp_path / "results" / "aa")}
     assert records["tiny-llama"].model_path == records["tiny-llama-kv2"].model_path  # the same model
     value, low, high = _interval(records["tiny-llama-kv2"].metrics["tpot_vs_reference_model"])
-    assert low <= 1.0 <= high, (value, low, high)
+    # a 95 % interval misses the true ratio 1 in one A/A run of 20 by design; the margin is the interval's own
+    # half-width (1 within two half-widths of the estimate, ~4 standard errors): a real difference between the
+    # two, or pairing that failed to cancel drift, still fails it
+    half_width = (high - low) / 2
+    assert low - half_width <= 1.0 <= high + half_width, (value, low, high)
 
 
 @pytest.mark.slow
