@@ -112,10 +112,12 @@ def test_retry_failed_reruns_only_the_failed_case(tmp_path):
         repetitions: {{warmup: 0, min: 6, max: 6}}
         perplexity: {{text: eval.txt}}
         """)
-    run_bench("run", "suite.yaml", "--run-id", "r", cwd=tmp_path, check_exit=3)
+    first = run_bench("run", "suite.yaml", "--run-id", "r", "--no-report", cwd=tmp_path, check_exit=3)
+    assert not (tmp_path / "reports").exists() and "python -m bench report r" in first.stderr  # records only
     (tmp_path / "fixed").touch()
-    run_bench("run", "--resume", "r", cwd=tmp_path, check_exit=3)  # plain resume keeps the failure
+    run_bench("run", "--resume", "r", "--no-report", cwd=tmp_path, check_exit=3)  # plain resume keeps the failure
     run_bench("run", "--resume", "r", "--retry-failed", cwd=tmp_path, check_exit=0)
+    assert "| flaky |" in (tmp_path / "reports" / "r" / "report.md").read_text()  # without --no-report: written
     _, records = _records(tmp_path / "results")
     assert [r.variant for r in records] == ["ok", "flaky", "flaky"]
     assert [r.status for r in records] == ["ok", "failed", "ok"]
