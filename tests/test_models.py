@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import subprocess
 import sys
 import sysconfig
@@ -307,6 +308,21 @@ def test_resolve_model(model_dir, tmp_path, monkeypatch):
     assert resolve_model("weights.gguf") == str(tmp_path / "weights.gguf")
     assert resolve_model(".") == str(tmp_path)
     assert resolve_model("meta-llama/Llama-3.2-1B") == "meta-llama/Llama-3.2-1B"
+
+
+def test_offline_a_name_not_in_the_hub_cache_resolves_to_itself_without_the_download_code(tmp_path):
+    """Every worker resolves its model: offline (as in these tests and the default run), a name the HF cache does
+    not hold is itself, found without importing huggingface_hub's download code (0.3 s per process)."""
+    import sys
+
+    from tests.conftest import ROOT
+
+    script = ("import sys; from bench.models import resolve_model; "
+              "print(resolve_model('synthetic'), resolve_model('acme/absent'), "
+              "'huggingface_hub.file_download' in sys.modules)")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["synthetic", "acme/absent", "False"]
 
 
 @pytest.mark.slow
