@@ -69,6 +69,9 @@ class _Level:
             self.run.stopped = reason
         self.stop.set()
 
+    def _server_exited(self, code: int) -> None:
+        self.halt(f"server exited with code {code} during the level")
+
     async def _exit_code_soon(self) -> int | None:
         """The server's exit code, waiting up to EXIT_GRACE_S for it: a killed server closes its socket (refused
         connections, dropped streams) a few milliseconds before its exit can be read, and a crash must be named
@@ -81,7 +84,7 @@ class _Level:
     async def _check_runaway(self) -> None:
         code = self.server_exit()
         if code is not None:  # failures caused by a dead server: say so, not "runaway"
-            self.halt(f"server exited with code {code} during the level")
+            self._server_exited(code)
             return
         done = self.finished
         if len(done) < self.limits.min_requests:
@@ -89,7 +92,7 @@ class _Level:
         failed = sum(o.error_kind is not None for o in done)
         if failed / len(done) >= self.limits.error_rate:
             if any(o.error_kind in SERVER_GONE for o in done) and (code := await self._exit_code_soon()) is not None:
-                self.halt(f"server exited with code {code} during the level")
+                self._server_exited(code)
                 return
             self.halt(f"runaway: {failed} of {len(done)} finished requests failed "
                       f"(limit {self.limits.error_rate:.0%})")
@@ -147,7 +150,7 @@ class _Level:
         while not self.stop.is_set():
             code = self.server_exit()
             if code is not None:
-                self.halt(f"server exited with code {code} during the level")
+                self._server_exited(code)
                 return
             try:
                 await asyncio.wait_for(self.stop.wait(), WATCH_S)
